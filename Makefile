@@ -1,0 +1,52 @@
+# Two commands on a fresh machine with python3 and make: `make run` and `make test`.
+# Everything they need is installed here, into .venv, from the package registry.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Runs keep their history (visible in `make ui`) in a project-local Dagster home.
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install run test ui bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed-dev
+
+$(DAGSTER_HOME):
+	mkdir -p $@
+
+## run: the CI job on the bundled sample (or $KVONCE_OTLP_PAYLOAD); exits 1 on a violation
+run: install | $(DAGSTER_HOME)
+	@$(BIN)/dagster job execute -m kvonce_pipeline -j kvonce_conformance_job > $(DAGSTER_HOME)/last-run.log 2>&1; \
+	rc=$$?; \
+	report=$${KVONCE_REPORTS_DIR:-hermetic-reports}/trace; \
+	if [ -f $$report/kvonce-summary.md ]; then cat $$report/kvonce-summary.md; fi; \
+	if [ $$rc -ne 0 ]; then grep -E "Failure|unusable|ERROR|Error" $(DAGSTER_HOME)/last-run.log | tail -5; fi; \
+	echo "dagster job exit code: $$rc (full log: $(DAGSTER_HOME)/last-run.log; artifacts in $$report/)"; \
+	exit $$rc
+
+## test: the whole test suite
+test: install
+	$(BIN)/python -m pytest -q
+
+## ui: the Dagster UI and daemon on http://127.0.0.1:3000 (history kept in .dagster_home/)
+ui: install | $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## bench: the benchmark table and chart (sizes 10k, 100k, 1M; BENCH_ARGS=--with-10m for 10M)
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf hermetic-reports/trace hermetic-reports/bench/*.tmp .pytest_cache

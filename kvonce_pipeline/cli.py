@@ -1,0 +1,121 @@
+"""``kvonce``: the same core as the Dagster assets, for CI steps and people at a terminal.
+
+Exit codes (a contract): 0 the trace is valid, 1 it violates the spec, 2 the input is unusable (or
+the command line is wrong). Subcommands added by later features register in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import InputError, KvonceError, OutputError
+
+EXIT_VALID = 0
+EXIT_VIOLATIONS = 1
+EXIT_UNUSABLE = 2
+
+
+def _add_conformance(sub: argparse._SubParsersAction) -> None:
+    from .reader import FORMAT_CHOICES
+
+    parser = sub.add_parser("conformance", help="check a trace against the KvOnce spec and write the reports")
+    parser.add_argument("--input", required=True, help="trace file: NDJSON, OTLP/JSON, JSON Lines or protobuf (gzip ok)")
+    parser.add_argument("--output-dir", default=None, help="where reports go (default: hermetic-reports/trace)")
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="skip sniffing the format")
+    parser.add_argument("--strict", action="store_true", help="warnings (duplicate-before-success, ...) become errors")
+    parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
+    parser.set_defaults(run=_conformance)
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from .artifacts import trace_dir
+    from .conformance import ConformanceOptions, run_conformance
+    from .limits import Limits
+
+    if args.max_retries < 0:
+        print("kvonce: --max-retries must be zero or more", file=sys.stderr)
+        return EXIT_UNUSABLE
+    out_dir = Path(args.output_dir) if args.output_dir else trace_dir()
+    options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
+                                 limits=Limits.from_env())
+    result = run_conformance(args.input, out_dir, options)
+    summary = result.report["summary"]
+    verdict = "valid" if result.valid else "INVALID"
+    print(f"kvonce: {verdict}: {summary['events']} events, {summary['keys']} keys, "
+          f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {out_dir}", file=sys.stderr)
+    for issue in result.report["issues"][:20]:
+        print(f"  {issue['severity']}: {issue['type']} key={issue['key']} event={issue['eventIndex']}"
+              f" ({issue.get('origin', '')}): {issue['message']}", file=sys.stderr)
+    return result.exit_code
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .reader import FORMAT_CHOICES
+
+    parser = sub.add_parser("convert", help="write a trace's events as NDJSON")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", default=None, help="NDJSON file (default: standard output)")
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    parser.set_defaults(run=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .limits import Limits
+    from .reader import read_trace
+    from .stages import _timestamped, write_events
+    from .ndjson import dump_events
+
+    trace = read_trace(args.input, format=args.format, limits=Limits.from_env())
+    if args.output:
+        write_events(trace.events, Path(args.output))
+    else:
+        dump_events(_timestamped(trace.events), sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    return EXIT_VALID
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_conformance, _add_convert]
+#: Modules of this package that add subcommands through a ``register(subparsers)`` function.
+#: Their top-level imports stay light; heavy imports happen inside the command.
+COMMAND_MODULES = ("collector", "mock_service", "generate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvonce", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in COMMANDS:
+        register(sub)
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, which matches our contract
+        return int(exc.code or 0)
+    try:
+        return int(args.run(args))
+    except InputError as error:
+        print(f"kvonce: unusable input: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except OutputError as error:
+        print(f"kvonce: cannot write reports: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except KvonceError as error:
+        print(f"kvonce: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BrokenPipeError:
+        return EXIT_VALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

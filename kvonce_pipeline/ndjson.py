@@ -1,0 +1,114 @@
+"""NDJSON event logs (the seed's format) and the NDJSON this package writes.
+
+Reading is line by line, so memory does not grow with the file; lines are UTF-8 with an optional
+BOM, CRLF or LF endings, and blank lines are ignored. A line that is not a JSON object, or whose
+fields have the wrong JSON types, makes the whole input unusable (exit 2). An object that is merely
+incomplete (no ``key``, an unknown ``type``) is an event the validator reports on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+import orjson
+
+from .errors import InputError
+from .events import Event, check_time_range, json_depth_exceeds, parse_timestamp
+
+_TEXT_FIELDS = ("type", "event", "key", "reason", "traceId", "spanId", "actor", "origin")
+
+
+def iter_lines(stream: BinaryIO, *, source: str, max_line: int) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line number, content)`` for each non-blank line, without line endings or BOM."""
+    number = 0
+    while True:
+        line = stream.readline(max_line + 2)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_line and not line.endswith(b"\n"):
+            raise InputError(source, f"line is longer than the limit of {max_line} bytes", where=f"line {number}")
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        line = line.strip()
+        if line:
+            yield number, line
+
+
+def loads_line(line: bytes, *, source: str, number: int) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(source, f"not valid JSON ({exc})", where=f"line {number}") from None
+
+
+def event_from_json(obj: Any, *, source: str, number: int, max_depth: int) -> Event:
+    where = f"line {number}"
+    if type(obj) is not dict:
+        raise InputError(source, "an event must be a JSON object", where=where)
+    for name in _TEXT_FIELDS:
+        item = obj.get(name)
+        if item is not None and type(item) is not str:
+            raise InputError(source, f"field '{name}' must be a string, got {type(item).__name__}", where=where)
+    value = obj.get("value")
+    if value is not None and type(value) is not str:
+        raise InputError(source, f"field 'value' must be a string, got {type(value).__name__}", where=where)
+    context = obj.get("context")
+    if context is not None and json_depth_exceeds(context, max_depth):
+        raise InputError(source, f"'context' nests deeper than {max_depth} levels", where=where)
+    try:
+        time_ns = _event_time(obj)
+    except ValueError as exc:
+        raise InputError(source, str(exc), where=where) from None
+    event_type = obj.get("type") or obj.get("event")
+    return Event(
+        time_unix_nano=time_ns,
+        type=event_type,
+        key=obj.get("key"),
+        value=value,
+        reason=obj.get("reason"),
+        context=context,
+        trace_id=obj.get("traceId") or f"ndjson-missing-traceid-l{number}",
+        span_id=obj.get("spanId") or "",
+        actor=obj.get("actor") or "unknown",
+        origin=obj.get("origin") or f"{where}",
+    )
+
+
+def _event_time(obj: dict[str, Any]) -> int | None:
+    raw_ns = obj.get("timeUnixNano")
+    if raw_ns is not None:
+        if type(raw_ns) is int:
+            return check_time_range(raw_ns)
+        if type(raw_ns) is str and raw_ns.isdigit():
+            return check_time_range(int(raw_ns))
+        raise ValueError(f"timeUnixNano {raw_ns!r:.40} is not a non-negative integer")
+    stamp = obj.get("timestamp")
+    if stamp is None:
+        return None
+    if type(stamp) is not str:
+        raise ValueError(f"field 'timestamp' must be an ISO 8601 string, got {type(stamp).__name__}")
+    return parse_timestamp(stamp)
+
+
+def iter_ndjson_events(stream: BinaryIO, *, source: str, max_line: int, max_depth: int) -> Iterator[Event]:
+    for number, line in iter_lines(stream, source=source, max_line=max_line):
+        yield event_from_json(loads_line(line, source=source, number=number), source=source,
+                              number=number, max_depth=max_depth)
+
+
+def dump_events(events: Iterable[tuple[Event, str | None]], out: Any, batch: int = 4096) -> int:
+    """Write ``(event, formatted timestamp)`` pairs as NDJSON in batches; return the count."""
+    dumps = orjson.dumps
+    buffer: list[bytes] = []
+    count = 0
+    for event, stamp in events:
+        buffer.append(dumps(event.to_json(stamp)))
+        count += 1
+        if len(buffer) >= batch:
+            out.write(b"\n".join(buffer) + b"\n")
+            buffer.clear()
+    if buffer:
+        out.write(b"\n".join(buffer) + b"\n")
+    return count

@@ -1,0 +1,1 @@
+"""The Dagster layer: thin wiring of the core into assets, checks, sensors and resources."""

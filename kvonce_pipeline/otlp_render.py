@@ -1,0 +1,166 @@
+"""Writing OTLP: the inverse of the mapping, and conversions between the OTLP encodings.
+
+Used to produce ``collected-kvonce-otlp.json`` (always spec OTLP/JSON, whatever came in), by the
+collector to turn JSON requests into protobuf, and by tests. ``json_format`` is used only on
+documents whose ids we converted to base64 first, which is exactly the trap it has for OTLP.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .events import Event
+from .mapping import (
+    ATTR_ACTOR,
+    ATTR_CONTEXT,
+    ATTR_KEY,
+    ATTR_REASON,
+    ATTR_TRACE_ID,
+    ATTR_TYPE,
+    ATTR_VALUE,
+)
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+SCOPE_NAME = "kvonce_pipeline"
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """A JSON value as an OTLP/JSON AnyValue (int64 as a decimal string, per the spec)."""
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return {"doubleValue": value}
+        return {"doubleValue": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": k, "value": any_value(v)} for k, v in value.items()]}}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    raise TypeError(f"cannot express {type(value).__name__} as an OTLP AnyValue")
+
+
+def event_to_span(event: Event) -> dict[str, Any]:
+    """One event as one span, such that the mapping gives the same event back."""
+    attributes = [
+        {"key": ATTR_TYPE, "value": {"stringValue": event.type}},
+        {"key": ATTR_KEY, "value": {"stringValue": event.key}},
+    ]
+    if event.value is not None:
+        attributes.append({"key": ATTR_VALUE, "value": any_value(event.value)})
+    if event.reason is not None:
+        attributes.append({"key": ATTR_REASON, "value": {"stringValue": event.reason}})
+    if event.context is not None:
+        attributes.append({"key": ATTR_CONTEXT, "value": any_value(event.context)})
+    if event.actor and event.actor != "unknown":
+        attributes.append({"key": ATTR_ACTOR, "value": {"stringValue": event.actor}})
+    trace_id = event.trace_id if _HEX32.fullmatch(event.trace_id or "") else ""
+    if event.trace_id and not trace_id:
+        attributes.append({"key": ATTR_TRACE_ID, "value": {"stringValue": event.trace_id}})
+    span: dict[str, Any] = {
+        "traceId": trace_id,
+        "spanId": event.span_id if _HEX16.fullmatch(event.span_id or "") else "",
+        "name": f"kvonce.{event.type}",
+        "kind": 1,
+    }
+    if event.time_unix_nano is not None:
+        span["startTimeUnixNano"] = str(event.time_unix_nano)
+        span["endTimeUnixNano"] = str(event.time_unix_nano)
+    span["attributes"] = attributes
+    return span
+
+
+def events_to_request(events: Iterable[Event]) -> dict[str, Any]:
+    """Events (with a type and key) as one OTLP/JSON ``ExportTraceServiceRequest``."""
+    spans = [event_to_span(e) for e in events if e.type and e.key]
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": []},
+                "scopeSpans": [{"scope": {"name": SCOPE_NAME}, "spans": spans}],
+            }
+        ]
+    }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def normalize_request(node: Any) -> Any:
+    """Rewrite lenient OTLP/JSON into spec form: camelCase names, ``mapValue`` as ``kvlistValue``.
+
+    In OTLP/JSON every object key is a field name (attribute names live in ``key`` *values*), so
+    renaming object keys cannot touch user data.
+    """
+    if isinstance(node, list):
+        return [normalize_request(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for name, item in node.items():
+        camel = _camel(name) if "_" in name else name
+        if camel == "mapValue" and isinstance(item, dict):
+            out["kvlistValue"] = {"values": normalize_request(item.get("fields", []))}
+            continue
+        out[camel] = normalize_request(item)
+    return out
+
+
+def needs_normalizing(blob: bytes) -> bool:
+    """Cheap byte scan: does this OTLP/JSON use snake_case names or ``mapValue``?"""
+    return any(marker in blob for marker in (b'"mapValue"', b'"map_value"', b'_spans"', b'_value"',
+                                               b'_unix_nano"', b'"trace_id"', b'"span_id"'))
+
+
+def message_to_request(message: ExportTraceServiceRequest) -> dict[str, Any]:
+    """Protobuf to spec OTLP/JSON: ids as hex (``MessageToDict`` would give base64)."""
+    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
+    for resource_spans in doc.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _ids_to_hex(span)
+                for link in span.get("links", ()):
+                    _ids_to_hex(link)
+    return doc
+
+
+def request_to_message(request: dict[str, Any]) -> ExportTraceServiceRequest:
+    """Spec (or lenient) OTLP/JSON to protobuf, with hex ids converted before ``json_format``."""
+    doc = normalize_request(request)
+    for resource_spans in doc.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _ids_to_base64(span)
+                for link in span.get("links", ()):
+                    _ids_to_base64(link)
+    message = ExportTraceServiceRequest()
+    json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    return message
+
+
+def _ids_to_hex(node: dict[str, Any]) -> None:
+    for name in _ID_FIELDS:
+        if node.get(name):
+            node[name] = base64.b64decode(node[name]).hex()
+
+
+def _ids_to_base64(node: dict[str, Any]) -> None:
+    for name in _ID_FIELDS:
+        if node.get(name):
+            node[name] = base64.b64encode(bytes.fromhex(node[name])).decode("ascii")

@@ -1,0 +1,145 @@
+"""The projection: per-key aggregates, run totals, and the per-event state sequence.
+
+Field names follow the earlier projector (``kvonce/v1``) so existing consumers keep working. The
+state sequence holds, per event, the state of *the key that event touched* and the running totals:
+O(events) in time and size. (The earlier tool copied the whole store per event, which is
+O(events x keys) and died at a few thousand keys.) The events themselves are not repeated in the
+projection: they are in ``kvonce-events.ndjson``, line ``index + 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import EVENT_TYPES, Event
+
+SCHEMA_VERSION = "kvonce/v1"
+
+
+def _new_entry() -> dict[str, Any]:
+    return {
+        "successCount": 0,
+        "retries": 0,
+        "failureReasons": [],
+        "retryContexts": [],
+        "successContexts": [],
+        "failureContexts": [],
+        "value": None,
+        "firstTimestamp": None,
+        "lastTimestamp": None,
+        "lastType": None,
+        "lastFailureReason": None,
+    }
+
+
+def _new_state() -> dict[str, Any]:
+    return {
+        "written": False,
+        "value": None,
+        "retries": 0,
+        "failures": 0,
+        "lastFailureReason": None,
+        "lastSuccessAt": None,
+    }
+
+
+class ProjectionBuilder:
+    """Fold events one at a time; :meth:`observe` returns that event's state-sequence entry."""
+
+    def __init__(self) -> None:
+        self.per_key: dict[str, dict[str, Any]] = {}
+        self._state: dict[str, dict[str, Any]] = {}
+        self.by_type = {"success": 0, "retry": 0, "failure": 0, "unknown": 0}
+        self.event_count = 0
+        self.written_keys = 0
+        self._failure_keys: set[str] = set()
+        self._duplicate_keys: set[str] = set()
+
+    def observe(self, index: int, event: Event, timestamp: str | None) -> dict[str, Any]:
+        self.event_count += 1
+        kind = event.type if event.type in EVENT_TYPES else "unknown"
+        self.by_type[kind] += 1
+        key = event.key
+        state: dict[str, Any] | None = None
+        if key is not None:
+            entry = self.per_key.get(key)
+            if entry is None:
+                entry = self.per_key[key] = _new_entry()
+                state = self._state[key] = _new_state()
+            else:
+                state = self._state[key]
+            if entry["firstTimestamp"] is None:
+                entry["firstTimestamp"] = timestamp
+            if timestamp is not None:
+                entry["lastTimestamp"] = timestamp
+            entry["lastType"] = event.type
+            context = event.context
+            if kind == "success":
+                entry["successCount"] += 1
+                if event.value is not None:
+                    entry["value"] = event.value
+                    state["value"] = event.value
+                if context is not None:
+                    entry["successContexts"].append(context)
+                if not state["written"]:
+                    state["written"] = True
+                    self.written_keys += 1
+                state["lastSuccessAt"] = timestamp
+            elif kind == "retry":
+                entry["retries"] += 1
+                state["retries"] += 1
+                if context is not None:
+                    entry["retryContexts"].append(context)
+            elif kind == "failure":
+                reason = event.reason
+                entry["failureReasons"].append(reason if reason is not None else "unknown")
+                if context is not None:
+                    entry["failureContexts"].append(context)
+                if reason is not None:
+                    entry["lastFailureReason"] = reason
+                    state["lastFailureReason"] = reason
+                state["failures"] += 1
+                self._failure_keys.add(key)
+                if reason is not None and reason.lower() == "duplicate":
+                    self._duplicate_keys.add(key)
+        by_type = self.by_type
+        return {
+            "index": index,
+            "timestamp": timestamp,
+            "type": event.type,
+            "key": key,
+            "state": None if state is None else dict(state),
+            "totals": {
+                "events": self.event_count,
+                "success": by_type["success"],
+                "retry": by_type["retry"],
+                "failure": by_type["failure"],
+                "unknown": by_type["unknown"],
+                "writtenKeys": self.written_keys,
+            },
+        }
+
+    def stats(self) -> dict[str, Any]:
+        total = self.event_count
+        return {
+            "totalEvents": total,
+            "uniqueKeys": len(self.per_key),
+            "byType": dict(self.by_type),
+            "keysWithSuccess": sum(1 for e in self.per_key.values() if e["successCount"] > 0),
+            "keysWithRetries": sum(1 for e in self.per_key.values() if e["retries"] > 0),
+            "keysWithFailures": len(self._failure_keys),
+            "duplicateFailureKeys": len(self._duplicate_keys),
+            "successRate": round(self.by_type["success"] / total, 3) if total else 0,
+            "stateSequenceLength": total,
+        }
+
+    def result(self, *, state_sequence_path: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemaVersion": SCHEMA_VERSION,
+            "eventCount": self.event_count,
+            "perKey": self.per_key,
+            "stats": self.stats(),
+        }
+        if state_sequence_path is not None:
+            out["outputs"] = {"stateSequence": state_sequence_path}
+        return out

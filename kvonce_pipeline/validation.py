@@ -1,0 +1,206 @@
+"""The verdict: replay the events once, in order, through the KvOnceImpl state machine.
+
+Per key the machine holds ``written``, ``value`` and ``retries``. The six aggregate rules of the
+earlier validator keep their ids and meaning; the replay adds what only order can show (a
+``duplicate`` failure before the key's first success) and the checks on malformed events. One pass,
+O(events) time, memory proportional to the number of keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import EVENT_TYPES, Event
+
+SCHEMA_VERSION = "kvonce-validation/v1"
+DEFAULT_MAX_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: str  # "error" or "warning" by default; strict mode makes every warning an error
+    summary: str
+
+
+RULES: dict[str, Rule] = {
+    rule.id: rule
+    for rule in (
+        Rule("multiple-success", "error", "a key is written more than once (NoOverwrite)"),
+        Rule("duplicate-without-success", "error", "a 'duplicate' failure on a key that never succeeds"),
+        Rule("retry-bound-exceeded", "error", "more retries than MAX_RETRIES (RetryBounded)"),
+        Rule("retry-context-missing", "error",
+             "a retry carries a context without a numeric 'attempt'/'attempts' (or a bare number)"),
+        Rule("retry-attempt-out-of-sequence", "error",
+             "the key's retry attempt numbers, in order, are not 1, 2, 3, ..."),
+        Rule("success-attempt-mismatch", "error",
+             "the success's attempt number is not (number of retry contexts + 1)"),
+        Rule("success-missing-value", "error", "a success carries no value (NoOverwrite needs val # NULL)"),
+        Rule("unknown-event-type", "error", "an event type other than success, retry, failure"),
+        Rule("missing-required-field", "error",
+             "an event lacks timestamp, type or key, or a failure lacks its reason"),
+        Rule("duplicate-before-success", "warning",
+             "a 'duplicate' failure before the key's first success (KvOnceImpl forbids it)"),
+        Rule("success-after-retries-exhausted", "warning",
+             "a success after MAX_RETRIES retries (KvOnceRefinement's Put needs retries < MAX_RETRIES)"),
+    )
+}
+
+
+def attempt_of(context: Any) -> int | float | None:
+    """The attempt number a context carries: a bare number, or ``attempt``/``attempts``."""
+    if type(context) in (int, float):
+        return context
+    if type(context) is dict:
+        for name in ("attempt", "attempts"):
+            value = context.get(name)
+            if type(value) in (int, float):
+                return value
+    return None
+
+
+@dataclass(slots=True)
+class _KeyState:
+    written: bool = False
+    retries: int = 0
+    retry_contexts: int = 0
+    retry_context_missing: bool = False
+    out_of_sequence: tuple[int, Any, int] | None = None  # (event index, attempt, expected)
+    bound_reported: bool = False
+    success_attempt: tuple[int, Any] | None = None  # (event index, attempt) of the first success with one
+    pending_duplicates: list[int] = field(default_factory=list)
+
+
+class Validator:
+    """Feed events in order with :meth:`observe`, then call :meth:`report`."""
+
+    def __init__(self, *, max_retries: int = DEFAULT_MAX_RETRIES, strict: bool = False) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be zero or more")
+        self.max_retries = max_retries
+        self.strict = strict
+        self.issues: list[dict[str, Any]] = []
+        self._keys: dict[str, _KeyState] = {}
+        self._origins: dict[int, str] = {}
+        self.events = 0
+
+    def _add(self, rule_id: str, key: str | None, index: int, message: str, origin: str = "") -> None:
+        severity = RULES[rule_id].severity
+        if self.strict:
+            severity = "error"
+        issue = {"type": rule_id, "key": key, "severity": severity, "message": message, "eventIndex": index}
+        if origin:
+            issue["origin"] = origin
+        self.issues.append(issue)
+
+    def observe(self, index: int, event: Event) -> None:
+        self.events += 1
+        key, kind, origin = event.key, event.type, event.origin
+        if event.time_unix_nano is None:
+            self._add("missing-required-field", key, index, "event has no timestamp", origin)
+        if kind is None:
+            self._add("missing-required-field", key, index, "event has no type", origin)
+        elif kind not in EVENT_TYPES:
+            self._add("unknown-event-type", key, index, f"unknown event type {kind!r:.80}", origin)
+        if key is None:
+            self._add("missing-required-field", None, index, "event has no key", origin)
+            return
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        if kind == "success":
+            if event.value is None:
+                self._add("success-missing-value", key, index, "success carries no value", origin)
+            if state.written:
+                self._add("multiple-success", key, index, "key is written again: a second success", origin)
+            elif state.retries >= self.max_retries > 0:
+                self._add("success-after-retries-exhausted", key, index,
+                          f"success after {state.retries} retries (MAX_RETRIES {self.max_retries})", origin)
+            state.written = True
+            if state.success_attempt is None:
+                attempt = attempt_of(event.context)
+                if attempt is not None:
+                    state.success_attempt = (index, attempt)
+                    self._origins[index] = origin
+        elif kind == "retry":
+            state.retries += 1
+            if state.retries > self.max_retries and not state.bound_reported:
+                state.bound_reported = True
+                self._add("retry-bound-exceeded", key, index,
+                          f"retry {state.retries} exceeds MAX_RETRIES {self.max_retries}", origin)
+            if event.context is not None:
+                state.retry_contexts += 1
+                attempt = attempt_of(event.context)
+                if attempt is None:
+                    state.retry_context_missing = True
+                    self._add("retry-context-missing", key, index,
+                              "retry context has no numeric attempt/attempts", origin)
+                elif attempt != state.retry_contexts and state.out_of_sequence is None:
+                    state.out_of_sequence = (index, attempt, state.retry_contexts)
+                    self._origins[index] = origin
+        elif kind == "failure":
+            reason = event.reason
+            if reason is None:
+                self._add("missing-required-field", key, index, "failure has no reason", origin)
+            elif reason.lower() == "duplicate" and not state.written:
+                state.pending_duplicates.append(index)
+                self._origins[index] = origin
+
+    def _finish(self) -> None:
+        origins = self._origins
+        for key, state in self._keys.items():
+            if state.pending_duplicates:
+                if state.written:
+                    for index in state.pending_duplicates:
+                        self._add("duplicate-before-success", key, index,
+                                  "duplicate failure before the key's first success", origins.get(index, ""))
+                else:
+                    first = state.pending_duplicates[0]
+                    self._add("duplicate-without-success", key, first,
+                              f"{len(state.pending_duplicates)} duplicate failure(s) on a key that never succeeds",
+                              origins.get(first, ""))
+            if state.out_of_sequence is not None and not state.retry_context_missing:
+                index, attempt, expected = state.out_of_sequence
+                self._add("retry-attempt-out-of-sequence", key, index,
+                          f"retry attempt {attempt} where {expected} was expected", origins.get(index, ""))
+            if state.retry_contexts and state.success_attempt is not None:
+                index, attempt = state.success_attempt
+                if attempt != state.retry_contexts + 1:
+                    self._add("success-attempt-mismatch", key, index,
+                              f"success attempt {attempt} inconsistent with {state.retry_contexts} retries",
+                              origins.get(index, ""))
+
+    def report(self, *, input_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._finish()
+        self.issues.sort(key=lambda issue: (issue["eventIndex"], issue["type"]))
+        errors = sum(1 for issue in self.issues if issue["severity"] == "error")
+        by_rule: dict[str, int] = {}
+        for issue in self.issues:
+            by_rule[issue["type"]] = by_rule.get(issue["type"], 0) + 1
+        summary: dict[str, Any] = {
+            "events": self.events,
+            "keys": len(self._keys),
+            "errors": errors,
+            "warnings": len(self.issues) - errors,
+            "byRule": by_rule,
+        }
+        if input_summary is not None:
+            summary["input"] = input_summary
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "valid": errors == 0,
+            "strict": self.strict,
+            "maxRetries": self.max_retries,
+            "issues": self.issues,
+            "summary": summary,
+        }
+
+
+def validate_events(events: list[Event], *, max_retries: int = DEFAULT_MAX_RETRIES,
+                    strict: bool = False) -> dict[str, Any]:
+    """Convenience for library users: the validation report of an ordered event list."""
+    validator = Validator(max_retries=max_retries, strict=strict)
+    for index, event in enumerate(events):
+        validator.observe(index, event)
+    return validator.report()
