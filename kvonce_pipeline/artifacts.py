@@ -26,3 +26,9 @@ def reports_dir() -> Path:
 def trace_dir() -> Path:
     """Where the default (non-partitioned) run writes: ``<reports>/trace``."""
     return reports_dir() / "trace"
+
+
+def drop_dir() -> Path:
+    """The drop folder the collector writes and the sensor watches: ``KVONCE_DROP_DIR`` or ``drops/``."""
+    configured = os.environ.get("KVONCE_DROP_DIR")
+    return Path(configured) if configured else PROJECT_ROOT / "drops"
