@@ -145,13 +145,12 @@ def open_payload(path: str | os.PathLike[str], limits: Limits) -> Iterator[tuple
 
 def sniff(head: bytes, first_line: bytes, *, source: str, hint: str = "auto") -> InputFormat:
     """Decide the format from the first bytes and the first line (both after gunzip)."""
-    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    stripped = body.lstrip()
-    if not stripped:
+    line = first_line.removeprefix(b"\xef\xbb\xbf").strip()
+    if not line and not head.strip(b" \t\r\n\xef\xbb\xbf"):
         raise InputError(source, "the file is empty: no kvonce events")
     if hint == "ndjson":
         return InputFormat.NDJSON
-    looks_json = stripped[:1] in (b"{", b"[")
+    looks_json = line[:1] in (b"{", b"[")
     if hint == "otlp-proto" or (hint == "auto" and not looks_json):
         if head[:1] == b"\x0a":
             return InputFormat.OTLP_PROTO
@@ -163,7 +162,6 @@ def sniff(head: bytes, first_line: bytes, *, source: str, hint: str = "auto") ->
                          "(use --format to say which it is)")
     if not looks_json:
         raise InputError(source, "not JSON: the first character is not '{'")
-    line = first_line[3:] if first_line.startswith(b"\xef\xbb\xbf") else first_line
     try:
         first = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -183,12 +181,13 @@ def detect_format(path: str | os.PathLike[str], *, hint: str = "auto",
     if hint not in FORMAT_CHOICES:
         raise InputError(source, f"unknown format {hint!r}; use one of {', '.join(FORMAT_CHOICES)}")
     with open_payload(path, limits) as (stream, compressed):
-        head = first_line = stream.readline(limits.max_line_bytes + 1)
-        if first_line[:1] != b"\x0a":  # protobuf starts with byte 0x0a, which readline calls "\n"
+        raw = first_line = stream.readline(limits.max_line_bytes + 1)
+        if raw[:1] != b"\x0a":  # protobuf starts with byte 0x0a, which readline calls "\n"
             while first_line and not first_line.strip(b" \t\r\n\xef\xbb\xbf"):
                 first_line = stream.readline(limits.max_line_bytes + 1)  # skip leading blank lines
-            head = b" " + first_line
-        head = head[: 64 * 1024] + stream.read(64)
+        else:
+            first_line = b""
+        head = raw[: 64 * 1024] + stream.read(64)
     return sniff(head, first_line.strip(), source=source, hint=hint), compressed
 
 
