@@ -1,0 +1,100 @@
+"""The `kvonce` command as CI uses it: a real subprocess, its exit code, its files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from .conftest import VENV_BIN
+
+
+def kvonce(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "kvonce"), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_valid_trace_exits_0_and_writes_every_artifact(sample_otlp: Path, tmp_path: Path) -> None:
+    done = kvonce("conformance", "--input", str(sample_otlp), "--output-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for name in ("kvonce-events.ndjson", "kvonce-projection.json", "projected/kvonce-state-sequence.json",
+                 "kvonce-validation.json", "kvonce-summary.md"):
+        assert (tmp_path / name).is_file(), name
+    report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
+    assert report["valid"] is True
+    assert report["summary"]["input"]["format"] == "otlp-json"
+    assert "valid: 7 events" in done.stderr
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary files left behind"
+
+
+def test_strict_and_max_retries_change_the_verdict(sample_ndjson: Path, tmp_path: Path) -> None:
+    assert kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path)).returncode == 0
+    strict = kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path), "--strict")
+    assert strict.returncode == 1
+    assert "duplicate-before-success key=beta" in strict.stderr
+    zero = kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path), "--max-retries", "0")
+    assert zero.returncode == 1
+    report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
+    assert report["maxRetries"] == 0
+    assert any(i["type"] == "retry-bound-exceeded" for i in report["issues"])
+
+
+def test_unusable_input_exits_2_and_leaves_no_valid_report(sample_otlp: Path, tmp_path: Path) -> None:
+    assert kvonce("conformance", "--input", str(sample_otlp), "--output-dir", str(tmp_path)).returncode == 0
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"a","value":"v"}\n{oops\n')
+    before = bad.read_bytes()
+    done = kvonce("conformance", "--input", str(bad), "--output-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert f"{bad}: line 2: not valid JSON" in done.stderr
+    report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
+    assert report["valid"] is False and report["inputError"]["where"] == "line 2"
+    assert not (tmp_path / "kvonce-events.ndjson").exists(), "stale events from the earlier run removed"
+    assert bad.read_bytes() == before, "the input is never modified"
+
+
+def test_missing_file_and_bad_arguments_exit_2(tmp_path: Path) -> None:
+    done = kvonce("conformance", "--input", str(tmp_path / "nope.json"), "--output-dir", str(tmp_path))
+    assert done.returncode == 2 and "no such file" in done.stderr
+    assert kvonce("conformance").returncode == 2
+    assert kvonce("conformance", "--input", "x", "--format", "xml").returncode == 2
+
+
+def test_violations_exit_1_and_name_the_event(tmp_path: Path) -> None:
+    trace = tmp_path / "t.ndjson"
+    trace.write_text('{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"a","value":"v1"}\n'
+                     '{"timestamp":"2025-10-04T06:00:01.000Z","type":"success","key":"a","value":"v2"}\n')
+    done = kvonce("conformance", "--input", str(trace), "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "multiple-success key=a event=1 (line 2)" in done.stderr
+    summary = (tmp_path / "out" / "kvonce-summary.md").read_text()
+    assert "**Verdict: INVALID**" in summary and "`multiple-success`" in summary
+
+
+def test_github_step_summary_is_appended(sample_ndjson: Path, tmp_path: Path) -> None:
+    step_summary = tmp_path / "step.md"
+    step_summary.write_text("earlier step\n")
+    kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path / "o"),
+           env={"GITHUB_STEP_SUMMARY": str(step_summary)})
+    text = step_summary.read_text()
+    assert text.startswith("earlier step\n") and "KvOnce trace conformance" in text
+
+
+def test_convert_writes_ndjson_to_stdout_or_file(sample_otlp: Path, tmp_path: Path) -> None:
+    done = kvonce("convert", "--input", str(sample_otlp))
+    assert done.returncode == 0
+    rows = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [r["type"] for r in rows] == ["success", "retry", "retry", "failure", "success", "failure", "success"]
+    assert rows[0]["event"] == "success" and rows[0]["timeUnixNano"] == "1759557600000000000"
+    out = tmp_path / "events.ndjson"
+    assert kvonce("convert", "--input", str(sample_otlp), "--output", str(out)).returncode == 0
+    assert out.read_text() == done.stdout
+
+
+def test_module_entry_point(sample_ndjson: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "kvonce_pipeline", "conformance", "--input", str(sample_ndjson),
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
