@@ -9,7 +9,6 @@ reading the collected payload gives the same events as reading the source.
 from __future__ import annotations
 
 import gc
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,3 @@ def _write_merged(out: Any, batches) -> None:
             first = False
     out.write(b"]}")
 
-
-def copy_file(source: Path, destination: Path) -> None:
-    with open(source, "rb") as src, atomic_writer(destination) as out:
-        shutil.copyfileobj(src, out, 1024 * 1024)
