@@ -1,0 +1,222 @@
+"""The OTLP/HTTP trace contract, apart from any server: what a request may be and what we answer.
+
+Kept free of sockets and threads so the rules (media types, content codings, size limit after
+decompression, full validation before a 200, response bodies in the request's encoding) can be read
+and tested in one place. ``collector.py`` wires them to ``http.server``.
+
+Statuses (OTLP/HTTP specification, ``../shared/reference/otlp-formats.md``):
+
+====  ==========================================================================================
+200   decoded and validated; the body is an ``ExportTraceServiceResponse``
+400   the body cannot be decoded or holds data the KvOnce mapping refuses (never retried)
+413   the body is larger than the limit, after decompression (a gzip bomb stops at the limit)
+415   a media type other than protobuf/JSON, or a content coding other than gzip/deflate
+====  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import gc
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from .errors import InputError
+from .mapping import DecodeStats
+
+#: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
+GRPC_INVALID_ARGUMENT = 3
+GRPC_RESOURCE_EXHAUSTED = 8
+GRPC_UNAUTHENTICATED = 16
+GRPC_UNAVAILABLE = 14
+GRPC_UNIMPLEMENTED = 12
+GRPC_NOT_FOUND = 5
+
+_GRPC_FOR_STATUS = {
+    400: GRPC_INVALID_ARGUMENT,
+    401: GRPC_UNAUTHENTICATED,
+    404: GRPC_NOT_FOUND,
+    405: GRPC_UNIMPLEMENTED,
+    411: GRPC_INVALID_ARGUMENT,
+    413: GRPC_RESOURCE_EXHAUSTED,
+    415: GRPC_INVALID_ARGUMENT,
+    503: GRPC_UNAVAILABLE,
+}
+
+
+class Media(str, Enum):
+    """The two OTLP/HTTP encodings; the value is the ``Content-Type`` we answer with."""
+
+    PROTOBUF = "application/x-protobuf"
+    JSON = "application/json"
+
+
+#: Accepted ``Content-Type`` values (parameters such as ``charset`` are ignored).
+MEDIA_TYPES = {
+    "application/x-protobuf": Media.PROTOBUF,
+    "application/protobuf": Media.PROTOBUF,
+    "application/json": Media.JSON,
+}
+#: Accepted ``Content-Encoding`` values. gzip is required by OTLP; deflate is what the Python
+#: exporter sends for ``Compression.Deflate``, so refusing it would break a stock SDK setting.
+CONTENT_CODINGS = ("", "identity", "gzip", "x-gzip", "deflate")
+
+
+class HttpError(Exception):
+    """A request refused with ``status``; ``message`` says what was wrong, for the client's log."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+def media_type(content_type: str | None) -> Media:
+    """The request's encoding from ``Content-Type``; 415 for anything else."""
+    essence = (content_type or "").split(";", 1)[0].strip().lower()
+    media = MEDIA_TYPES.get(essence)
+    if media is None:
+        shown = essence or "(none)"
+        raise HttpError(415, f"unsupported Content-Type {shown!r:.80}: send application/x-protobuf "
+                             "or application/json")
+    return media
+
+
+def content_coding(content_encoding: str | None) -> str:
+    """The normalised ``Content-Encoding``; 415 for codings we cannot undo."""
+    coding = (content_encoding or "").strip().lower()
+    if coding not in CONTENT_CODINGS:
+        raise HttpError(415, f"unsupported Content-Encoding {coding!r:.40}: send gzip, deflate or none")
+    return {"identity": "", "x-gzip": "gzip"}.get(coding, coding)
+
+
+def decompress(body: bytes, coding: str, limit: int) -> bytes:
+    """Undo ``coding`` without ever holding more than ``limit + 1`` decompressed bytes.
+
+    A gzip bomb (megabytes that inflate to gigabytes) is refused with 413 as soon as the output
+    passes the limit, so it costs at most ``limit`` bytes of memory and the time to inflate them.
+    Several concatenated gzip members (allowed by RFC 1952) are read as one body.
+    """
+    if not coding:
+        if len(body) > limit:
+            raise HttpError(413, f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        return body
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    out = bytearray()
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            while not inflater.eof:
+                chunk = inflater.decompress(data, limit + 1 - len(out))
+                out += chunk
+                if len(out) > limit:
+                    raise HttpError(413, f"request body exceeds the limit of {limit} bytes after {coding} "
+                                         "decompression")
+                data = inflater.unconsumed_tail
+                if not data and not chunk:
+                    break  # no input left and no output pending: the stream is cut short
+        except zlib.error as exc:
+            raise HttpError(400, f"Content-Encoding {coding}: the body is not valid {coding} data ({exc})") from None
+        if not inflater.eof:
+            raise HttpError(400, f"Content-Encoding {coding}: the body is truncated")
+        data = inflater.unused_data
+        if not data or coding != "gzip":
+            if data:
+                raise HttpError(400, f"Content-Encoding {coding}: {len(data)} bytes of trailing garbage")
+            return bytes(out)
+
+
+@dataclass
+class DecodedRequest:
+    """One validated ``ExportTraceServiceRequest``.
+
+    ``blob`` is its protobuf serialization (the bytes that go into the payload file: for a
+    protobuf request it is the body itself, so nothing is re-encoded on the common path).
+    """
+
+    message: Any  # ExportTraceServiceRequest (imported lazily: protobuf is a heavy import)
+    blob: bytes
+    spans: int
+    events: int
+
+    @property
+    def foreign_spans(self) -> int:
+        """Spans without ``kvonce.event.type``/``key``: not KvOnce events, skipped by the reader."""
+        return self.spans - self.events
+
+
+def decode_request(body: bytes, media: Media, *, source: str, max_context_depth: int) -> DecodedRequest:
+    """Decode and fully validate one request body; 400 naming the span and the problem otherwise.
+
+    Validation runs the same mapping as ``kvonce conformance``, so a request answered with 200
+    can never make the payload file it lands in unreadable.
+    """
+    from google.protobuf import json_format
+
+    from .otlp_json import AnyValueDecoder, iter_request_events
+    from .otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
+    from .otlp_render import request_to_message
+
+    stats = DecodeStats()
+    try:
+        if media is Media.PROTOBUF:
+            message = parse_request(body, source=source)
+            events = sum(1 for _ in iter_message_events(message, source=source, stats=stats,
+                                                        decoder=ProtoAnyValueDecoder(max_context_depth)))
+            return DecodedRequest(message, body, stats.spans, events)
+        document = _loads_json(body, source)
+        events = sum(1 for _ in iter_request_events(document, source=source, stats=stats,
+                                                    decoder=AnyValueDecoder(stats, max_context_depth)))
+        try:
+            message = request_to_message(document)
+        except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(source, f"not a valid OTLP/JSON request ({exc})") from None
+        return DecodedRequest(message, message.SerializeToString(), stats.spans, events)
+    except InputError as error:
+        raise HttpError(400, str(error)) from None
+
+
+def _loads_json(body: bytes, source: str) -> Any:
+    """Parse a JSON body with the cyclic GC paused (it dominates the cost of big documents)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError as exc:
+        line = body.count(b"\n", 0, exc.pos) + 1 if exc.pos is not None else None
+        raise InputError(source, f"not valid JSON ({exc.msg})", where=f"line {line}" if line else None) from None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def success_body(media: Media, *, rejected_spans: int = 0, message: str = "") -> bytes:
+    """An ``ExportTraceServiceResponse``; ``partial_success`` only when there is something to say."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    response = ExportTraceServiceResponse()
+    if rejected_spans or message:
+        response.partial_success.rejected_spans = rejected_spans
+        response.partial_success.error_message = message
+    if media is Media.PROTOBUF:
+        return response.SerializeToString()
+    return orjson.dumps(json_format.MessageToDict(response))
+
+
+def error_body(media: Media | None, status: int, message: str) -> tuple[bytes, str]:
+    """A ``google.rpc.Status`` for an error response, in the request's encoding when it has one.
+
+    Returns ``(body, content type)``; an unknown or unsupported request encoding gets JSON.
+    """
+    from google.rpc.status_pb2 import Status
+
+    rpc = Status(code=_GRPC_FOR_STATUS.get(status, GRPC_INVALID_ARGUMENT), message=message)
+    if media is Media.PROTOBUF:
+        return rpc.SerializeToString(), Media.PROTOBUF.value
+    return orjson.dumps({"code": rpc.code, "message": rpc.message}), Media.JSON.value

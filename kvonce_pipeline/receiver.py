@@ -1,0 +1,392 @@
+"""The OTLP/HTTP trace receiver: ``POST /v1/traces`` in, payload files in the drop folder out.
+
+A stdlib ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive, which is what the
+OpenTelemetry exporters' ``requests`` sessions use): no extra dependency, and the work per request
+is protobuf parsing plus the KvOnce mapping, not I/O. What a request may be and what we answer is in
+:mod:`kvonce_pipeline.otlp_http`; batching and files in :mod:`kvonce_pipeline.drop_batch`; retries
+recognised in :mod:`kvonce_pipeline.span_dedupe`.
+
+The guarantee: a span answered with 200 is in the open batch (or, with ``flush_seconds == 0``,
+already in a file), and :meth:`Receiver.stop` (called on SIGINT/SIGTERM) stops taking requests,
+waits for the ones in progress, then writes the open batch. Only a crash (SIGKILL, power loss) can
+lose acknowledged spans, at most one flush interval's worth.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .drop_batch import DEFAULT_MAX_BATCH_BYTES, BatchUnavailable, DropBatcher, WrittenFile
+from .limits import Limits
+from .otlp_http import (
+    DecodedRequest,
+    HttpError,
+    Media,
+    content_coding,
+    decode_request,
+    decompress,
+    error_body,
+    media_type,
+    success_body,
+)
+from .span_dedupe import DEFAULT_WINDOW_SECONDS, RecentSpanIds, span_keys, without_spans
+
+log = logging.getLogger("kvonce.collector")
+
+TRACES_PATH = "/v1/traces"
+HEALTH_PATHS = ("/health", "/healthz")
+#: Seconds a client is asked to wait (``Retry-After``) when the receiver cannot take data now.
+RETRY_AFTER_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """Everything the receiver needs; see ``kvonce collector --help`` for the user-facing form."""
+
+    drop_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 4318
+    flush_seconds: float = 2.0
+    max_body_bytes: int = Limits.max_body_bytes
+    max_context_depth: int = Limits.max_context_depth
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    #: ``Authorization: Bearer <token>`` required on ``/v1/traces`` when set.
+    token: str | None = None
+    dedupe_window_seconds: float = DEFAULT_WINDOW_SECONDS
+    #: How long :meth:`Receiver.stop` waits for requests in progress before writing the last batch.
+    drain_seconds: float = 15.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # an idle keep-alive connection must not keep the process alive
+    allow_reuse_address = True
+    request_queue_size = 128
+    receiver: "Receiver"
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class Receiver:
+    """One running receiver. Use as a context manager, or :meth:`start` then :meth:`stop`."""
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        self.config = config
+        self.batcher = DropBatcher(config.drop_dir, flush_seconds=config.flush_seconds,
+                                   max_batch_bytes=config.max_batch_bytes)
+        self._seen = RecentSpanIds(window_seconds=config.dedupe_window_seconds)
+        self._intake = threading.Lock()  # dedupe check + batch append are one step
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._draining = False
+        self._stopped = False
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._request_ids = 0
+        self.requests_accepted = 0
+        self.spans_accepted = 0
+        self.spans_duplicate = 0
+        self.refused: dict[int, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "Receiver":
+        """Bind and serve in a background thread. Raises ``OSError`` if the address is taken."""
+        server_class = _Server6 if ":" in self.config.host else _Server
+        httpd = server_class((self.config.host, self.config.port), _Handler)
+        httpd.receiver = self
+        self._httpd = httpd
+        self.batcher.start()
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="kvonce-collector-http", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._httpd is not None, "the receiver is not started"
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def endpoint(self) -> str:
+        """What to give an exporter: ``http://host:port/v1/traces``."""
+        return self.url + TRACES_PATH
+
+    def stop(self) -> None:
+        """Stop taking requests, let those in progress finish, write the open batch.
+
+        Raises :class:`~kvonce_pipeline.errors.OutputError` if the last batch cannot be written.
+        Safe to call twice.
+        """
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._draining = True
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._inflight == 0, timeout=self.config.drain_seconds):
+                log.warning("kvonce collector: %d requests still in progress after %.0f s; they will "
+                            "not be acknowledged", self._inflight, self.config.drain_seconds)
+        self.batcher.close()
+
+    def __enter__(self) -> "Receiver":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- requests ----------------------------------------------------------------------------
+    def _enter(self) -> int | None:
+        """Count a request in progress; ``None`` when draining (it must not be acknowledged)."""
+        with self._cond:
+            if self._draining:
+                return None
+            self._inflight += 1
+            self._request_ids += 1
+            return self._request_ids
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._cond.notify_all()
+
+    def accept(self, decoded: DecodedRequest) -> tuple[int, int]:
+        """Put a validated request's new spans into the batch; returns ``(stored, duplicates)``.
+
+        Raises ``HttpError(503)`` when the batch cannot take it (the client keeps it and retries).
+        """
+        keys = span_keys(decoded.message)
+        with self._intake:
+            fresh = self._seen.claim(keys)
+            duplicates = fresh.count(False)
+            stored = len(keys) - duplicates
+            if stored:
+                blob = decoded.blob if not duplicates else without_spans(decoded.message, fresh).SerializeToString()
+                try:
+                    self.batcher.add(blob, stored)
+                except BatchUnavailable as exc:
+                    self._seen.release(keys, fresh)
+                    raise HttpError(503, str(exc), retry_after=RETRY_AFTER_SECONDS) from None
+            self.requests_accepted += 1
+            self.spans_accepted += stored
+            self.spans_duplicate += duplicates
+        if duplicates:
+            log.info("kvonce collector: dropped %d span(s) already accepted (a client retry)", duplicates)
+        return stored, duplicates
+
+    def refuse(self, status: int) -> None:
+        with self._cond:
+            self.refused[status] = self.refused.get(status, 0) + 1
+
+    # -- reporting ---------------------------------------------------------------------------
+    @property
+    def files(self) -> list[WrittenFile]:
+        """The most recent payload files written (up to 1000)."""
+        return list(self.batcher.recent_files)
+
+    def health(self) -> dict[str, Any]:
+        if self._draining:
+            status = "stopping"
+        elif not self.batcher.healthy:
+            status = "degraded"
+        else:
+            status = "ok"
+        last = self.batcher.recent_files[-1].path.name if self.batcher.recent_files else None
+        return {
+            "status": status,
+            "uptimeSeconds": round(time.monotonic() - self._started, 3),
+            "flushSeconds": self.config.flush_seconds,
+            "requestsAccepted": self.requests_accepted,
+            "spansAccepted": self.spans_accepted,
+            "spansDuplicate": self.spans_duplicate,
+            "spansPending": self.batcher.pending_spans,
+            "spansWritten": self.batcher.spans_written,
+            "filesWritten": self.batcher.files_written,
+            "lastFile": last,
+            "refused": {str(k): v for k, v in sorted(self.refused.items())},
+            "lastError": self.batcher.last_error,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kvonce-collector"
+    sys_version = ""
+    timeout = 30  # seconds: a stalled client or an idle keep-alive connection is dropped
+    server: _Server
+
+    # -- routing -----------------------------------------------------------------------------
+    def _path(self) -> str:
+        return urlsplit(self.path).path.rstrip("/") or "/"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self._path()
+        if path in HEALTH_PATHS:
+            health = self.server.receiver.health()
+            import orjson
+
+            self._send(200 if health["status"] == "ok" else 503, orjson.dumps(health), Media.JSON.value)
+        elif path == TRACES_PATH:
+            self._fail(405, f"{self.command} is not allowed on {TRACES_PATH}: use POST", None)
+        else:
+            self._fail(404, f"no such endpoint {path!r:.80}: send traces to POST {TRACES_PATH}", None)
+
+    do_HEAD = do_GET
+
+    def _other_method(self) -> None:
+        if self._path() == TRACES_PATH:
+            self._fail(405, f"{self.command} is not allowed on {TRACES_PATH}: use POST", None, close=True)
+        else:
+            self._fail(404, f"no such endpoint {self._path()!r:.80}", None, close=True)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self._path()
+        if path != TRACES_PATH:
+            self._fail(404, f"no such endpoint {path!r:.80}: send traces to POST {TRACES_PATH}", None, close=True)
+            return
+        receiver = self.server.receiver
+        request_id = receiver._enter()
+        if request_id is None:
+            self._fail(503, "the receiver is shutting down", None, close=True, retry_after=RETRY_AFTER_SECONDS)
+            return
+        try:
+            self._export(receiver, request_id)
+        except (TimeoutError, ConnectionError) as exc:
+            log.info("kvonce collector: request #%d from %s: connection lost (%s)", request_id,
+                     self.client_address[0], exc)
+            self.close_connection = True
+        finally:
+            receiver._leave()
+
+    # -- the export request ------------------------------------------------------------------
+    def _export(self, receiver: Receiver, request_id: int) -> None:
+        config = receiver.config
+        label = f"request #{request_id} ({self.command} {TRACES_PATH} from {self.client_address[0]})"
+        media: Media | None = None
+        body_read = False
+        try:
+            self._check_auth(config.token)
+            media = media_type(self.headers.get("Content-Type"))
+            coding = content_coding(self.headers.get("Content-Encoding"))
+            body = self._read_body(config.max_body_bytes)
+            body_read = True
+            data = decompress(body, coding, config.max_body_bytes)
+            decoded = decode_request(data, media, source=label, max_context_depth=config.max_context_depth)
+            stored, duplicates = receiver.accept(decoded)
+        except HttpError as error:
+            receiver.refuse(error.status)
+            message = error.message if error.message.startswith(label) else f"{label}: {error.message}"
+            level = logging.INFO if error.status in (401, 503) else logging.WARNING
+            log.log(level, "kvonce collector: %d %s", error.status, message)
+            self._fail(error.status, message, media, close=not body_read, retry_after=error.retry_after)
+            return
+        note = ""
+        if decoded.spans and not decoded.events:
+            # A warning, not a rejection (rejected_spans stays 0): the spans are stored as sent.
+            note = (f"accepted {decoded.spans} span(s), none with kvonce.event.type and kvonce.event.key: "
+                    "they are stored but are not KvOnce events")
+        log.debug("kvonce collector: %s: %d spans stored, %d duplicates", label, stored, duplicates)
+        assert media is not None
+        self._send(200, success_body(media, message=note), media.value)
+
+    def _check_auth(self, token: str | None) -> None:
+        if not token:
+            return
+        supplied = self.headers.get("Authorization", "")
+        scheme, _, credential = supplied.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+            raise HttpError(401, "missing or wrong 'Authorization: Bearer <token>' (KVONCE_COLLECTOR_TOKEN)")
+
+    def _read_body(self, limit: int) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked(limit)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise HttpError(411, "Content-Length (or chunked transfer encoding) is required")
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise HttpError(400, f"bad Content-Length {length_text!r:.40}") from None
+        if length > limit:
+            raise HttpError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise HttpError(400, "malformed chunked body") from None
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.read(2) != b"\r\n":
+                raise ConnectionError("chunked body cut short")
+            parts.append(data)
+        while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields: ignored
+        return b"".join(parts)
+
+    # -- responses ---------------------------------------------------------------------------
+    def _fail(self, status: int, message: str, media: Media | None, *, close: bool = False,
+              retry_after: int | None = None) -> None:
+        body, content_type = error_body(media, status, message)
+        headers: list[tuple[str, str]] = []
+        if status == 405:
+            headers.append(("Allow", "POST"))
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="kvonce-collector"'))
+        if retry_after is not None:
+            headers.append(("Retry-After", str(retry_after)))
+        self._send(status, body, content_type, headers=headers, close=close)
+
+    def _send(self, status: int, body: bytes, content_type: str, *,
+              headers: list[tuple[str, str]] | None = None, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers or ():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("kvonce collector: %s %s", self.client_address[0], format % args)
