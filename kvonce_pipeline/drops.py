@@ -1,0 +1,297 @@
+"""The drop folder: which files are payloads, which partition each becomes, and how to find it again.
+
+Plain Python (no Dagster): the sensor calls :func:`scan_drop_dir` on every tick and the drop
+assets call :func:`locate_payload` at run time. The rules, and why:
+
+* A file name is a label, never a path. Only entries *listed* from the drop folder are opened,
+  subfolders are not descended into, and a name taken back from a run tag must be a bare name.
+* A partition key is ``<stem>-<first 12 hex of sha256(content)>``: the same name with new bytes is
+  a new partition. Content is the identity: a second file with bytes already seen (under any name)
+  is not a new partition; the sensor matches on the sha256 prefix. The stem is
+  the file name without its last extension, reduced to ``[A-Za-z0-9._-]`` (other characters are
+  dropped), with leading dots removed and at most :data:`MAX_STEM` characters, so a key is always one
+  harmless path component (Dagster does not validate dynamic partition keys itself).
+* Half-written files are never read: dot-files and temporary names (``*.tmp``, ``*.part``, ...) are
+  ignored, and a file is taken only once its mtime is :data:`DEFAULT_SETTLE_SECONDS` old and its
+  size and mtime did not change while it was hashed.
+* Symlinks that leave the drop folder, non-regular files and files above
+  ``Limits.max_drop_file_bytes`` are refused with a reason (the sensor logs it once).
+* Nothing here writes, renames or deletes anything in the drop folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from .errors import InputError
+from .limits import Limits
+
+#: Names that are some writer's work in progress (or an editor's), never a payload.
+TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp", ".swx", "~")
+#: How old (by mtime) a file must be before it is read: a writer that is not atomic (``cp``, an
+#: editor, a network copy) has stopped touching it by then.
+DEFAULT_SETTLE_SECONDS = 2.0
+#: Stems are cut here so that a key (stem + 13) stays a short, portable path component.
+MAX_STEM = 80
+SHA_PREFIX = 12
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+KEY_PATTERN = re.compile(rf"^[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_STEM - 1}}}-[0-9a-f]{{{SHA_PREFIX}}}$")
+
+
+def stem_of(name: str) -> str:
+    """The file name without its last extension, reduced to safe characters (never empty)."""
+    stem = PurePosixPath(name.replace("\\", "/")).name
+    if "." in stem.lstrip("."):
+        stem = stem[: stem.rindex(".")]
+    stem = _UNSAFE.sub("", stem).lstrip(".")[:MAX_STEM]
+    return stem or "payload"
+
+
+def partition_key_for(name: str, sha256: str) -> str:
+    """``<stem>-<sha256[:12]>``: what a payload's partition is called."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return f"{stem_of(name)}-{sha256[:SHA_PREFIX]}"
+
+
+def is_partition_key(key: str) -> bool:
+    """True for keys this module builds. Anything else (``../x``, ``a/b``) is refused as a folder name."""
+    return bool(KEY_PATTERN.match(key))
+
+
+def split_partition_key(key: str) -> tuple[str, str]:
+    """``(stem, sha256 prefix)`` of a key built by :func:`partition_key_for`."""
+    if not is_partition_key(key):
+        raise ValueError(f"not a drop partition key: {key!r}")
+    return key[: -SHA_PREFIX - 1], key[-SHA_PREFIX:]
+
+
+def is_ignored_name(name: str) -> bool:
+    """Dot-files and temporary names: somebody is still writing them (the collector's ``.x.tmp``)."""
+    lowered = name.lower()
+    return not name or name.startswith(".") or lowered.endswith(TEMP_SUFFIXES)
+
+
+def is_bare_name(name: str) -> bool:
+    """A single path component, nothing that walks elsewhere."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def iso_utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class DropFile:
+    """A settled payload in the drop folder, with what lineage needs."""
+
+    name: str
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @property
+    def partition_key(self) -> str:
+        return partition_key_for(self.name, self.sha256)
+
+    @property
+    def arrived_at(self) -> str:
+        """When the file arrived: its mtime (the collector renames a finished file into place)."""
+        return iso_utc(self.mtime_ns)
+
+    def fingerprint(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file the sensor will not read, and why (logged once per version of the file)."""
+
+    name: str
+    reason: str
+    size: int = 0
+    mtime_ns: int = 0
+
+    def fingerprint(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+
+@dataclass
+class ScanResult:
+    ready: list[DropFile] = field(default_factory=list)        # new or changed, hashed, settled
+    unchanged: list[str] = field(default_factory=list)          # same size and mtime as ``known``
+    refused: list[Refusal] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)            # not settled yet, or over this tick's budget
+    ignored: int = 0                                            # dot-files and temporary names
+
+
+class _Changing(Exception):
+    """The file changed while it was read: not settled."""
+
+
+def _inspect(root_real: str, entry_path: str, name: str, limits: Limits) -> os.stat_result | Refusal:
+    """Stat a listed entry, refusing what must not be read. Follows a symlink only inside the folder."""
+    try:
+        link = os.lstat(entry_path)
+    except FileNotFoundError:
+        return Refusal(name, "vanished while scanning")
+    if stat.S_ISLNK(link.st_mode):
+        target = os.path.realpath(entry_path)
+        if os.path.commonpath([root_real, target]) != root_real:
+            return Refusal(name, f"symlink pointing outside the drop folder (to {target})",
+                           0, link.st_mtime_ns)
+        try:
+            info = os.stat(entry_path)
+        except OSError:
+            return Refusal(name, "dangling symlink", 0, link.st_mtime_ns)
+    else:
+        info = link
+    if stat.S_ISDIR(info.st_mode):
+        return Refusal(name, "a folder (subfolders are not scanned)", 0, info.st_mtime_ns)
+    if not stat.S_ISREG(info.st_mode):
+        return Refusal(name, "not a regular file (a FIFO, socket or device)", 0, info.st_mtime_ns)
+    if info.st_size > limits.max_drop_file_bytes:
+        return Refusal(name, f"{info.st_size} bytes is above the drop limit of {limits.max_drop_file_bytes} "
+                             "bytes (KVONCE_MAX_DROP_FILE_BYTES)", info.st_size, info.st_mtime_ns)
+    return info
+
+
+def _hash_settled(path: str, expected: os.stat_result, is_link: bool) -> str:
+    """sha256 of the file, only if it is the file that was stat'ed and it did not change meanwhile."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not is_link:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOENT):
+            raise _Changing from None
+        raise
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        if (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) != (
+                expected.st_dev, expected.st_ino, expected.st_size, expected.st_mtime_ns):
+            raise _Changing
+        while block := handle.read(4 * 1024 * 1024):
+            digest.update(block)
+        after = os.fstat(handle.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise _Changing
+    return digest.hexdigest()
+
+
+def scan_drop_dir(
+    drop_dir: Path,
+    *,
+    limits: Limits | None = None,
+    known: Mapping[str, tuple[int, int]] | None = None,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    now_ns: int | None = None,
+    max_files: int = 100,
+    max_bytes: int = 2 * 1024 * 1024 * 1024,
+) -> ScanResult:
+    """List the drop folder (not recursively) and hash files that are new since ``known``.
+
+    ``known`` maps names to the ``(size, mtime_ns)`` they had when last handled; those are not read
+    again. At most ``max_files`` files and ``max_bytes`` bytes are hashed per call, so one sensor
+    tick stays well inside its 60 s budget; the rest wait for the next call (in name order).
+    """
+    limits = limits or Limits()
+    known = known or {}
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    settle_ns = int(settle_seconds * 1e9)
+    result = ScanResult()
+    try:
+        root_real = os.path.realpath(drop_dir)
+        with os.scandir(drop_dir) as listing:
+            names = sorted(entry.name for entry in listing)
+    except FileNotFoundError:
+        return result
+    hashed_files = hashed_bytes = 0
+    for name in names:
+        if is_ignored_name(name):
+            result.ignored += 1
+            continue
+        entry_path = os.path.join(drop_dir, name)
+        info = _inspect(root_real, entry_path, name, limits)
+        if isinstance(info, Refusal):
+            result.refused.append(info)
+            continue
+        fingerprint = (info.st_size, info.st_mtime_ns)
+        if known.get(name) == fingerprint:
+            result.unchanged.append(name)
+            continue
+        if now_ns - info.st_mtime_ns < settle_ns:
+            result.waiting.append(name)
+            continue
+        if hashed_files >= max_files or (hashed_files and hashed_bytes + info.st_size > max_bytes):
+            result.waiting.append(name)
+            continue
+        try:
+            sha = _hash_settled(entry_path, info, os.path.islink(entry_path))
+        except _Changing:
+            result.waiting.append(name)
+            continue
+        except OSError as exc:
+            result.refused.append(Refusal(name, f"cannot read: {exc.strerror or exc}", *fingerprint))
+            continue
+        hashed_files += 1
+        hashed_bytes += info.st_size
+        result.ready.append(DropFile(name, Path(drop_dir) / name, info.st_size, info.st_mtime_ns, sha))
+    return result
+
+
+def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = None,
+                   sha256: str | None = None, size: int | None = None,
+                   limits: Limits | None = None) -> DropFile:
+    """Find the payload of ``partition_key`` in the drop folder, by content, never by a trusted path.
+
+    ``name`` (a hint, e.g. from the run's tags) is tried first if it is a bare file name, then the
+    files whose stem matches the key, then any other file (of ``size`` bytes, when given): a copy
+    under another name holds the same content. The content must match ``sha256`` (or the key's
+    12-digit prefix). Raises :class:`InputError` naming the folder and the key when no file holds
+    that content any more.
+    """
+    limits = limits or Limits()
+    if not is_partition_key(partition_key):
+        raise InputError(str(drop_dir), f"{partition_key!r} is not a drop partition key (<stem>-<12 hex>)")
+    stem, prefix = split_partition_key(partition_key)
+    if sha256 is not None and not sha256.startswith(prefix):
+        raise InputError(str(drop_dir), f"sha256 {sha256} does not belong to partition {partition_key}")
+    root_real = os.path.realpath(drop_dir)
+    try:
+        with os.scandir(drop_dir) as listing:
+            names = sorted(entry.name for entry in listing)
+    except FileNotFoundError:
+        raise InputError(str(drop_dir), "the drop folder does not exist") from None
+    eligible = [n for n in names if not is_ignored_name(n)]
+    candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
+    if name is not None and is_bare_name(name) and name in candidates:
+        candidates.remove(name)
+        candidates.insert(0, name)
+    for candidate in candidates:
+        entry_path = os.path.join(drop_dir, candidate)
+        info = _inspect(root_real, entry_path, candidate, limits)
+        if isinstance(info, Refusal) or (size is not None and info.st_size != size):
+            continue
+        try:
+            digest = _hash_settled(entry_path, info, os.path.islink(entry_path))
+        except (_Changing, OSError):
+            continue
+        if digest == sha256 if sha256 else digest.startswith(prefix):
+            return DropFile(candidate, Path(drop_dir) / candidate, info.st_size, info.st_mtime_ns, digest)
+    raise InputError(str(drop_dir), f"no payload with the content of partition {partition_key} "
+                                    "(the file was moved, removed or rewritten after it was seen)")
