@@ -1,11 +1,19 @@
-"""The Dagster ``Definitions``: what ``dagster dev`` and ``dagster job execute -m kvonce_pipeline`` load."""
+"""The Dagster ``Definitions``: what ``dagster dev`` and ``dagster job execute -m kvonce_pipeline`` load.
+
+Two variants of one graph, built by the same factory: the unpartitioned CI graph (``kvonce_*``,
+run by ``kvonce_conformance_job``) and the drop-folder graph (``drops/kvonce_*``, one dynamic
+partition per dropped payload, launched by ``kvonce_drop_sensor``), plus the cross-payload store
+``drops/kvonce_store``.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from .orchestration.assets import build_conformance_assets
+from .orchestration.drop_assets import drop_assets, kvonce_drop_job, kvonce_store, kvonce_store_job
 from .orchestration.resources import KvonceSettings
+from .orchestration.sensors import kvonce_drop_sensor
 
 conformance_assets = build_conformance_assets()
 
@@ -19,7 +27,8 @@ kvonce_conformance_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=conformance_assets,
-    jobs=[kvonce_conformance_job],
+    assets=[*conformance_assets, *drop_assets, kvonce_store],
+    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job],
+    sensors=[kvonce_drop_sensor],
     resources={"kvonce": KvonceSettings.from_env()},
 )

@@ -7,12 +7,10 @@ its data version, so lineage and staleness show in the UI. Schema checks run ins
 the data already in memory; they are blocking, as is the verdict.
 """
 
-
-
 import gc
 import hashlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,46 @@ CODE_VERSIONS = {
     "kvonce_projection": _code_version(projection, stages, ndjson, events),
     "kvonce_validation": _code_version(validation, stages, ndjson, events),
 }
+
+
+class ConformanceHooks:
+    """What a variant of the graph adds to the stages; this base class adds nothing (the CI job).
+
+    The drop-folder variant (:mod:`kvonce_pipeline.orchestration.drop_assets`) uses it to put the
+    source's lineage on every materialization, to judge a payload against the cumulative store and
+    to write the partition's envelope, without a second copy of the stage code.
+    """
+
+    def code_version(self, asset_name: str, base: str) -> str:
+        """The asset's code version; a variant that runs more code folds that code in."""
+        return base
+
+    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
+        """Metadata put on every materialization of the graph (source file, run, code version)."""
+        return {}
+
+    def judge(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+              stream: Iterable[events.Event], *, input_summary: dict[str, Any],
+              projection_stats: dict[str, Any] | None) -> stages.ValidationResult:
+        """Validate the events and write the report files (the default: the payload on its own)."""
+        return stages.write_validation(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
+                                       input_summary=input_summary, projection_stats=projection_stats)
+
+    def check_collected(self, source: Path, spans: int, kvonce_spans: int) -> InputError | None:
+        """An input error to fail with once the payload is collected (the default: leave it to the checks)."""
+        return None
+
+    def validated(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+                  result: stages.ValidationResult) -> dict[str, Any]:
+        """Called once the report is written; returns extra metadata for the validation asset."""
+        return {}
+
+    def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+                 error: InputError) -> None:
+        """Called after an unusable input's report is written, before the step fails."""
+
+
+NO_HOOKS = ConformanceHooks()
 
 
 def default_payload(context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
@@ -77,8 +115,12 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dic
     return {name: value.value for name, value in (materialization.metadata if materialization else {}).items()}
 
 
-def _input_failure(error: InputError, out_dir: Path) -> dg.Failure:
+def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = NO_HOOKS,
+                   context: dg.AssetExecutionContext | None = None,
+                   settings: KvonceSettings | None = None) -> dg.Failure:
     stages.write_input_error(error, out_dir)
+    if context is not None and settings is not None:
+        hooks.unusable(context, settings, out_dir, error)
     return dg.Failure(description=f"unusable input: {error}",
                       metadata={"source": error.source, "where": error.where or "", "message": error.message})
 
@@ -90,14 +132,17 @@ def build_conformance_assets(
     group_name: str = "kvonce",
     payload_for: PayloadLocator = default_payload,
     output_for: OutputLocator = default_output,
+    hooks: ConformanceHooks = NO_HOOKS,
 ) -> list[dg.AssetsDefinition]:
+    """The four stage assets under ``key_prefix``; ``hooks`` adds a variant's extra behaviour."""
     prefix = list(key_prefix)
     keys = {name: dg.AssetKey([*prefix, name]) for name in CODE_VERSIONS}
+    versions = {name: hooks.code_version(name, base) for name, base in CODE_VERSIONS.items()}
     common = {"partitions_def": partitions_def, "group_name": group_name}
 
     @dg.asset(
         key=keys["collected_kvonce_otlp"],
-        code_version=CODE_VERSIONS["collected_kvonce_otlp"],
+        code_version=versions["collected_kvonce_otlp"],
         check_specs=[dg.AssetCheckSpec("collected_schema", asset=keys["collected_kvonce_otlp"], blocking=True,
                                        description="Pandera: span ids are hex, times are integers, "
                                                    "at least one kvonce span")],
@@ -107,26 +152,31 @@ def build_conformance_assets(
     )
     def collected_kvonce_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
         out_dir = output_for(context, kvonce)
-        source = payload_for(context, kvonce)
-        context.log.info(f"collecting {source}")
         try:
+            source = payload_for(context, kvonce)
+            context.log.info(f"collecting {source}")
             source_sha = stages_sha(source)
             result = collect.collect_payload(source, out_dir / artifacts.COLLECTED, format=kvonce.input_format,
                                              limits=kvonce.limits())
         except InputError as error:
-            raise _input_failure(error, out_dir) from None
+            raise _input_failure(error, out_dir, hooks, context, kvonce) from None
         gc.disable()
         try:
             request = orjson.loads(result.path.read_bytes())
         except orjson.JSONDecodeError as exc:
-            raise _input_failure(InputError(str(source), f"not valid JSON ({exc})"), out_dir) from None
+            raise _input_failure(InputError(str(source), f"not valid JSON ({exc})"), out_dir, hooks, context,
+                                 kvonce) from None
         finally:
             gc.enable()
         spans = schemas.spans_frame(request)
         del request
+        unusable = hooks.check_collected(source, len(spans), int(spans["isKvonce"].sum()))
+        if unusable is not None:
+            raise _input_failure(unusable, out_dir, hooks, context, kvonce)
         outcome = schemas.check_frame(schemas.collected_schema, spans)
         return dg.MaterializeResult(
             metadata={
+                **hooks.lineage(context, kvonce),
                 "path": dg.MetadataValue.path(str(result.path)),
                 "sha256": result.sha256,
                 "bytes": result.size,
@@ -146,7 +196,7 @@ def build_conformance_assets(
     @dg.asset(
         key=keys["kvonce_events"],
         deps=[collected_kvonce_otlp],
-        code_version=CODE_VERSIONS["kvonce_events"],
+        code_version=versions["kvonce_events"],
         check_specs=[dg.AssetCheckSpec("events_schema", asset=keys["kvonce_events"], blocking=True,
                                        description="Pandera: ISO timestamps, time order, trace id and actor set")],
         description="The KvOnce events, in time order (kvonce-events.ndjson).",
@@ -158,12 +208,13 @@ def build_conformance_assets(
         try:
             trace = reader.read_trace(out_dir / artifacts.COLLECTED, limits=kvonce.limits())
         except InputError as error:
-            raise _input_failure(error, out_dir) from None
+            raise _input_failure(error, out_dir, hooks, context, kvonce) from None
         written = stages.write_events(trace.events, out_dir / artifacts.EVENTS)
         outcome = schemas.check_frame(schemas.events_schema, schemas.events_frame(trace.events))
         summary = trace.summary()
         return dg.MaterializeResult(
             metadata={
+                **hooks.lineage(context, kvonce),
                 **_file_metadata(written),
                 "dagster/row_count": len(trace.events),
                 "spans": summary["spans"],
@@ -178,7 +229,7 @@ def build_conformance_assets(
     @dg.asset(
         key=keys["kvonce_projection"],
         deps=[kvonce_events],
-        code_version=CODE_VERSIONS["kvonce_projection"],
+        code_version=versions["kvonce_projection"],
         check_specs=[dg.AssetCheckSpec("projection_schema", asset=keys["kvonce_projection"], blocking=True,
                                        description="Pandera: per-key counts non-negative and consistent with stats")],
         description="Per-key aggregates and the state sequence (kvonce-projection.json, "
@@ -194,6 +245,7 @@ def build_conformance_assets(
         outcome = schemas.check_frame(schemas.projection_schema(stats), schemas.per_key_frame(result.projection))
         return dg.MaterializeResult(
             metadata={
+                **hooks.lineage(context, kvonce),
                 **_file_metadata(result.projection_file),
                 "state_sequence_path": dg.MetadataValue.path(str(result.state_sequence_file.path)),
                 "state_sequence_sha256": result.state_sequence_file.sha256,
@@ -208,7 +260,7 @@ def build_conformance_assets(
     @dg.asset(
         key=keys["kvonce_validation"],
         deps=[kvonce_events, kvonce_projection],
-        code_version=CODE_VERSIONS["kvonce_validation"],
+        code_version=versions["kvonce_validation"],
         check_specs=[
             dg.AssetCheckSpec("validation_schema", asset=keys["kvonce_validation"], blocking=True,
                               description="Pandera: known rule ids and severities, indexes in range"),
@@ -234,14 +286,13 @@ def build_conformance_assets(
             "reordered": events_meta.get("reordered"),
             "warnings": events_meta.get("warnings") or [],
         }
-        result = stages.write_validation(
+        result = hooks.judge(
+            context, kvonce, out_dir,
             stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
-            out_dir,
-            max_retries=kvonce.max_retries,
-            strict=kvonce.strict,
             input_summary=input_summary,
             projection_stats=projection_meta.get("stats"),
         )
+        extra = hooks.validated(context, kvonce, out_dir, result)
         report = result.report
         summary = report["summary"]
         outcome = schemas.check_frame(schemas.validation_schema(report), schemas.issues_frame(report))
@@ -259,6 +310,8 @@ def build_conformance_assets(
         )
         return dg.MaterializeResult(
             metadata={
+                **hooks.lineage(context, kvonce),
+                **extra,
                 **_file_metadata(result.validation_file),
                 "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
                 "summary_sha256": result.summary_file.sha256,

@@ -19,8 +19,10 @@ def _env_bool(name: str) -> bool:
 class KvonceSettings(dg.ConfigurableResource):
     """Where the payload comes from, where reports go, and how strictly to judge.
 
-    Defaults come from ``KVONCE_OTLP_PAYLOAD``, ``KVONCE_REPORTS_DIR``, ``KVONCE_STRICT`` and
-    ``KVONCE_MAX_RETRIES`` when the code location loads (see :meth:`from_env`).
+    Defaults come from ``KVONCE_OTLP_PAYLOAD``, ``KVONCE_REPORTS_DIR``, ``KVONCE_STRICT``,
+    ``KVONCE_MAX_RETRIES`` and ``KVONCE_DROP_SETTLE_SECONDS`` when the code location loads (see
+    :meth:`from_env`); the drop folder and reports folder, when not set, follow the environment
+    when used.
     """
 
     payload: str | None = None
@@ -28,6 +30,10 @@ class KvonceSettings(dg.ConfigurableResource):
     strict: bool = False
     max_retries: int = DEFAULT_MAX_RETRIES
     input_format: str = "auto"
+    #: The folder the drop sensor watches (``KVONCE_DROP_DIR``, read when used, else ``drops/``).
+    drop_dir: str | None = None
+    #: Seconds a dropped file's mtime must be old before it is read (non-atomic writers finish first).
+    drop_settle_seconds: float = 2.0
 
     @classmethod
     def from_env(cls) -> "KvonceSettings":
@@ -38,6 +44,7 @@ class KvonceSettings(dg.ConfigurableResource):
             strict=_env_bool("KVONCE_STRICT"),
             max_retries=int(raw_retries) if raw_retries else DEFAULT_MAX_RETRIES,
             input_format=os.environ.get("KVONCE_FORMAT") or "auto",
+            drop_settle_seconds=float(os.environ.get("KVONCE_DROP_SETTLE_SECONDS", "").strip() or 2.0),
         )
 
     def reports_root(self) -> Path:
@@ -45,6 +52,9 @@ class KvonceSettings(dg.ConfigurableResource):
 
     def trace_dir(self) -> Path:
         return self.reports_root() / "trace"
+
+    def drop_root(self) -> Path:
+        return Path(self.drop_dir) if self.drop_dir else artifacts.drop_dir()
 
     def limits(self) -> Limits:
         return Limits.from_env()

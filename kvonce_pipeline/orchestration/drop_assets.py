@@ -1,0 +1,284 @@
+"""The drop-folder variant of the conformance graph, and the cumulative store over it.
+
+``drops/collected_kvonce_otlp -> drops/kvonce_events -> drops/kvonce_projection ->
+drops/kvonce_validation`` is the same graph as the CI job's (built by the same factory), with one
+dynamic partition per dropped payload (``<stem>-<12 hex of sha256>``, see
+:mod:`kvonce_pipeline.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
+default run's file names. ``drops/kvonce_store`` folds every processed payload into the
+cross-payload store (:mod:`kvonce_pipeline.store`).
+
+Lineage: every materialization carries the source file, its sha256, size and arrival time, the run
+id and the asset's code version; each partition folder gets ``kvonce-envelope.json``.
+"""
+
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import orjson
+
+from .. import artifacts, drops, envelope, store
+from ..atomic import write_bytes_atomic
+from ..errors import InputError
+from ..events import Event
+from ..stages import ValidationResult, write_report_files
+from ..validation import Validator
+from .assets import CODE_VERSIONS, ConformanceHooks, build_conformance_assets
+from .resources import KvonceSettings
+
+PREFIX = "drops"
+PARTITIONS_NAME = "kvonce_drops"
+drop_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
+
+#: Run tags the sensor sets: the payload's name (a hint, re-checked against the content), its
+#: sha256, size and arrival time. The payload is always found again by content.
+TAG_NAME = "kvonce/source_name"
+TAG_SHA = "kvonce/source_sha256"
+TAG_BYTES = "kvonce/source_bytes"
+TAG_ARRIVED = "kvonce/source_arrived_at"
+
+_EXTRA_CODE = hashlib.sha256(b"".join(inspect.getsource(m).encode() for m in (drops, store, envelope)))
+_EXTRA_CODE.update(inspect.getsource(inspect.getmodule(ConformanceHooks)).encode())
+
+
+def _key(context: dg.AssetExecutionContext) -> str:
+    key = context.partition_key
+    if not drops.is_partition_key(key):
+        raise dg.Failure(description=f"partition {key!r} is not a drop partition key (<stem>-<12 hex>); "
+                                     "refusing to use it as a folder name")
+    return key
+
+
+def drop_output(context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
+    """``<reports>/trace/<partition key>``; the key was checked to be one safe path component."""
+    return settings.trace_dir() / _key(context)
+
+
+class DropHooks(ConformanceHooks):
+    """Locates a partition's payload, stamps lineage, judges against the store, writes the envelope."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, str], drops.DropFile] = {}
+
+    def code_version(self, asset_name: str, base: str) -> str:
+        digest = _EXTRA_CODE.copy()
+        digest.update(base.encode())
+        return digest.hexdigest()[:12]
+
+    def source(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> drops.DropFile:
+        """The payload for this run's partition, by content (run tags only give hints). Cached per run."""
+        key = _key(context)
+        cached = self._sources.get((context.run_id, key))
+        if cached is not None:
+            return cached
+        tags = context.run.tags
+        size = tags.get(TAG_BYTES, "")
+        found = drops.locate_payload(settings.drop_root(), key, name=tags.get(TAG_NAME), sha256=tags.get(TAG_SHA),
+                                     size=int(size) if size.isdigit() else None, limits=settings.limits())
+        if len(self._sources) > 64:
+            self._sources.clear()
+        self._sources[(context.run_id, key)] = found
+        return found
+
+    def payload(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
+        return self.source(context, settings).path
+
+    def _source_fields(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
+        """Source facts from the run tags (set by the sensor) or, for a run launched by hand, the file."""
+        tags = context.run.tags
+        if TAG_SHA in tags and TAG_NAME in tags:
+            return {"name": tags[TAG_NAME], "path": str(settings.drop_root() / tags[TAG_NAME])
+                    if drops.is_bare_name(tags[TAG_NAME]) else None,
+                    "sha256": tags[TAG_SHA], "bytes": int(tags.get(TAG_BYTES, "0") or 0),
+                    "arrivedAt": tags.get(TAG_ARRIVED)}
+        try:
+            found = self.source(context, settings)
+        except InputError:
+            return {"name": None, "path": None, "sha256": None, "bytes": None, "arrivedAt": None}
+        return {"name": found.name, "path": str(found.path), "sha256": found.sha256, "bytes": found.size,
+                "arrivedAt": found.arrived_at}
+
+    def check_collected(self, source: Path, spans: int, kvonce_spans: int) -> InputError | None:
+        """A dropped payload without kvonce spans is unusable, and its error must name the file."""
+        if kvonce_spans:
+            return None
+        detail = f" ({spans} spans, none with kvonce.event.type and kvonce.event.key)" if spans else ""
+        return InputError(str(source), f"no kvonce events{detail}")
+
+    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
+        source = self._source_fields(context, settings)
+        name = context.asset_key.path[-1]
+        out: dict[str, Any] = {
+            "partition": context.partition_key,
+            "source_file": source["name"] or "",
+            "source_sha256": source["sha256"] or "",
+            "source_bytes": source["bytes"] or 0,
+            "source_arrived_at": source["arrivedAt"] or "",
+            "run_id": context.run_id,
+            "code_version": self.code_version(name, CODE_VERSIONS[name]) if name in CODE_VERSIONS else "",
+        }
+        if source["path"]:
+            out["source_path"] = dg.MetadataValue.path(source["path"])
+        return out
+
+    def judge(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+              stream: Any, *, input_summary: dict[str, Any],
+              projection_stats: dict[str, Any] | None) -> ValidationResult:
+        """Validate the payload, then reconcile it with the payloads already in the store."""
+        validator = Validator(max_retries=settings.max_retries, strict=settings.strict)
+        facts = store.FactsBuilder()
+        event: Event
+        for index, event in enumerate(stream):
+            validator.observe(index, event)
+            facts.observe(index, event)
+        own = facts.to_json()
+        key = _key(context)
+        prior, own_order = prior_facts(context.instance, settings, exclude=key)
+        report = store.reconcile_report(validator.report(input_summary=input_summary), key, own, prior, own_order)
+        write_bytes_atomic(out_dir / store.KEYFACTS, orjson.dumps(own))
+        validation_file, summary_file = write_report_files(report, out_dir, projection_stats)
+        return ValidationResult(report, validation_file, summary_file)
+
+    def _envelope(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, *,
+                  status: str, valid: bool | None, known: dict[str, tuple[str, int]],
+                  error: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+        code_versions = {name: self.code_version(name, base) for name, base in CODE_VERSIONS.items()}
+        doc = envelope.build_envelope(
+            out_dir, partition_key=_key(context), source=self._source_fields(context, settings), status=status,
+            valid=valid, correlation_fields=envelope.correlation(context.run_id, code_versions), known=known,
+            error=error)
+        return envelope.write_envelope(out_dir, doc), doc
+
+    def validated(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+                  result: ValidationResult) -> dict[str, Any]:
+        known = _known_shas(context)
+        known[artifacts.VALIDATION] = (result.validation_file.sha256, result.validation_file.size)
+        known[artifacts.SUMMARY] = (result.summary_file.sha256, result.summary_file.size)
+        path, doc = self._envelope(context, settings, out_dir, status="checked", valid=result.valid, known=known)
+        return {"envelope_path": dg.MetadataValue.path(str(path)),
+                "envelope": dg.MetadataValue.json(doc),
+                "cross_payload": dg.MetadataValue.json(result.report.get("crossPayload", {}))}
+
+    def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
+                 error: InputError) -> None:
+        """The payload cannot be read: record it (envelope status ``unusable``); the file stays as it is."""
+        self._envelope(context, settings, out_dir, status="unusable", valid=False, known={}, error=error.to_json())
+        context.log.error(f"unusable payload for partition {context.partition_key}: {error}")
+
+
+def _known_shas(context: dg.AssetExecutionContext) -> dict[str, tuple[str, int]]:
+    """Checksums the upstream stages of this run already recorded (so big files are not hashed twice)."""
+    known: dict[str, tuple[str, int]] = {}
+    names = {"collected_kvonce_otlp": artifacts.COLLECTED, "kvonce_events": artifacts.EVENTS,
+             "kvonce_projection": artifacts.PROJECTION}
+    for asset_name, file_name in names.items():
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([PREFIX, asset_name]),
+                                  asset_partitions=[context.partition_key]), limit=1).records
+        if not records or records[0].asset_materialization is None:
+            continue
+        meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+        if "sha256" in meta and "bytes" in meta:
+            known[file_name] = (str(meta["sha256"]), int(meta["bytes"]))
+        if "state_sequence_sha256" in meta:
+            path = Path(str(meta.get("state_sequence_path", "")))
+            if path.is_file():
+                known[artifacts.STATE_SEQUENCE] = (str(meta["state_sequence_sha256"]), path.stat().st_size)
+    return known
+
+
+def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings,
+                exclude: str | None = None) -> tuple[list[store.PayloadFacts], int | None]:
+    """Key facts of every registered drop partition that has them, in registration (arrival) order.
+
+    Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
+    """
+    trace = settings.trace_dir()
+    out: list[store.PayloadFacts] = []
+    own_order: int | None = None
+    for order, key in enumerate(instance.get_dynamic_partitions(PARTITIONS_NAME)):
+        if key == exclude:
+            own_order = order
+            continue
+        if not drops.is_partition_key(key):
+            continue
+        try:
+            facts = orjson.loads((trace / key / store.KEYFACTS).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            continue
+        if isinstance(facts, dict) and facts.get("schemaVersion") == store.FACTS_SCHEMA:
+            out.append(store.PayloadFacts(key, order, facts))
+    return out, own_order
+
+
+drop_hooks = DropHooks()
+drop_assets = build_conformance_assets(
+    key_prefix=[PREFIX],
+    partitions_def=drop_partitions,
+    group_name="kvonce_drops",
+    payload_for=drop_hooks.payload,
+    output_for=drop_output,
+    hooks=drop_hooks,
+)
+DROP_VALIDATION_KEY = dg.AssetKey([PREFIX, "kvonce_validation"])
+STORE_KEY = dg.AssetKey([PREFIX, "kvonce_store"])
+STORE_CODE_VERSION = hashlib.sha256(inspect.getsource(store).encode()).hexdigest()[:12]
+
+
+@dg.asset(
+    key=STORE_KEY,
+    deps=[DROP_VALIDATION_KEY],
+    code_version=STORE_CODE_VERSION,
+    group_name="kvonce_drops",
+    kinds={"python", "json"},
+    check_specs=[dg.AssetCheckSpec("cross_payload_conformance", asset=STORE_KEY,
+                                   description="No key written twice, no retry bound broken, across payloads "
+                                               "(in event-time order); findings name both partitions")],
+    description="The KvOnce store across all dropped payloads, folded in event-time order "
+                "(kvonce-store/kvonce-store.json, kvonce-store.md).",
+)
+def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
+    payloads, _ = prior_facts(context.instance, kvonce)
+    report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
+    out_dir = kvonce.trace_dir() / store.STORE_DIR
+    blob = orjson.dumps(report, option=orjson.OPT_INDENT_2 if len(report["keys"]) < 10_000 else 0) + b"\n"
+    sha = write_bytes_atomic(out_dir / store.STORE_REPORT, blob)
+    text = store.render_store_summary(report)
+    write_bytes_atomic(out_dir / store.STORE_SUMMARY, text.encode())
+    summary = report["summary"]
+    findings = "\n".join(
+        f"- {f['severity']} `{f['type']}` key `{f['key']}`: {f['first']['partition']} #{f['first']['eventIndex']}"
+        f" then {f['second']['partition']} #{f['second']['eventIndex']}" for f in report["findings"][:20]) or "none"
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(str(out_dir / store.STORE_REPORT)), "sha256": sha,
+                  "bytes": len(blob), "payloads": summary["payloads"], "dagster/row_count": summary["keys"],
+                  "written_keys": summary["writtenKeys"], "folded_partitions": dg.MetadataValue.json(
+                      [p["partition"] for p in report["payloads"]]),
+                  "summary": dg.MetadataValue.md(text)},
+        data_version=dg.DataVersion(sha),
+        check_results=[dg.AssetCheckResult(
+            check_name="cross_payload_conformance", asset_key=STORE_KEY, passed=report["valid"],
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="no cross-payload violation" if report["valid"]
+            else f"{summary['errors']} cross-payload violation(s)",
+            metadata={"errors": summary["errors"], "warnings": summary["warnings"],
+                      "by_rule": dg.MetadataValue.json(summary["byRule"]), "findings": dg.MetadataValue.md(findings)})],
+    )
+
+
+kvonce_drop_job = dg.define_asset_job(
+    "kvonce_drop_job",
+    selection=dg.AssetSelection.assets(*drop_assets),
+    partitions_def=drop_partitions,
+    executor_def=dg.in_process_executor,
+    description="One dropped payload (a dynamic partition): collect, derive, judge, with lineage.",
+)
+kvonce_store_job = dg.define_asset_job(
+    "kvonce_store_job",
+    selection=dg.AssetSelection.assets(kvonce_store),
+    executor_def=dg.in_process_executor,
+    description="Fold every processed payload into the cross-payload store.",
+)
