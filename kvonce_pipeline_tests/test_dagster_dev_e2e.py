@@ -1,0 +1,173 @@
+"""End to end: the real ``dagster dev`` (webserver and daemon) on loopback picks up dropped payloads.
+
+Starts ``dagster dev -w workspace.yaml`` on 127.0.0.1 and a free port with a temporary
+``DAGSTER_HOME``, drop folder and reports folder; drops payloads (two before start, one while it
+runs), waits for their reports, and asks the GraphQL API that the sensor is running and that each
+partition ran exactly once, including after later ticks. The whole process group is stopped at the
+end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvonce_pipeline import drops
+from kvonce_pipeline.envelope import ENVELOPE
+
+from .conftest import PROJECT_ROOT, VENV_BIN
+
+DEADLINE_S = 80
+VALID = (b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"alpha","value":"v1"}\n'
+         b'{"timestamp":"2025-10-04T06:00:01.000Z","type":"retry","key":"beta"}\n'
+         b'{"timestamp":"2025-10-04T06:00:02.000Z","type":"success","key":"beta","value":"v2"}\n')
+BROKEN = b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"a","value":"v"}\n{"oops\n'
+LATE = b'{"timestamp":"2025-10-04T06:00:05.000Z","type":"failure","key":"alpha","reason":"duplicate"}\n'
+SENSOR = {"repositoryLocationName": "kvonce_pipeline", "repositoryName": "__repository__",
+          "sensorName": "kvonce_drop_sensor"}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _key(name: str, data: bytes) -> str:
+    return drops.partition_key_for(name, hashlib.sha256(data).hexdigest())
+
+
+def _drop(folder: Path, name: str, data: bytes) -> None:
+    """Drop the way the collector does: a temporary dot-name, then one rename."""
+    tmp = folder / f".{name}.x1.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / name)
+
+
+class Dagit:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+
+    def up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/server_info", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def query(self, text: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": text, "variables": variables or {}}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = json.loads(response.read())
+        assert "errors" not in payload, payload
+        return payload["data"]
+
+    def drop_runs(self) -> list[dict[str, Any]]:
+        data = self.query("""query($filter: RunsFilter) { runsOrError(filter: $filter) {
+            ... on Runs { results { runId status tags { key value } } } } }""",
+                          {"filter": {"pipelineName": "kvonce_drop_job"}})
+        runs = data["runsOrError"]["results"]
+        for run in runs:
+            run["partition"] = next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
+        return runs
+
+    def sensor(self) -> dict[str, Any]:
+        data = self.query("""query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+            __typename ... on Sensor { sensorState { status ticks(limit: 50) { status timestamp runIds } } } } }""",
+                          {"s": SENSOR})
+        return data["sensorOrError"]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
+    home, drop_dir, reports = tmp_path / "home", tmp_path / "drops", tmp_path / "reports"
+    for folder in (home, drop_dir, reports):
+        folder.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    _drop(drop_dir, "first.ndjson", VALID)
+    _drop(drop_dir, "broken.ndjson", BROKEN)
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
+           "DAGSTER_HOME": str(home), "KVONCE_DROP_DIR": str(drop_dir), "KVONCE_REPORTS_DIR": str(reports),
+           "KVONCE_DROP_SETTLE_SECONDS": "0.5"}
+    log = (tmp_path / "dagster-dev.log").open("wb")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield Dagit(port), drop_dir, reports
+    finally:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(process.pid, sig)  # the session we started: dagster dev and all its children
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+                time.sleep(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers that outlived the leader
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def _wait(what: str, deadline: float, check) -> Any:
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
+    done = {r["partition"] for r in runs if r["status"] in ("SUCCESS", "FAILURE")}
+    return keys <= done
+
+
+def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev) -> None:
+    dagit, drop_dir, reports = dagster_dev
+    deadline = time.monotonic() + DEADLINE_S
+    _wait("the webserver", deadline, dagit.up)
+    sensor = _wait("the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
+    assert sensor["status"] == "RUNNING"  # running by default, nobody switched it on
+
+    first, broken = _key("first.ndjson", VALID), _key("broken.ndjson", BROKEN)
+    _wait("the first two runs", deadline, lambda: _finished(dagit.drop_runs(), {first, broken}))
+    _drop(drop_dir, "late.ndjson", LATE)  # arrives while everything runs
+    late = _key("late.ndjson", LATE)
+    _wait("the late payload's run", deadline, lambda: _finished(dagit.drop_runs(), {first, broken, late}))
+    for key in (first, broken, late):
+        assert (reports / "trace" / key / ENVELOPE).is_file(), key
+
+    # Let the sensor tick again after the last run: nothing may be launched twice.
+    last_run_tick = max(t["timestamp"] for t in dagit.sensor()["sensorState"]["ticks"] if t["runIds"])
+    _wait("a later tick", deadline, lambda: any(t["timestamp"] > last_run_tick and t["status"] in ("SKIPPED", "SUCCESS")
+                                                 for t in dagit.sensor()["sensorState"]["ticks"]))
+    runs = dagit.drop_runs()
+    by_partition: dict[str, list[str]] = {}
+    for run in runs:
+        by_partition.setdefault(run["partition"], []).append(run["status"])
+    assert by_partition == {first: ["SUCCESS"], broken: ["FAILURE"], late: ["SUCCESS"]}
+
+    envelope = json.loads((reports / "trace" / broken / ENVELOPE).read_text())
+    assert envelope["status"] == "unusable" and "broken.ndjson" in envelope["inputError"]["source"]
+    validation = json.loads((reports / "trace" / late / "kvonce-validation.json").read_text())
+    assert validation["valid"] is True  # its duplicate is legal: "alpha" was written in the first payload
+    assert (drop_dir / "broken.ndjson").read_bytes() == BROKEN  # never rewritten
