@@ -74,14 +74,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run)
 
 
-def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> "ReceiverConfig":
-    """Options over environment over defaults. Raises ``ValueError`` for a bad ``KVONCE_*`` value."""
+def build_config(args: argparse.Namespace) -> "ReceiverConfig":
+    """Options over environment (``KVONCE_DROP_DIR``, ``KVONCE_MAX_BODY_BYTES``,
+    ``KVONCE_MAX_CONTEXT_DEPTH``, ``KVONCE_COLLECTOR_TOKEN``) over defaults.
+
+    Raises ``ValueError`` for a bad ``KVONCE_*`` value.
+    """
     from .artifacts import drop_dir
     from .limits import MIB, Limits
     from .receiver import ReceiverConfig
 
-    env = os.environ if environ is None else environ
-    limits = Limits.from_env(dict(env))
+    env = os.environ
+    limits = Limits.from_env()
     max_body = int(args.max_body_mib * MIB) if args.max_body_mib is not None else limits.max_body_bytes
     return ReceiverConfig(
         drop_dir=Path(args.drop_dir) if args.drop_dir else drop_dir(),
@@ -134,8 +138,10 @@ def serve(config: "ReceiverConfig") -> int:
                   file=sys.stderr)
             return EXIT_FAILED
         auth = "bearer token required" if config.token else "no auth"
+        flush = (f"flush every {config.flush_seconds:g} s" if config.flush_seconds
+                 else "each request written before it is answered")
         print(f"kvonce collector: listening on {receiver.endpoint} (drop folder {config.drop_dir}, "
-              f"flush every {config.flush_seconds:g} s, {auth})", flush=True)
+              f"{flush}, {auth})", flush=True)
         if config.host not in _LOOPBACK and not config.token:
             print(f"kvonce collector: warning: listening on {config.host} without {TOKEN_ENV}: anyone who "
                   "can reach this port can add spans to the drop folder", file=sys.stderr)

@@ -275,8 +275,20 @@ def test_undecodable_data_gets_400_naming_the_problem(start_receiver, tmp_path: 
     assert not drops.exists() or payload_files(drops) == []
 
 
-def test_401_without_the_bearer_token(start_receiver) -> None:
-    config = build_config(cli.build_parser().parse_args(["collector"]), {"KVONCE_COLLECTOR_TOKEN": "s3cret"})
+def test_settings_come_from_options_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = cli.build_parser().parse_args
+    monkeypatch.setenv("KVONCE_DROP_DIR", str(tmp_path / "env-drops"))
+    monkeypatch.setenv("KVONCE_MAX_BODY_BYTES", "12345")
+    config = build_config(parse(["collector"]))
+    assert (config.drop_dir, config.max_body_bytes, config.host, config.port, config.token) == (
+        tmp_path / "env-drops", 12345, "127.0.0.1", 4318, None)
+    config = build_config(parse(["collector", "--drop-dir", str(tmp_path / "d"), "--max-body-mib", "2"]))
+    assert (config.drop_dir, config.max_body_bytes) == (tmp_path / "d", 2 * 1024 * 1024)
+
+
+def test_401_without_the_bearer_token(start_receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVONCE_COLLECTOR_TOKEN", "s3cret")
+    config = build_config(cli.build_parser().parse_args(["collector"]))
     assert config.token == "s3cret"
     receiver = start_receiver(token=config.token)
     body = encode_spans(sdk_spans(KV_SPANS)).SerializeToString()
@@ -370,6 +382,29 @@ def test_unwritable_drop_folder_gets_503_not_200(start_receiver, tmp_path: Path)
     health_status, _, health = post(receiver.url, b"", method="GET", path="/health")
     assert health_status == 503 and json.loads(health)["status"] == "degraded"
     assert receiver.spans_accepted == 0
+
+
+def test_acknowledged_spans_survive_a_failing_drop_folder(start_receiver, tmp_path: Path) -> None:
+    """A batch that cannot be written stays in memory; new data gets 503 until the folder is back."""
+    drops = tmp_path / "drops"
+    drops.write_text("a file where the drop folder should be")
+    receiver = start_receiver(drop_dir=drops, flush_seconds=0.05)
+    first = encode_spans(sdk_spans(KV_SPANS)).SerializeToString()
+    assert post(receiver.url, first, {"Content-Type": "application/x-protobuf"})[0] == 200
+    deadline = time.monotonic() + 20
+    while receiver.batcher.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert json.loads(post(receiver.url, b"", method="GET", path="/health")[2])["status"] == "degraded"
+    second = encode_spans(sdk_spans(KV_SPANS, key_prefix="late-")).SerializeToString()
+    assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 503
+
+    drops.unlink()
+    drops.mkdir()
+    while not receiver.batcher.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 200  # the retry
+    receiver.stop()
+    assert spans_in(payload_files(drops)) == 2 * len(KV_SPANS)
 
 
 def test_concurrent_exporters_lose_nothing(start_receiver, tmp_path: Path) -> None:
