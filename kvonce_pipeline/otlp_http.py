@@ -168,6 +168,11 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
             message = parse_request(body, source=source)
             events = sum(1 for _ in iter_message_events(message, source=source, stats=stats,
                                                         decoder=ProtoAnyValueDecoder(max_context_depth)))
+            if body[:1] != b"\x0a" and stats.spans:
+                # Valid protobuf may start with an unknown field, but a payload file must start with
+                # field 1 (resourceSpans) to be recognised; store the request without unknown fields.
+                message.DiscardUnknownFields()
+                return DecodedRequest(message, message.SerializeToString(), stats.spans, events)
             return DecodedRequest(message, body, stats.spans, events)
         document = _loads_json(body, source)
         events = sum(1 for _ in iter_request_events(document, source=source, stats=stats,

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from .drop_batch import DEFAULT_MAX_BATCH_BYTES, BatchUnavailable, DropBatcher, WrittenFile
 from .limits import Limits
 from .otlp_http import (
@@ -244,8 +246,6 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         if path in HEALTH_PATHS:
             health = self.server.receiver.health()
-            import orjson
-
             self._send(200 if health["status"] == "ok" else 503, orjson.dumps(health), Media.JSON.value)
         elif path == TRACES_PATH:
             self._fail(405, f"{self.command} is not allowed on {TRACES_PATH}: use POST", None)

@@ -194,6 +194,15 @@ def test_protobuf_response_is_an_export_response(start_receiver) -> None:
     assert not ExportTraceServiceResponse.FromString(reply).HasField("partial_success")
 
 
+def test_a_leading_unknown_field_cannot_make_the_payload_unreadable(start_receiver, tmp_path: Path) -> None:
+    """Unknown fields are legal protobuf; a file must still start with resourceSpans to be read."""
+    receiver = start_receiver()
+    body = b"\x78\x01" + encode_spans(sdk_spans(KV_SPANS)).SerializeToString()  # field 15 = 1 first
+    assert post(receiver.url, body, {"Content-Type": "application/x-protobuf"})[0] == 200
+    receiver.stop()
+    assert len(read_trace(payload_files(tmp_path / "drops")[0]).events) == len(KV_SPANS)
+
+
 # -- partial success and duplicates ----------------------------------------------------------
 def test_spans_without_kvonce_attributes_are_accepted_and_kept(start_receiver, tmp_path: Path) -> None:
     """Not rejected (rejected_spans 0): stored as sent, with a warning when a request has no events."""
