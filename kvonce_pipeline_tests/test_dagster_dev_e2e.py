@@ -110,7 +110,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
     try:
         yield Dagit(port), drop_dir, reports
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             try:
                 os.killpg(process.pid, sig)  # the session we started: dagster dev and all its children
             except ProcessLookupError:
