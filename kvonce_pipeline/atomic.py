@@ -2,6 +2,23 @@
 
 A reader (a user, a CI step, the drop-folder sensor, a second run) must never see half an artifact,
 and a run killed mid-write must leave the previous artifact whole.
+
+How it holds up when things go wrong:
+
+* **Killed mid-write** (SIGKILL, OOM, power cut before the rename): the target keeps its previous
+  content; only a temporary ``.<name>.<pid>.<random>.tmp`` remains. Dot-files are not artifacts
+  (the drop-folder sensor and ``rglob("*.json")`` readers skip them) and the next write of the same
+  target removes temporaries whose writer process is gone (:func:`sweep_stale_temps`).
+* **Power cut after the rename**: the data is fsynced before the rename and the folder after it,
+  so the new name never points at missing data.
+* **Disk full, read-only folder, no permission, a file where a folder should be**: an
+  :class:`~kvonce_pipeline.errors.OutputError` naming the file and the reason (``No space left on
+  device``, ``Read-only file system``, ...); the temporary file is removed and the target is left
+  as it was. The input is never opened for writing by this module.
+
+Caveat: a temporary is considered stale when no process with its pid exists *in this pid
+namespace*. Two containers writing the same folder would each see the other's pids as gone; give
+each writer its own reports folder (the drop folder is safe: each payload file has its own name).
 """
 
 from __future__ import annotations
@@ -15,6 +32,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import OutputError
+
+TEMP_SUFFIX = ".tmp"
 
 
 class _HashingWriter:
@@ -34,18 +53,91 @@ class _HashingWriter:
         return self._hash.hexdigest()
 
 
+def temp_prefix(target: Path) -> str:
+    """``.<name>.``: every temporary of ``target`` starts with it (a dot-file, never an artifact)."""
+    return f".{target.name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # when in doubt, keep the file
+    return True
+
+
+def _temp_owner(name: str) -> int | None:
+    """The writer pid in ``.<target>.<pid>.<random>.tmp`` (mkstemp's random part has no dot)."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def sweep_stale_temps(directory: str | os.PathLike[str], target_name: str | None = None) -> list[Path]:
+    """Remove temporaries left by writers that no longer run; returns what was removed.
+
+    ``target_name`` limits the sweep to one target's temporaries (what :func:`atomic_writer` does
+    before each write); without it every stale temporary in ``directory`` goes (for a service at
+    start-up, e.g. the collector on its drop folder). Errors are ignored: this is housekeeping.
+    """
+    prefix = f".{target_name}." if target_name is not None else "."
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        owner = _temp_owner(entry.name)
+        if owner is None or _pid_alive(owner):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable. Some filesystems refuse fsync on a folder; that is not an error."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _output_error(target: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    return OutputError(f"cannot write {target}: {reason}")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[_HashingWriter]:
     """Yield a binary writer; on success the file appears at ``path`` in one rename.
 
-    On any exception the temporary file is removed and ``path`` keeps its previous content.
+    On any exception the temporary file is removed and ``path`` keeps its previous content;
+    an ``OSError`` (disk full, read-only, permissions) becomes :class:`OutputError`.
     """
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        sweep_stale_temps(target.parent, target.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{temp_prefix(target)}{os.getpid()}.", suffix=TEMP_SUFFIX,
+                                        dir=target.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise _output_error(target, exc) from exc
     try:
         with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
             writer = _HashingWriter(raw)
@@ -58,8 +150,9 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[_HashingWriter]:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            raise _output_error(target, exc) from exc
         raise
+    _fsync_directory(target.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> str:
