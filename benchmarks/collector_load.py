@@ -36,9 +36,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _client(endpoint: str, batch: int, gzip: bool, start_at: float, seconds: float, index: int,
-            results: "mp.Queue[tuple[int, int, int, int, float]]") -> None:
+            results: "mp.Queue[tuple[int, int, int, int, float]]", timeout: float) -> None:
     """One exporter process: export ``batch`` spans per request until the deadline."""
+    import logging
     import random
+
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted, not logged
 
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -48,7 +51,7 @@ def _client(endpoint: str, batch: int, gzip: bool, start_at: float, seconds: flo
     from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
     resource = Resource.create({"service.name": f"load-client-{index}"})
-    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=30,
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout,
                                 compression=Compression.Gzip if gzip else Compression.NoCompression)
     rng = random.Random(os.getpid())
     acknowledged = failed = requests = 0
@@ -125,17 +128,26 @@ def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
             ctx = mp.get_context("spawn")
             results = ctx.Queue()
             start_at = time.time() + 3.0  # time for the client processes to import the SDK
+            timeout = 3.0 if args.sigterm_during_load else 30.0
             clients = [ctx.Process(target=_client, args=(endpoint, args.batch, args.gzip, start_at,
-                                                         args.seconds, i, results))
+                                                         args.seconds, i, results, timeout))
                        for i in range(args.clients)]
             for client in clients:
                 client.start()
+            if args.sigterm_during_load:
+                # stop the collector while every client is still sending: what it acknowledged
+                # before the signal must all be in the files, the rest must have failed visibly
+                time.sleep(max(0.0, start_at + args.seconds / 2 - time.time()))
+                cpu = _cpu_seconds(collector.pid)
+                collector.send_signal(signal.SIGTERM)
+                _, stderr = collector.communicate(timeout=120)
             outcomes = [results.get(timeout=args.seconds + 120) for _ in clients]
             for client in clients:
                 client.join()
-            cpu = _cpu_seconds(collector.pid)
-            collector.send_signal(signal.SIGTERM)
-            _, stderr = collector.communicate(timeout=120)
+            if not args.sigterm_during_load:
+                cpu = _cpu_seconds(collector.pid)
+                collector.send_signal(signal.SIGTERM)
+                _, stderr = collector.communicate(timeout=120)
         finally:
             if collector.poll() is None:
                 collector.kill()
@@ -177,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="spans per export request (default 512, the BatchSpanProcessor's batch size)")
     parser.add_argument("--gzip", action="store_true", help="gzip the export requests")
     parser.add_argument("--flush-seconds", type=float, default=2.0, help="collector flush interval (default 2)")
+    parser.add_argument("--sigterm-during-load", action="store_true",
+                        help="SIGTERM the collector halfway while the clients keep sending (the counts must "
+                             "still match; exports after the signal fail)")
     args = parser.parse_args(argv)
     print(f"kvonce collector load: {args.clients} exporters x {args.seconds:g} s x {args.rounds} rounds, "
           f"{args.batch} spans/request, {'gzip' if args.gzip else 'plain'} protobuf, flush {args.flush_seconds:g} s; "
