@@ -408,7 +408,7 @@ def test_acknowledged_spans_survive_a_failing_drop_folder(start_receiver, tmp_pa
     assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 503
 
     drops.unlink()
-    drops.mkdir()
+    drops.mkdir(exist_ok=True)  # the flush timer may recreate it first
     while not receiver.batcher.healthy and time.monotonic() < deadline:
         time.sleep(0.02)
     assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 200  # the retry
