@@ -34,3 +34,10 @@ class InputError(KvonceError):
 
 class OutputError(KvonceError):
     """Artifacts could not be written (disk full, read-only folder); the input is untouched."""
+
+
+class ConfigError(KvonceError, ValueError):
+    """A setting (``KVONCE_*`` variable or option) has a value that cannot be used (exit 2).
+
+    Also a ``ValueError``, so callers that caught the earlier ``ValueError`` keep working.
+    """

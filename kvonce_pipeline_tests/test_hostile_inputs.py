@@ -154,3 +154,36 @@ def test_unusable_input_and_unusable_output_folder(tmp_path: Path, capsys: pytes
     stderr = capsys.readouterr().err
     assert code == 2
     assert f"{bad}: line 1: not valid JSON" in stderr
+
+
+# --- limits: one place, each overridable, bad settings refused -------------------------------------------
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("KVONCE_MAX_LINE_BYTES", "abc", "KVONCE_MAX_LINE_BYTES must be a positive integer (bytes, or with KiB/MiB/GiB)"),
+    ("KVONCE_MAX_BODY_BYTES", "-5", "KVONCE_MAX_BODY_BYTES must be a positive integer"),
+    ("KVONCE_MAX_DECOMPRESSED_BYTES", "0", "KVONCE_MAX_DECOMPRESSED_BYTES must be positive"),
+    ("KVONCE_MAX_EVENTS", "2MiB", "KVONCE_MAX_EVENTS must be a positive integer, got '2MiB'"),
+    ("KVONCE_MAX_CONTEXT_DEPTH", "1e3", "KVONCE_MAX_CONTEXT_DEPTH must be a positive integer"),
+])
+def test_a_bad_limit_setting_exits_2_naming_the_variable(variable: str, value: str, message: str,
+                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(variable, value)
+    code = main(["conformance", "--input", str(SAMPLES / "kvonce-sample.ndjson"), "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert f"kvonce: {message}" in capsys.readouterr().err
+    assert not (tmp_path / artifacts.VALIDATION).exists(), "nothing is written under a setting nobody asked for"
+
+
+def test_limits_live_in_one_place_with_a_reason_each() -> None:
+    from kvonce_pipeline.limits import Limits, describe
+
+    rows = describe()
+    assert [row[0] for row in rows] == list(Limits.__dataclass_fields__)
+    for field_name, variable, default, reason in rows:
+        assert variable == f"KVONCE_{field_name.upper()}" and default > 0 and len(reason) > 20
+    limits = Limits.from_env({"KVONCE_MAX_LINE_BYTES": "1KiB", "KVONCE_MAX_DECOMPRESSED_BYTES": "2GiB",
+                              "KVONCE_MAX_EVENTS": "1_000", "KVONCE_MAX_BODY_BYTES": ""})
+    assert (limits.max_line_bytes, limits.max_decompressed_bytes, limits.max_events) == (1024, 2 * 1024**3, 1000)
+    assert limits.max_body_bytes == Limits().max_body_bytes, "an empty variable means the default"
