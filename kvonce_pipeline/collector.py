@@ -123,6 +123,12 @@ def serve(config: "ReceiverConfig") -> int:
     from .errors import OutputError
     from .receiver import Receiver
 
+    try:  # fail now, not at the first flush, when the drop folder cannot exist
+        config.drop_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"kvonce collector: cannot use the drop folder {config.drop_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILED
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -463,8 +463,13 @@ def test_signal_flushes_the_open_batch(tmp_path: Path, signum: int) -> None:
     assert conformance_events(files[0], tmp_path / "out")[0] == 0
 
 
-def test_cli_refuses_a_bad_port() -> None:
+def test_cli_refuses_a_bad_port_and_an_unusable_drop_folder(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["collector", "--port", "70000"]) == 2
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert cli.main(["collector", "--port", "0", "--drop-dir", str(blocked / "drops")]) == 2
+    assert "cannot use the drop folder" in capsys.readouterr().err
 
 
 # -- units the statuses rest on ----------------------------------------------------------------
