@@ -10,7 +10,7 @@ from . import artifacts
 from .errors import InputError
 from .limits import Limits
 from .reader import read_trace
-from .stages import write_events, write_input_error, write_projection, write_validation
+from .stages import write_artifacts, write_input_error
 from .validation import DEFAULT_MAX_RETRIES
 
 
@@ -46,9 +46,6 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
         write_input_error(error, out)
         raise
     input_summary = trace.summary()
-    write_events(trace.events, out / artifacts.EVENTS)
-    projection = write_projection(trace.events, out)
-    result = write_validation(trace.events, out, max_retries=options.max_retries, strict=options.strict,
-                              input_summary=input_summary,
-                              projection_stats=projection.projection["stats"])
+    result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
+                             input_summary=input_summary).validation
     return ConformanceResult(result.valid, result.report, out)

@@ -224,8 +224,8 @@ def _decode(stream: BinaryIO, detected: InputFormat, *, source: str, limits: Lim
         request = _loads_document(blob, source)
         del blob
         decoder = AnyValueDecoder(stats, limits.max_context_depth)
-        yield from _limited(iter_request_events(request, source=source, stats=stats, decoder=decoder),
-                            source, limits)
+        yield from _limited(iter_request_events(request, source=source, stats=stats, decoder=decoder,
+                                                consume=True), source, limits)
         return
     if detected is InputFormat.OTLP_JSONL:
         decoder = AnyValueDecoder(stats, limits.max_context_depth)

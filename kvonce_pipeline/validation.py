@@ -8,12 +8,13 @@ O(events) time, memory proportional to the number of keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .events import EVENT_TYPES, Event
 
 SCHEMA_VERSION = "kvonce-validation/v1"
+_KNOWN = frozenset(EVENT_TYPES)
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -69,7 +70,7 @@ class _KeyState:
     out_of_sequence: tuple[int, Any, int] | None = None  # (event index, attempt, expected)
     bound_reported: bool = False
     success_attempt: tuple[int, Any] | None = None  # (event index, attempt) of the first success with one
-    pending_duplicates: list[int] = field(default_factory=list)
+    pending_duplicates: list[int] | None = None  # created on the first one: most keys have none
 
 
 class Validator:
@@ -101,7 +102,7 @@ class Validator:
             self._add("missing-required-field", key, index, "event has no timestamp", origin)
         if kind is None:
             self._add("missing-required-field", key, index, "event has no type", origin)
-        elif kind not in EVENT_TYPES:
+        elif kind not in _KNOWN:
             self._add("unknown-event-type", key, index, f"unknown event type {kind!r:.80}", origin)
         if key is None:
             self._add("missing-required-field", None, index, "event has no key", origin)
@@ -143,7 +144,9 @@ class Validator:
             reason = event.reason
             if reason is None:
                 self._add("missing-required-field", key, index, "failure has no reason", origin)
-            elif reason.lower() == "duplicate" and not state.written:
+            elif not state.written and reason.lower() == "duplicate":
+                if state.pending_duplicates is None:
+                    state.pending_duplicates = []
                 state.pending_duplicates.append(index)
                 self._origins[index] = origin
 
