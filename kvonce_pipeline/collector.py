@@ -120,6 +120,7 @@ def serve(config: "ReceiverConfig") -> int:
     import signal
     import threading
 
+    from .atomic import sweep_stale_temps
     from .errors import OutputError
     from .receiver import Receiver
 
@@ -129,6 +130,10 @@ def serve(config: "ReceiverConfig") -> int:
         print(f"kvonce collector: cannot use the drop folder {config.drop_dir}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_FAILED
+    swept = sweep_stale_temps(config.drop_dir)  # half-written files of a collector that was killed
+    if swept:
+        print(f"kvonce collector: removed {len(swept)} temporary file(s) left by a stopped writer",
+              file=sys.stderr)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -440,6 +440,9 @@ def test_concurrent_exporters_lose_nothing(start_receiver, tmp_path: Path) -> No
 def test_signal_flushes_the_open_batch(tmp_path: Path, signum: int) -> None:
     """A real ``kvonce collector`` process: what it acknowledged is on disk after the signal."""
     drops = tmp_path / "drops"
+    drops.mkdir()
+    stale = drops / ".otlp-20250101T000000.000Z-000001.pb.999999999.abc123.tmp"  # a killed writer's
+    stale.write_bytes(b"\x0a\x02half")
     process = subprocess.Popen(
         [str(VENV_BIN / "kvonce"), "collector", "--port", "0", "--drop-dir", str(drops), "--flush-seconds", "3600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -449,7 +452,7 @@ def test_signal_flushes_the_open_batch(tmp_path: Path, signum: int) -> None:
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1/traces)", line)
         assert match, line + process.stderr.read()
         assert export(match.group(1), sdk_spans(KV_SPANS)) is SpanExportResult.SUCCESS
-        assert not drops.exists() or payload_files(drops) == []  # still in the open batch
+        assert payload_files(drops) == []  # still in the open batch
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -457,6 +460,7 @@ def test_signal_flushes_the_open_batch(tmp_path: Path, signum: int) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 0, stderr
+    assert not stale.exists() and "removed 1 temporary file(s)" in stderr
     files = payload_files(drops)
     assert len(files) == 1 and spans_in(files) == len(KV_SPANS)
     assert f"{len(KV_SPANS)} spans accepted, {len(KV_SPANS)} written in 1 files" in stderr
