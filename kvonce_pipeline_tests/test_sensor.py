@@ -253,6 +253,24 @@ def test_an_unreadable_payload_fails_once_clearly_and_is_left_alone(instance, se
     assert drop_requests(tick(instance, settings, None)) == []  # even without the cursor
 
 
+def test_a_bad_span_is_named_by_the_dropped_file_and_the_span(instance, settings, drop_dir, reports_dir) -> None:
+    span = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "a1b2c3d4e5f60001", "name": "kvonce.success",
+            "startTimeUnixNano": "1759557600000000000", "endTimeUnixNano": "1759557600000000001",
+            "attributes": [{"key": "kvonce.event.type", "value": {"stringValue": "success"}},
+                           {"key": "kvonce.event.key", "value": {"intValue": "7"}}]}
+    data = orjson.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]})
+    put(drop_dir, "otlp-bad-span.json", data)
+    _, [run] = run_tick(instance, settings)
+    assert not run.success
+    failure = next(e for e in run.all_events if e.is_step_failure).step_failure_data
+    message = failure.user_failure_data.description
+    assert str(drop_dir / "otlp-bad-span.json") in message and "span r0/s0/p0" in message
+    assert "kvonce.event.key" in message
+    doc = envelope.read_envelope(reports_dir / "trace" / key_for("otlp-bad-span.json", data))
+    assert doc["inputError"]["source"] == str(drop_dir / "otlp-bad-span.json")
+    assert doc["inputError"]["where"].endswith("span r0/s0/p0")
+
+
 def test_a_violating_payload_fails_its_blocking_check_and_keeps_its_report(instance, settings, drop_dir,
                                                                              reports_dir) -> None:
     data = line(0, "success", "k", value="1") + line(1, "success", "k", value="2")

@@ -75,6 +75,11 @@ class ConformanceHooks:
         """Called once the report is written; returns extra metadata for the validation asset."""
         return {}
 
+    def explain(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
+                error: InputError) -> InputError:
+        """The error as the user should read it (the default: as raised)."""
+        return error
+
     def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
                  error: InputError) -> None:
         """Called after an unusable input's report is written, before the step fails."""
@@ -118,6 +123,8 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dic
 def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = NO_HOOKS,
                    context: dg.AssetExecutionContext | None = None,
                    settings: KvonceSettings | None = None) -> dg.Failure:
+    if context is not None and settings is not None:
+        error = hooks.explain(context, settings, error)
     stages.write_input_error(error, out_dir)
     if context is not None and settings is not None:
         hooks.unusable(context, settings, out_dir, error)

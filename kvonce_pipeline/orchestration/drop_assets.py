@@ -162,6 +162,20 @@ class DropHooks(ConformanceHooks):
                 "envelope": dg.MetadataValue.json(doc),
                 "cross_payload": dg.MetadataValue.json(result.report.get("crossPayload", {}))}
 
+    def explain(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
+                error: InputError) -> InputError:
+        """Name the dropped file, not our collected copy of it: the user knows only the former.
+
+        The events stage reads ``collected-kvonce-otlp.json``; its span coordinates (``span r0/s1/p2``)
+        are the dropped file's, as the copy keeps resources, scopes and spans in order.
+        """
+        collected = drop_output(context, settings) / artifacts.COLLECTED
+        if error.source != str(collected):
+            return error
+        source = self._source_fields(context, settings)
+        name = source["path"] or source["name"] or error.source
+        return InputError(str(name), f"{error.message} (read from its collected copy {collected})", where=error.where)
+
     def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
                  error: InputError) -> None:
         """The payload cannot be read: record it (envelope status ``unusable``); the file stays as it is."""
