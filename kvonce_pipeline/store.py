@@ -120,10 +120,6 @@ class Fold:
     max_retries: int
     strict: bool
 
-    @property
-    def errors(self) -> int:
-        return sum(1 for f in self.findings if f["severity"] == "error" and f["crossPayload"])
-
     def cross_findings(self) -> list[dict[str, Any]]:
         return [f for f in self.findings if f["crossPayload"]]
 

@@ -17,6 +17,7 @@ a tick stays far inside the 60 s sensor timeout; what is left waits for the next
 """
 
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -28,8 +29,16 @@ from .drop_assets import (DROP_VALIDATION_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME,
 from .resources import KvonceSettings
 
 CURSOR_VERSION = 1
-#: Ticks at most this far apart (the daemon may tick a little later under load).
-MINIMUM_INTERVAL_SECONDS = 15
+
+
+def _interval_seconds() -> int:
+    """15 s unless ``KVONCE_DROP_SENSOR_INTERVAL_SECONDS`` says otherwise (clamped to 1..30 s)."""
+    raw = os.environ.get("KVONCE_DROP_SENSOR_INTERVAL_SECONDS", "").strip()
+    return min(max(int(raw), 1), 30) if raw.isdigit() else 15
+
+
+#: Seconds between ticks, read when the code location loads (the daemon may tick a little later).
+MINIMUM_INTERVAL_SECONDS = _interval_seconds()
 MAX_FILES_PER_TICK = 100
 MAX_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
 
