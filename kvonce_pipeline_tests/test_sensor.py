@@ -215,6 +215,21 @@ def test_a_dropped_payload_gets_its_own_folder_lineage_and_envelope(instance, se
     assert not (reports_dir / "trace" / artifacts.VALIDATION).exists()  # the default run's folder is untouched
 
 
+def test_any_input_form_works_gzipped_otlp_json_included(instance, settings, drop_dir, reports_dir,
+                                                         sample_otlp) -> None:
+    import gzip
+
+    data = gzip.compress(sample_otlp.read_bytes(), mtime=0)
+    put(drop_dir, "kvonce-otlp.json.gz", data)
+    _, [run] = run_tick(instance, settings)
+    assert run.success
+    key = key_for("kvonce-otlp.json.gz", data)
+    assert key.startswith("kvonce-otlp.json-")
+    collected = run.get_asset_materialization_events()[0].materialization.metadata
+    assert collected["source_compressed"].value is True and collected["source_format"].value == "otlp-json"
+    assert (reports_dir / "trace" / key / artifacts.COLLECTED).read_bytes() == sample_otlp.read_bytes()
+
+
 def test_commit_and_branch_come_from_the_environment(instance, settings, drop_dir, reports_dir,
                                                      monkeypatch) -> None:
     monkeypatch.setenv("GITHUB_SHA", "0123abc")
