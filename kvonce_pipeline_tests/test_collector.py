@@ -203,6 +203,28 @@ def test_a_leading_unknown_field_cannot_make_the_payload_unreadable(start_receiv
     assert len(read_trace(payload_files(tmp_path / "drops")[0]).events) == len(KV_SPANS)
 
 
+def test_chunked_bodies_are_read_and_a_missing_length_gets_411(start_receiver, tmp_path: Path) -> None:
+    receiver = start_receiver()
+    body = encode_spans(sdk_spans(KV_SPANS)).SerializeToString()
+    connection = http.client.HTTPConnection("127.0.0.1", receiver.address[1], timeout=10)
+    try:
+        connection.request("POST", "/v1/traces", body=iter([body[:10], body[10:]]), encode_chunked=True,
+                           headers={"Content-Type": "application/x-protobuf", "Transfer-Encoding": "chunked"})
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    connection = http.client.HTTPConnection("127.0.0.1", receiver.address[1], timeout=10)
+    try:
+        connection.putrequest("POST", "/v1/traces")
+        connection.putheader("Content-Type", "application/x-protobuf")
+        connection.endheaders()
+        assert connection.getresponse().status == 411
+    finally:
+        connection.close()
+    receiver.stop()
+    assert spans_in(payload_files(tmp_path / "drops")) == len(KV_SPANS)
+
+
 # -- partial success and duplicates ----------------------------------------------------------
 def test_spans_without_kvonce_attributes_are_accepted_and_kept(start_receiver, tmp_path: Path) -> None:
     """Not rejected (rejected_spans 0): stored as sent, with a warning when a request has no events."""
