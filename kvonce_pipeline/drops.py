@@ -134,6 +134,7 @@ class ScanResult:
     unchanged: list[str] = field(default_factory=list)          # same size and mtime as ``known``
     refused: list[Refusal] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)            # not settled yet, or over this tick's budget
+    seen_waiting: dict[str, tuple[int, int]] = field(default_factory=dict)  # their (size, mtime_ns) now
     ignored: int = 0                                            # dot-files and temporary names
 
 
@@ -198,6 +199,7 @@ def scan_drop_dir(
     *,
     limits: Limits | None = None,
     known: Mapping[str, tuple[int, int]] | None = None,
+    waited: Mapping[str, tuple[int, int]] | None = None,
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     now_ns: int | None = None,
     max_files: int = 100,
@@ -206,11 +208,14 @@ def scan_drop_dir(
     """List the drop folder (not recursively) and hash files that are new since ``known``.
 
     ``known`` maps names to the ``(size, mtime_ns)`` they had when last handled; those are not read
-    again. At most ``max_files`` files and ``max_bytes`` bytes are hashed per call, so one sensor
+    again. A file has settled when its mtime is ``settle_seconds`` old, or when it is unchanged since
+    the previous call saw it waiting (``waited``, from :attr:`ScanResult.seen_waiting`): that covers
+    an mtime in the future (a copy that kept a skewed clock's time). At most ``max_files`` files and ``max_bytes`` bytes are hashed per call, so one sensor
     tick stays well inside its 60 s budget; the rest wait for the next call (in name order).
     """
     limits = limits or Limits()
     known = known or {}
+    waited = waited or {}
     now_ns = time.time_ns() if now_ns is None else now_ns
     settle_ns = int(settle_seconds * 1e9)
     result = ScanResult()
@@ -234,11 +239,11 @@ def scan_drop_dir(
         if known.get(name) == fingerprint:
             result.unchanged.append(name)
             continue
-        if now_ns - info.st_mtime_ns < settle_ns:
+        young = now_ns - info.st_mtime_ns < settle_ns
+        over_budget = hashed_files >= max_files or (hashed_files and hashed_bytes + info.st_size > max_bytes)
+        if (young and waited.get(name) != fingerprint) or over_budget:
             result.waiting.append(name)
-            continue
-        if hashed_files >= max_files or (hashed_files and hashed_bytes + info.st_size > max_bytes):
-            result.waiting.append(name)
+            result.seen_waiting[name] = fingerprint
             continue
         try:
             sha = _hash_settled(entry_path, info, os.path.islink(entry_path))

@@ -77,6 +77,19 @@ def test_a_file_waits_until_it_has_settled(tmp_path: Path) -> None:
     assert [f.name for f in late.ready] == ["fresh.ndjson"]
 
 
+def test_a_file_with_a_future_mtime_settles_once_it_stops_changing(tmp_path: Path) -> None:
+    path = drop(tmp_path, "skewed.ndjson")
+    future = time.time_ns() + 10 * 365 * 24 * 3600 * 1_000_000_000
+    os.utime(path, ns=(future, future))
+    first = drops.scan_drop_dir(tmp_path)
+    assert first.ready == [] and first.seen_waiting == {"skewed.ndjson": (len(LINE), future)}
+    second = drops.scan_drop_dir(tmp_path, waited=first.seen_waiting)
+    assert [f.name for f in second.ready] == ["skewed.ndjson"]
+    path.write_bytes(LINE + LINE)  # still being written: changed since it was seen waiting
+    os.utime(path, ns=(future + 1, future + 1))
+    assert drops.scan_drop_dir(tmp_path, waited=first.seen_waiting).ready == []
+
+
 def test_known_files_are_not_hashed_again_but_a_rewrite_is(tmp_path: Path) -> None:
     path = drop(tmp_path, "a.ndjson")
     first = drops.scan_drop_dir(tmp_path, now_ns=LATER).ready[0]

@@ -44,8 +44,9 @@ MAX_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
 
 
 def load_cursor(raw: str | None) -> dict[str, Any]:
-    """The sensor's memory: ``files`` (name -> [size, mtime_ns, key]), ``refused``, ``store_seen``."""
-    empty: dict[str, Any] = {"v": CURSOR_VERSION, "files": {}, "refused": {}, "store_seen": 0}
+    """The sensor's memory: ``files`` (name -> [size, mtime_ns, key]), ``refused`` and ``waiting``
+    (name -> [size, mtime_ns]), and ``store_seen`` (the last validation result the store was asked to fold)."""
+    empty: dict[str, Any] = {"v": CURSOR_VERSION, "files": {}, "refused": {}, "waiting": {}, "store_seen": 0}
     if not raw:
         return empty
     try:
@@ -79,8 +80,10 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
         return dg.SensorResult(skip_reason=f"drop folder {root} cannot be created: {exc.strerror or exc}",
                                cursor=orjson.dumps(cursor).decode())
     known = {name: (entry[0], entry[1]) for name, entry in cursor["files"].items()}
-    scan = drops.scan_drop_dir(root, limits=kvonce.limits(), known=known, settle_seconds=kvonce.drop_settle_seconds,
-                               max_files=MAX_FILES_PER_TICK, max_bytes=MAX_BYTES_PER_TICK)
+    waited = {name: (entry[0], entry[1]) for name, entry in cursor["waiting"].items()}
+    scan = drops.scan_drop_dir(root, limits=kvonce.limits(), known=known, waited=waited,
+                               settle_seconds=kvonce.drop_settle_seconds, max_files=MAX_FILES_PER_TICK,
+                               max_bytes=MAX_BYTES_PER_TICK)
     files = {name: cursor["files"][name] for name in scan.unchanged}
     # Content is the identity: the sha256 prefix that ends every key built by drops.partition_key_for.
     by_content = {key[-drops.SHA_PREFIX:]: key for key in context.instance.get_dynamic_partitions(drop_partitions.name)}
@@ -111,11 +114,12 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
     if latest > store_seen:
         requests.append(dg.RunRequest(job_name=kvonce_store_job.name, run_key=f"store-{latest}"))
         store_seen = latest
-    new_cursor = orjson.dumps({"v": CURSOR_VERSION, "files": files, "refused": refused,
+    waiting = {name: list(fingerprint) for name, fingerprint in scan.seen_waiting.items()}
+    new_cursor = orjson.dumps({"v": CURSOR_VERSION, "files": files, "refused": refused, "waiting": waiting,
                                "store_seen": store_seen}).decode()
     if not requests:
-        waiting = f"; {len(scan.waiting)} file(s) not settled yet" if scan.waiting else ""
-        return dg.SensorResult(skip_reason=f"no new payload in {root}{waiting}", cursor=new_cursor)
+        note = f"; {len(scan.waiting)} file(s) not settled yet" if scan.waiting else ""
+        return dg.SensorResult(skip_reason=f"no new payload in {root}{note}", cursor=new_cursor)
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[drop_partitions.build_add_request(new_keys)] if new_keys else [],
