@@ -120,3 +120,13 @@ def test_the_validation_schema_accepts_a_reconciled_report() -> None:
     report = _reconciled(prior, "b-000000000002", [ev("03.000", "success", "k", "again")])
     outcome = schemas.check_frame(schemas.validation_schema(report), schemas.issues_frame(report))
     assert outcome.passed, outcome.failure_markdown
+
+
+def test_a_late_payload_that_wrote_first_carries_the_finding_its_run_is_first_to_see() -> None:
+    processed = [payload("new-000000000001", 0, [ev("10.000", "success", "k", "second")])]
+    report = _reconciled(processed, "old-000000000002", [ev("01.000", "success", "k", "first")])
+    assert report["valid"] is False
+    [issue] = report["issues"]
+    assert issue["type"] == "multiple-success" and issue["eventIndex"] == 0
+    assert issue["crossPayload"]["otherPartition"] == "new-000000000001"
+    assert "key written again in new-000000000001" in issue["message"]
