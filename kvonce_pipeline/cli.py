@@ -29,6 +29,8 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="skip sniffing the format")
     parser.add_argument("--strict", action="store_true", help="warnings (duplicate-before-success, ...) become errors")
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or summary line on stderr")
     parser.set_defaults(run=_conformance)
 
 
@@ -36,6 +38,7 @@ def _conformance(args: argparse.Namespace) -> int:
     from .artifacts import trace_dir
     from .conformance import ConformanceOptions, run_conformance
     from .limits import Limits
+    from .progress import ConsoleProgress
 
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
@@ -43,7 +46,10 @@ def _conformance(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else trace_dir()
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
-    result = run_conformance(args.input, out_dir, options)
+    progress = None if args.no_progress else ConsoleProgress(sys.stderr)
+    result = run_conformance(args.input, out_dir, options, progress=progress)
+    if progress is not None:
+        progress.finish()
     summary = result.report["summary"]
     verdict = "valid" if result.valid else "INVALID"
     print(f"kvonce: {verdict}: {summary['events']} events, {summary['keys']} keys, "
@@ -65,17 +71,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .conformance import _ordered_events
     from .limits import Limits
-    from .reader import read_trace
-    from .stages import _timestamped, write_events
     from .ndjson import dump_events
+    from .stages import _timestamped, write_events
 
-    trace = read_trace(args.input, format=args.format, limits=Limits.from_env())
-    if args.output:
-        write_events(trace.events, Path(args.output))
-    else:
-        dump_events(_timestamped(trace.events), sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+    with _ordered_events(args.input, format=args.format, limits=Limits.from_env(),
+                         spill_dir=Path(args.output).parent if args.output else None) as events:
+        if args.output:
+            write_events(events, Path(args.output))
+        else:
+            dump_events(_timestamped(events), sys.stdout.buffer)
+            sys.stdout.buffer.flush()
     return EXIT_VALID
 
 

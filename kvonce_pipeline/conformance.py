@@ -1,16 +1,26 @@
-"""One conformance run without Dagster: input -> events -> projection -> validation -> summary."""
+"""One conformance run without Dagster: input -> events -> projection -> validation -> summary.
+
+The run is one pass: events flow from the decoder straight into the writer of every artifact
+(:func:`kvonce_pipeline.stages.write_artifacts`), in time order. Inputs read as a stream (NDJSON,
+JSON Lines, length-delimited protobuf) are never held whole: when they turn out not to be in
+time order the pass starts again through an on-disk merge sort, so memory depends on the number
+of keys, not of events. A single OTLP document is parsed whole (JSON has no cheaper way) and its
+memory is handed over to the events as they are produced.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
 from .errors import InputError
+from .events import Event
 from .limits import Limits
-from .reader import read_trace
-from .stages import write_artifacts, write_input_error
+from .reader import SORT_RUN_EVENTS, OutOfOrder, open_trace, read_trace
+from .stages import ProgressCallback, write_artifacts, write_input_error
 from .validation import DEFAULT_MAX_RETRIES
 
 
@@ -20,6 +30,11 @@ class ConformanceOptions:
     strict: bool = False
     max_retries: int = DEFAULT_MAX_RETRIES
     limits: Limits = Limits()
+    #: False reads the whole trace into memory first (:func:`read_trace`), as earlier versions
+    #: did; the artifacts are byte-identical either way.
+    streaming: bool = True
+    #: Events per sorted run when a streamed input must be sorted on disk.
+    sort_run_events: int = SORT_RUN_EVENTS
 
 
 @dataclass(frozen=True)
@@ -34,18 +49,54 @@ class ConformanceResult:
 
 
 def run_conformance(input_path: str | Path, output_dir: str | Path,
-                    options: ConformanceOptions = ConformanceOptions()) -> ConformanceResult:
+                    options: ConformanceOptions = ConformanceOptions(), *,
+                    progress: ProgressCallback | None = None) -> ConformanceResult:
     """Write every artifact for ``input_path`` into ``output_dir``.
 
-    Raises :class:`InputError` for unusable input, after writing a validation report that says so.
+    Raises :class:`InputError` for unusable input, after writing a validation report that says
+    so (a half-written artifact is never published: the writers discard their temporary files).
+    ``progress(stage, done, total)`` is called every few thousand events.
     """
     out = Path(output_dir)
     try:
-        trace = read_trace(input_path, format=options.format, limits=options.limits)
+        if not options.streaming:
+            trace = read_trace(input_path, format=options.format, limits=options.limits)
+            result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
+                                     input_summary=trace.summary(), progress=progress,
+                                     total=len(trace.events)).validation
+            return ConformanceResult(result.valid, result.report, out)
+        try:
+            return _streamed(input_path, out, options, progress, sort_on_disk=False)
+        except OutOfOrder:
+            return _streamed(input_path, out, options, progress, sort_on_disk=True)
     except InputError as error:
         write_input_error(error, out)
         raise
-    input_summary = trace.summary()
-    result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
-                             input_summary=input_summary).validation
+
+
+def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
+              progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
+    with open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
+                    sort_on_disk=sort_on_disk, run_events=options.sort_run_events) as trace:
+        report_progress = None
+        if progress is not None:
+            def report_progress(stage: str, done: int, total: int | None) -> None:
+                fraction = trace.fraction() if trace.fraction is not None else None
+                estimate = int(done / fraction) if fraction else None
+                progress(stage, done, estimate)
+
+        result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
+                                 input_summary=trace.summary, progress=report_progress).validation
     return ConformanceResult(result.valid, result.report, out)
+
+
+@contextmanager
+def _ordered_events(input_path: str | Path, *, format: str = "auto", limits: Limits | None = None,
+                    spill_dir: Path | None = None) -> Iterator[Iterator[Event]]:
+    """Events in time order for a consumer that cannot start again (``kvonce convert`` to stdout).
+
+    Streamed inputs always go through the on-disk sort here: it holds one run in memory, and
+    an input already in order costs one sort of each run, which is linear for sorted data.
+    """
+    with open_trace(input_path, format=format, limits=limits, spill_dir=spill_dir, sort_on_disk=True) as trace:
+        yield trace.events

@@ -21,14 +21,15 @@ import gc
 import gzip
 import io
 import os
+import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -188,7 +189,28 @@ def detect_format(path: str | os.PathLike[str], *, hint: str = "auto",
         else:
             first_line = b""
         head = raw[: 64 * 1024] + stream.read(64)
+    shortcut = _sniff_long_line(first_line, limits.max_line_bytes, hint)
+    if shortcut is not None:
+        return shortcut, compressed
     return sniff(head, first_line.strip(), source=source, hint=hint), compressed
+
+
+_REQUEST_START = re.compile(rb'(?:\xef\xbb\xbf)?\s*\{\s*"resource_?[sS]pans"\s*:\s*\[')
+
+
+def _sniff_long_line(first_line: bytes, max_line: int, hint: str) -> InputFormat | None:
+    """Decide big JSON first lines without parsing them (the decoder parses them anyway).
+
+    Sniffing used to ``orjson.loads`` the whole first line: for a one-line document of a few
+    hundred megabytes that is a second full parse (or a 64 MiB failed one). A line longer than
+    the line limit cannot be JSON Lines, so it is a document; a long complete line that opens
+    as a request is a JSON Lines batch. Short lines keep the exact check.
+    """
+    if hint not in ("auto", "otlp-json") or len(first_line) < 1024 * 1024:
+        return None
+    if not _REQUEST_START.match(first_line, 0, 256):
+        return None
+    return InputFormat.OTLP_JSON if len(first_line) > max_line else InputFormat.OTLP_JSONL
 
 
 def iter_events(
@@ -321,3 +343,269 @@ def read_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
     reordered = sort_key_times(events)
     return TraceRead(source=str(path), format=detected, compressed=compressed, events=events,
                      stats=stats, reordered=reordered)
+
+
+# --- streaming: events in time order without holding them all ---------------------------------
+
+#: Events per sorted run when out-of-order streaming input is sorted on disk: about 150 MB of
+#: events in memory at 1M per run, whatever the input's size.
+SORT_RUN_EVENTS = 250_000
+#: Inputs read as a stream (line or record at a time); the others are one message in memory.
+STREAMABLE = frozenset({InputFormat.NDJSON, InputFormat.OTLP_JSONL, InputFormat.OTLP_PROTO_DELIMITED})
+
+
+class OutOfOrder(Exception):
+    """Raised by an optimistic stream at the first event earlier than the one before it."""
+
+
+@dataclass
+class TraceStream:
+    """A trace being read: ``events`` yields them once, in time order (stable, as :func:`read_trace`).
+
+    ``count`` and ``stats`` are final once ``events`` is exhausted; :meth:`summary` is then the
+    same as :meth:`TraceRead.summary` for the same input. ``fraction()`` estimates how much of
+    the input has been decoded (for progress bars), or returns None.
+    """
+
+    source: str
+    format: InputFormat
+    compressed: bool
+    events: Iterator[Event]
+    stats: DecodeStats
+    reordered: bool = False
+    count: int = 0
+    fraction: Any = None
+    spilled_runs: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "format": self.format.value,
+            "compressed": self.compressed,
+            "events": self.count,
+            "spans": self.stats.spans if self.format.is_otlp else None,
+            "skippedSpans": self.stats.skipped_spans if self.format.is_otlp else None,
+            "reordered": self.reordered,
+            "warnings": list(self.stats.warnings),
+        }
+
+
+def _raw_start(span: Any) -> int | None:
+    if type(span) is dict:
+        raw = span.get("startTimeUnixNano", span.get("start_time_unix_nano"))
+        if type(raw) is str and raw.isdigit():
+            return int(raw)
+        if type(raw) is int and raw >= 0:
+            return raw
+    raise ValueError("not a plain start time")
+
+
+def document_time_ordered(request: Any) -> bool:
+    """A cheap look at a parsed OTLP/JSON document: are its spans' start times non-decreasing?
+
+    Spans that will not become events count too, and any oddity answers False, so True is a
+    safe promise that the events come out in time order (the document can then be streamed).
+    """
+    last = 0
+    try:
+        for resource_spans in request.get("resourceSpans", request.get("resource_spans")):
+            for scope_spans in resource_spans.get("scopeSpans", resource_spans.get("scope_spans")):
+                for span in scope_spans["spans"]:
+                    start = _raw_start(span)
+                    if start:  # 0 is "unset": the event keeps its place
+                        if start < last:
+                            return False
+                        last = start
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def message_time_ordered(message: Any) -> bool:
+    """The same promise for a parsed protobuf message."""
+    last = 0
+    for resource_spans in message.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                start = span.start_time_unix_nano
+                if start:
+                    if start < last:
+                        return False
+                    last = start
+    return True
+
+
+def _ordered_or_raise(events: Iterator[Event]) -> Iterator[Event]:
+    last = 0
+    for event in events:
+        time_ns = event.time_unix_nano
+        if time_ns is not None:
+            if time_ns < last:
+                raise OutOfOrder
+            last = time_ns
+        yield event
+
+
+def _spill_record(sort_key: int, seq: int, e: Event) -> bytes:
+    return orjson.dumps([sort_key, seq, e.time_unix_nano, e.type, e.key, e.value, e.reason, e.context,
+                         e.trace_id, e.span_id, e.actor, e.origin])
+
+
+def _read_run(path: Path) -> Iterator[tuple[int, int, Event]]:
+    with open(path, "rb") as handle:
+        for line in handle:
+            k, seq, *fields = orjson.loads(line)
+            yield k, seq, Event(*fields)
+
+
+def external_sort(events: Iterable[Event], spill_dir: Path, run_events: int = SORT_RUN_EVENTS,
+                  on_spill: Any = None) -> Iterator[Event]:
+    """Stable time order with memory bounded by ``run_events``: sorted runs on disk, then a merge.
+
+    The order is exactly :func:`sort_key_times`'s: the key of an event without a time is the
+    last time seen before it, ties keep input order (the input position breaks them). Runs are
+    JSON lines in a private temporary folder under ``spill_dir``, removed when done.
+    """
+    import heapq
+    import shutil
+    import tempfile
+
+    buffer: list[tuple[int, int, Event]] = []
+    last = 0
+    seq = 0
+    folder: Path | None = None
+    runs: list[Path] = []
+    try:
+        for event in events:
+            if event.time_unix_nano is not None:
+                last = event.time_unix_nano
+            buffer.append((last, seq, event))
+            seq += 1
+            if len(buffer) >= run_events:
+                if folder is None:
+                    spill_dir.mkdir(parents=True, exist_ok=True)
+                    folder = Path(tempfile.mkdtemp(prefix=".kvonce-sort-", dir=spill_dir))
+                buffer.sort(key=_first_two)
+                run = folder / f"run-{len(runs):05d}.jsonl"
+                with open(run, "wb") as handle:
+                    for start in range(0, len(buffer), 4096):
+                        handle.write(b"\n".join(_spill_record(*item) for item in buffer[start:start + 4096]) + b"\n")
+                runs.append(run)
+                buffer.clear()
+                if on_spill is not None:
+                    on_spill(len(runs))
+        buffer.sort(key=_first_two)
+        if not runs:
+            for item in buffer:
+                yield item[2]
+            return
+        streams = [_read_run(run) for run in runs] + [iter(buffer)]
+        for item in heapq.merge(*streams, key=_first_two):
+            yield item[2]
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_two(item: tuple[int, int, Event]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _counted(stream: TraceStream, events: Iterable[Event], source: str) -> Iterator[Event]:
+    count = 0
+    for count, event in enumerate(events, 1):
+        yield event
+    stream.count = count
+    if not count:
+        stats = stream.stats
+        detail = f" ({stats.spans} spans, none with kvonce.event.type and kvonce.event.key)" if stats.spans else ""
+        raise InputError(source, f"no kvonce events{detail}")
+
+
+@contextmanager
+def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Limits | None = None,
+               spill_dir: Path | None = None, sort_on_disk: bool = False,
+               run_events: int = SORT_RUN_EVENTS) -> Iterator[TraceStream]:
+    """Open a trace for one pass over its events in time order, holding as few as the input allows.
+
+    * JSON Lines, NDJSON and length-delimited protobuf are decoded as they are read. Without
+      ``sort_on_disk`` the stream is optimistic: events pass straight through, and the first
+      one out of time order raises :class:`OutOfOrder` (the caller starts again with
+      ``sort_on_disk=True``, which sorts through runs in ``spill_dir``). Memory then depends
+      on the number of keys the consumer tracks, not on the number of events.
+    * A single OTLP/JSON document or protobuf message must be parsed whole. When its spans
+      are already in time order it is streamed and consumed as it goes (its memory is handed
+      over to the events); otherwise the events are collected and sorted as :func:`read_trace` does.
+    """
+    limits = limits or Limits()
+    stats = DecodeStats()
+    source = str(path)
+    detected, compressed = detect_format(path, hint=format, limits=limits)
+    stream = TraceStream(source, detected, compressed, iter(()), stats)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if detected in STREAMABLE:
+            size = check_input_path(path).stat().st_size
+            with open_payload(path, limits) as (payload, _):
+                raw = payload if not compressed else None
+                events: Iterable[Event] = _decode(payload, detected, source=source, limits=limits, stats=stats)
+                if sort_on_disk:
+                    stream.reordered = True
+
+                    def spilled(runs: int) -> None:
+                        stream.spilled_runs = runs
+
+                    events = external_sort(events, spill_dir or Path(tempfile_dir()), run_events, spilled)
+                else:
+                    events = _ordered_or_raise(iter(events))
+                if raw is not None and size:
+                    stream.fraction = lambda: min(1.0, raw.tell() / size)
+                stream.events = _counted(stream, events, source)
+                yield stream
+            return
+        with open_payload(path, limits) as (payload, _):
+            blob = payload.read()
+        if detected is InputFormat.OTLP_JSON:
+            request = _loads_document(blob, source)
+            del blob
+            ordered = document_time_ordered(request)
+            total = _count_spans(request)
+            decoder = AnyValueDecoder(stats, limits.max_context_depth)
+            events = _limited(iter_request_events(request, source=source, stats=stats, decoder=decoder,
+                                                  consume=True), source, limits)
+            del request
+        else:
+            message = parse_request(blob, source=source)
+            del blob
+            ordered = message_time_ordered(message)
+            total = sum(len(s.spans) for r in message.resource_spans for s in r.scope_spans)
+            events = _limited(iter_message_events(message, source=source, stats=stats,
+                                                  decoder=ProtoAnyValueDecoder(limits.max_context_depth)),
+                              source, limits)
+            del message
+        if not ordered:
+            listed = list(events)
+            stream.reordered = sort_key_times(listed)
+            events = iter(listed)
+            del listed
+        if total:
+            stream.fraction = lambda: min(1.0, stats.spans / total)
+        stream.events = _counted(stream, events, source)
+        yield stream
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _count_spans(request: Any) -> int:
+    try:
+        return sum(len(scope["spans"]) for resource in request["resourceSpans"] for scope in resource["scopeSpans"])
+    except (KeyError, TypeError):
+        return 0
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
