@@ -23,11 +23,13 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
 
 install: $(VENV)/.installed-dev
 
-$(DAGSTER_HOME):
-	mkdir -p $@
+# Local history only: no telemetry, no first-run pop-up over the UI.
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $@
 
 ## run: the CI job on the bundled sample (or $KVONCE_OTLP_PAYLOAD); exits 1 on a violation
-run: install | $(DAGSTER_HOME)
+run: install $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/dagster job execute -m kvonce_pipeline -j kvonce_conformance_job > $(DAGSTER_HOME)/last-run.log 2>&1; \
 	rc=$$?; \
 	report=$${KVONCE_REPORTS_DIR:-hermetic-reports}/trace; \
@@ -41,7 +43,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 ## ui: the Dagster UI and daemon on http://127.0.0.1:3000 (history kept in .dagster_home/)
-ui: install | $(DAGSTER_HOME)
+ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## bench: the benchmark table and chart (sizes 10k, 100k, 1M; BENCH_ARGS=--with-10m for 10M)
