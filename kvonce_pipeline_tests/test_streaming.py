@@ -1,0 +1,151 @@
+"""The streaming run: same bytes as the in-memory run, memory bounded by structure, sorted on disk."""
+
+from __future__ import annotations
+
+import filecmp
+import random
+from pathlib import Path
+
+import pytest
+
+from kvonce_pipeline import ndjson, reader
+from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.errors import InputError
+from kvonce_pipeline.events import Event
+from kvonce_pipeline.generate import FORMATS, GenerateOptions, generate
+from kvonce_pipeline.reader import external_sort, open_trace, sort_key_times
+from kvonce_pipeline.stages import write_artifacts, write_events, write_projection, write_validation
+
+ARTIFACTS = ("kvonce-events.ndjson", "kvonce-projection.json", "projected/kvonce-state-sequence.json",
+             "kvonce-validation.json", "kvonce-summary.md")
+
+
+def _same_artifacts(a: Path, b: Path) -> None:
+    for name in ARTIFACTS:
+        assert filecmp.cmp(a / name, b / name, shallow=False), name
+
+
+@pytest.mark.parametrize("form", FORMATS)
+def test_streamed_equals_in_memory(tmp_path: Path, form: str) -> None:
+    path = tmp_path / f"trace.{form}"
+    generate(path, GenerateOptions(events=2500, keys=900, format=form, violations=0.01, batch_spans=200))
+    memory = run_conformance(path, tmp_path / "memory", ConformanceOptions(streaming=False))
+    streamed = run_conformance(path, tmp_path / "streamed")
+    assert memory.report == streamed.report
+    _same_artifacts(tmp_path / "memory", tmp_path / "streamed")
+
+
+def test_fused_pass_equals_the_separate_stages(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    generate(path, GenerateOptions(events=1500, keys=500, violations=0.02))
+    events = reader.read_trace(path).events
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    write_events(events, out_a / "kvonce-events.ndjson")
+    projection = write_projection(events, out_a)
+    write_validation(events, out_a, input_summary={"x": 1}, projection_stats=projection.projection["stats"])
+    fused = write_artifacts(events, out_b, input_summary={"x": 1})
+    _same_artifacts(out_a, out_b)
+    assert fused.projection.projection["stats"] == projection.projection["stats"]
+    assert all(type(e["failureReasons"]) is list for e in projection.projection["perKey"].values())
+
+
+def _shuffled(tmp_path: Path, form: str) -> Path:
+    """A trace whose lines (NDJSON events, JSON Lines batches) arrive out of time order."""
+    source = tmp_path / f"ordered.{form}"
+    generate(source, GenerateOptions(events=3000, keys=1000, format=form, violations=0.01, batch_spans=50))
+    lines = source.read_bytes().splitlines()
+    random.Random(7).shuffle(lines)
+    target = tmp_path / f"shuffled.{form}"
+    target.write_bytes(b"\n".join(lines) + b"\n")
+    return target
+
+
+@pytest.mark.parametrize("form", ["ndjson", "otlp-jsonl"])
+def test_out_of_order_stream_is_sorted_on_disk(tmp_path: Path, form: str) -> None:
+    path = _shuffled(tmp_path, form)
+    memory = run_conformance(path, tmp_path / "memory", ConformanceOptions(streaming=False))
+    streamed = run_conformance(path, tmp_path / "streamed", ConformanceOptions(sort_run_events=256))
+    assert memory.report["summary"]["input"]["reordered"] is True
+    assert memory.report == streamed.report
+    _same_artifacts(tmp_path / "memory", tmp_path / "streamed")
+    leftovers = [p.name for p in (tmp_path / "streamed").iterdir() if p.name.startswith(".")]
+    assert leftovers == [], "sort runs and temporary files are removed"
+
+
+def test_open_trace_spills_runs_only_when_needed(tmp_path: Path) -> None:
+    path = _shuffled(tmp_path, "ndjson")
+    with open_trace(path, spill_dir=tmp_path, sort_on_disk=True, run_events=500) as trace:
+        times = [e.time_unix_nano for e in trace.events]
+    assert trace.spilled_runs == 6  # 3000 events in runs of 500 on disk, merged
+    assert trace.count == 3000 and trace.reordered
+    with pytest.raises(reader.OutOfOrder):
+        with open_trace(path, spill_dir=tmp_path) as trace:
+            list(trace.events)
+    assert times == sorted(times)
+
+
+def test_external_sort_is_the_in_memory_sort() -> None:
+    rng = random.Random(3)
+    events = [Event(None if rng.random() < 0.1 else rng.randrange(50), "retry", f"k{i % 7}", origin=f"#{i}")
+              for i in range(2000)]
+    expected = list(events)
+    sort_key_times(expected)
+    tmp = Path(__import__("tempfile").mkdtemp())
+    assert [e.origin for e in external_sort(iter(events), tmp, run_events=97)] == [e.origin for e in expected]
+    assert list(tmp.iterdir()) == []
+
+
+class _Counted(Event):
+    """An Event that counts how many of its kind are alive (memory as a structural property)."""
+
+    live = 0
+    peak = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _Counted.live += 1
+        _Counted.peak = max(_Counted.peak, _Counted.live)
+
+    def __del__(self) -> None:
+        _Counted.live -= 1
+
+
+def test_streaming_holds_a_bounded_number_of_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.ndjson"
+    generate(path, GenerateOptions(events=20_000, keys=2000, format="ndjson"))
+    monkeypatch.setattr(ndjson, "Event", _Counted)
+    _Counted.live = _Counted.peak = 0
+    run_conformance(path, tmp_path / "streamed")
+    assert _Counted.peak <= 4, "an ordered stream holds no events beyond the one being written"
+    _Counted.live = _Counted.peak = 0
+    run_conformance(path, tmp_path / "memory", ConformanceOptions(streaming=False))
+    assert _Counted.peak == 20_000  # the in-memory path, for contrast
+
+
+def test_unordered_stream_holds_at_most_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _shuffled(tmp_path, "ndjson")
+    monkeypatch.setattr(ndjson, "Event", _Counted)
+    _Counted.live = _Counted.peak = 0
+    run_conformance(path, tmp_path / "out", ConformanceOptions(sort_run_events=300))
+    assert _Counted.peak <= 300 + 4
+
+
+def test_error_mid_stream_publishes_nothing_new(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    generate(path, GenerateOptions(events=10_000, keys=1000, format="ndjson"))
+    out = tmp_path / "out"
+    run_conformance(path, out)
+    with open(path, "ab") as handle:
+        handle.write(b"{not json\n")
+    with pytest.raises(InputError, match="line 10001"):
+        run_conformance(path, out)
+    assert not (out / "kvonce-events.ndjson").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert b'"inputError"' in (out / "kvonce-validation.json").read_bytes()
+
+
+def test_empty_of_events_is_unusable(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text('{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"","spanId":"","attributes":[]}]}]}]}')
+    with pytest.raises(InputError, match="no kvonce events"):
+        run_conformance(path, tmp_path / "out")
