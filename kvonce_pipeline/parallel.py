@@ -1,0 +1,168 @@
+"""The projection on the second core: a worker process fed the events file's own bytes.
+
+Profiling the one-pass writer on a 1M-event trace put the projection (fold, state entry, JSON)
+at about 40% of the pass, and it needs nothing from the other stages but the events. The worker
+is a fresh interpreter (no fork of a multi-gigabyte parent, no pickle) that reads the NDJSON
+lines the parent writes to ``kvonce-events.ndjson`` anyway, from a pipe, and writes the state
+sequence and the projection itself, byte for byte what :func:`kvonce_pipeline.stages.write_projection`
+writes (the tests compare). Its result (stats, sha256 and sizes) comes back as one JSON line.
+
+Protocol on the worker's stdin: NDJSON event lines, then the line ``\\x00end``. A pipe that
+closes without it (the parent failed) makes the worker discard its temporary files.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+END = b"\x00end\n"
+
+
+class ProjectionWorker:
+    """The parent's handle: :meth:`feed` batches of NDJSON lines, then :meth:`finish`."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "kvonce_pipeline.parallel", str(out_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1024 * 1024,
+        )
+        self._error: BaseException | None = None
+
+    def feed(self, lines: bytes) -> None:
+        """Called from a writer thread: pipe writes release the GIL."""
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(lines)
+        except (BrokenPipeError, OSError) as error:
+            self._error = error
+            raise RuntimeError(f"the projection worker stopped: {self._stderr()}") from None
+
+    def finish(self) -> dict[str, Any]:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(END)
+        self._process.stdin.close()
+        output = self._process.stdout.read()
+        code = self._process.wait()
+        if code != 0 or not output:
+            raise RuntimeError(f"the projection worker failed (exit {code}): {self._stderr()}")
+        return orjson.loads(output)
+
+    def abort(self) -> None:
+        """The parent failed: close the pipe without the end marker; the worker discards its files."""
+        try:
+            if self._process.stdin is not None and not self._process.stdin.closed:
+                self._process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _stderr(self) -> str:
+        try:
+            assert self._process.stderr is not None
+            return self._process.stderr.read().decode(errors="replace")[-2000:]
+        except (OSError, ValueError):
+            return ""
+
+
+class _Incomplete(Exception):
+    """The parent closed the pipe without the end marker."""
+
+
+def _worker(out_dir: Path) -> int:
+    from . import artifacts
+    from .events import Event
+    from .projection import ProjectionBuilder
+    from .stages import BATCH, BackgroundWriter, _write_projection_file
+
+    gc.disable()  # no cycles here, and a collection would walk every per-key entry
+    builder = ProjectionBuilder()
+    fold, entry, dumps, loads = builder.fold, builder.entry, orjson.dumps, orjson.loads
+    stdin = sys.stdin.buffer
+    finished = False
+    try:
+        with BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as states:
+            states.write(b"[")
+            separator = b"\n"
+            buffer: list[bytes] = []
+            index = 0
+            for line in stdin:
+                if line == END:
+                    finished = True
+                    break
+                obj = loads(line)
+                event = Event(None, obj["type"], obj["key"], obj.get("value"), obj.get("reason"), obj.get("context"))
+                stamp = obj["timestamp"]
+                buffer.append(dumps(entry(index, event, stamp, fold(event, stamp))))
+                index += 1
+                if len(buffer) >= BATCH:
+                    states.write(separator + b"\n,".join(buffer))
+                    separator = b"\n,"
+                    buffer.clear()
+            if not finished:
+                raise _Incomplete
+            if buffer:
+                states.write(separator + b"\n,".join(buffer))
+            states.write(b"\n]\n")
+    except _Incomplete:
+        return 3
+    result = _write_projection_file(builder, out_dir, states.written)
+    state_file, projection_file = result.state_sequence_file, result.projection_file
+    sys.stdout.buffer.write(orjson.dumps({
+        "stats": result.projection["stats"],
+        "state": {"sha256": state_file.sha256, "size": state_file.size},
+        "projection": {"sha256": projection_file.sha256, "size": projection_file.size},
+    }))
+    sys.stdout.buffer.flush()
+    os._exit(0)  # the per-key entries need no freeing: the process ends here
+
+
+class Feeder:
+    """Hands batches to the worker from a thread, so a full pipe never stalls the decoder."""
+
+    def __init__(self, worker: ProjectionWorker, depth: int = 8) -> None:
+        import queue
+
+        self._worker = worker
+        self._queue: Any = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="projection feeder", daemon=True)
+        self._thread.start()
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is None:
+                try:
+                    self._worker.feed(chunk)
+                except BaseException as error:  # noqa: BLE001 - re-raised in the producer
+                    self._error = error
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(Path(sys.argv[1])))
