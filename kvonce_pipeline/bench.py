@@ -26,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,19 +79,58 @@ def _python() -> str:
     return sys.executable
 
 
+def _tree_rss_kb(pid: int) -> int:
+    """Resident memory of ``pid`` plus its descendants (the projection worker), from /proc."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+            with open(f"/proc/{current}/task/{current}/children", "rb") as handle:
+                pending += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class _TreeSampler(threading.Thread):
+    """Samples the process tree's summed RSS every 50 ms: a worker's memory counts too."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kb = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, _tree_rss_kb(self.pid))
+
+
 def measure(argv: list[str], *, env: dict[str, str] | None = None, capture: bool = False) -> tuple[Measurement, str]:
-    """Run ``argv``; wall time to exit and the child's own peak RSS (``wait4``, not the family max)."""
+    """Run ``argv``: wall time to exit, and peak memory as the larger of the process's own peak
+    (``wait4``'s ``ru_maxrss``) and the sampled sum over it and its children."""
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=env)
+    sampler = _TreeSampler(process.pid)
+    sampler.start()
     output = ""
     if capture:
         assert process.stdout is not None
         output = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    sampler.stop.set()
+    sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode), output
+    peak_kb = max(usage.ru_maxrss, sampler.peak_kb)
+    return Measurement(seconds, peak_kb / 1024, process.returncode), output
 
 
 def data_file(events: int, form: str) -> Path:

@@ -10,6 +10,7 @@ memory is handed over to the events as they are produced.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,24 @@ class ConformanceOptions:
     streaming: bool = True
     #: Events per sorted run when a streamed input must be sorted on disk.
     sort_run_events: int = SORT_RUN_EVENTS
+    #: Run the projection in a worker process on another core: None decides by input size
+    #: (:data:`PARALLEL_MIN_BYTES`) and core count. The artifacts are the same either way.
+    parallel: bool | None = None
+
+
+#: Below this input size a worker's start-up (a fresh interpreter, ~0.3 s) is not worth it.
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+
+
+def use_parallel(input_path: str | Path, option: bool | None) -> bool:
+    if option is not None:
+        return option
+    if (os.cpu_count() or 1) < 2:
+        return False
+    try:
+        return Path(input_path).stat().st_size >= PARALLEL_MIN_BYTES
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,8 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
             trace = read_trace(input_path, format=options.format, limits=options.limits)
             result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
                                      input_summary=trace.summary(), progress=progress,
-                                     total=len(trace.events)).validation
+                                     total=len(trace.events),
+                                     parallel=use_parallel(input_path, options.parallel)).validation
             return ConformanceResult(result.valid, result.report, out)
         try:
             return _streamed(input_path, out, options, progress, sort_on_disk=False)
@@ -86,7 +106,8 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
                 progress(stage, done, estimate)
 
         result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
-                                 input_summary=trace.summary, progress=report_progress).validation
+                                 input_summary=trace.summary, progress=report_progress,
+                                 parallel=use_parallel(input_path, options.parallel)).validation
     return ConformanceResult(result.valid, result.report, out)
 
 

@@ -249,6 +249,7 @@ def write_artifacts(
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     progress: ProgressCallback | None = None,
     total: int | None = None,
+    parallel: bool = False,
 ) -> ArtifactsResult:
     """Events, projection, state sequence and validation in one pass over ``events``.
 
@@ -258,10 +259,73 @@ def write_artifacts(
     state, and the two large files are hashed and written by threads. ``events`` may be a
     one-shot iterator (the streaming path); ``input_summary`` may be a function, called after
     the last event, when the counts are only known then.
+
+    ``parallel=True`` moves the projection to a worker process on the second core
+    (:mod:`kvonce_pipeline.parallel`); the files are the same, but the returned projection then
+    holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that).
     """
+    write = _write_artifacts_parallel if parallel else _write_artifacts
     with gc_paused():
-        return _write_artifacts(events, out_dir, max_retries=max_retries, strict=strict,
-                                input_summary=input_summary, progress=progress, total=total)
+        return write(events, out_dir, max_retries=max_retries, strict=strict,
+                     input_summary=input_summary, progress=progress, total=total)
+
+
+def _write_artifacts_parallel(
+    events: Iterable[Event],
+    out_dir: Path,
+    *,
+    max_retries: int,
+    strict: bool,
+    input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+    progress: ProgressCallback | None,
+    total: int | None,
+) -> ArtifactsResult:
+    from .parallel import Feeder, ProjectionWorker
+
+    validator = Validator(max_retries=max_retries, strict=strict)
+    observe = validator.observe
+    dumps, stamp_of = orjson.dumps, format_timestamp
+    index = -1
+    (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
+    worker = ProjectionWorker(out_dir)
+    try:
+        feeder = Feeder(worker)
+        with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out:
+            lines: list[bytes] = []
+            for index, event in enumerate(events):
+                time_ns = event.time_unix_nano
+                lines.append(dumps(event.to_json(None if time_ns is None else stamp_of(time_ns))))
+                observe(index, event)
+                if len(lines) >= BATCH:
+                    chunk = b"\n".join(lines) + b"\n"
+                    event_out.write(chunk)
+                    feeder.write(chunk)
+                    lines.clear()
+                    if progress is not None:
+                        progress("write", index + 1, total)
+            if lines:
+                chunk = b"\n".join(lines) + b"\n"
+                event_out.write(chunk)
+                feeder.write(chunk)
+            feeder.close()
+        outcome = worker.finish()
+    except BaseException:
+        worker.abort()
+        raise
+    if progress is not None:
+        progress("write", index + 1, total)
+    stats = outcome["stats"]
+    projection = {"schemaVersion": "kvonce/v1", "eventCount": stats["totalEvents"], "stats": stats,
+                  "outputs": {"stateSequence": artifacts.STATE_SEQUENCE}}
+    projection_result = ProjectionResult(
+        projection,
+        Written(out_dir / artifacts.PROJECTION, outcome["projection"]["sha256"], outcome["projection"]["size"]),
+        Written(out_dir / artifacts.STATE_SEQUENCE, outcome["state"]["sha256"], outcome["state"]["size"]),
+    )
+    summary = input_summary() if callable(input_summary) else input_summary
+    report = validator.report(input_summary=summary)
+    validation = ValidationResult(report, *write_report_files(report, out_dir, stats))
+    return ArtifactsResult(event_out.written, projection_result, validation)
 
 
 @contextmanager

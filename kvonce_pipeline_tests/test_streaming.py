@@ -149,3 +149,25 @@ def test_empty_of_events_is_unusable(tmp_path: Path) -> None:
     path.write_text('{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"","spanId":"","attributes":[]}]}]}]}')
     with pytest.raises(InputError, match="no kvonce events"):
         run_conformance(path, tmp_path / "out")
+
+
+def test_projection_worker_writes_the_same_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    generate(path, GenerateOptions(events=9000, keys=3000, format="ndjson", violations=0.01))
+    sequential = run_conformance(path, tmp_path / "one", ConformanceOptions(parallel=False))
+    parallel = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
+    assert sequential.report == parallel.report
+    _same_artifacts(tmp_path / "one", tmp_path / "two")
+
+
+def test_projection_worker_discards_its_files_when_the_parent_fails(tmp_path: Path) -> None:
+    def failing():
+        yield from reader.read_trace(tmp_path / "t.json").events[:5000]
+        raise InputError("t.json", "broken on purpose")
+
+    generate(tmp_path / "t.json", GenerateOptions(events=6000, keys=2000))
+    out = tmp_path / "out"
+    with pytest.raises(InputError):
+        write_artifacts(failing(), out, parallel=True)
+    leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert leftovers == [], "no artifact and no temporary file is left behind"
