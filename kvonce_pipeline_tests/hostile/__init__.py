@@ -198,6 +198,16 @@ CASES: list[HostileCase] = [
                     '{"timestamp":"2025-10-04T06:00:00.000Z","type":"failure","reason":"duplicate",'
                     '"type":"success","key":"a","value":"v"}')),
                 2, "line 1: duplicate key 'type'", xfail=_DUP_KEYS_XFAIL),
+    HostileCase("ndjson-duplicate-keys-spaced", "duplicate-keys",  # a key spaced from its colon
+                _file("dupkeys-spaced.ndjson", _ndjson(
+                    '{"timestamp":"2025-10-04T06:00:00.000Z","type":"failure","reason":"duplicate",'
+                    '"type" :"success","key":"a","value":"v"}')),
+                2, "line 1: duplicate key 'type'", xfail=_DUP_KEYS_XFAIL),
+    HostileCase("ndjson-duplicate-context-attempt", "duplicate-keys",
+                _file("dupkeys-ctx.ndjson", _ndjson(
+                    '{"timestamp":"2025-10-04T06:00:00.000Z","type":"retry","key":"a",'
+                    '"context":{"attempt":2,"attempt":1}}')),
+                2, "line 1: duplicate key 'attempt'", xfail=_DUP_KEYS_XFAIL),
     # --- NDJSON: values of the wrong type ---------------------------------------------------------
     HostileCase("ndjson-key-number", "wrong-types", _file("key-int.ndjson", _ndjson(_event(key=5))),
                 2, "line 1: field 'key' must be a string, got int"),
@@ -391,6 +401,25 @@ CASES: list[HostileCase] = [
                     _attr("kvonce.event.value", {"stringValue": "v"})))),
                 2, f"{_SPAN0}: attribute kvonce.event.type appears more than once",
                 xfail="attributes become a dict, so the last of two kvonce.event.type attributes wins: exit 0"),
+    HostileCase("otlp-json-duplicate-context-attempt", "duplicate-keys",
+                _file("dup-kvlist.json", _otlp(_kv_span({"stringValue": "retry"}, {"stringValue": "k"}, _attr(
+                    "kvonce.event.context", {"kvlistValue": {"values": [
+                        {"key": "attempt", "value": {"intValue": "2"}},
+                        {"key": "attempt", "value": {"intValue": "1"}}]}})))),
+                2, f"{_SPAN0}: attribute kvonce.event.context: kvlistValue key 'attempt' appears more than once",
+                xfail="kvlistValue entries become a dict: the last 'attempt' wins"),
+    HostileCase("otlp-proto-duplicate-type-attribute", "duplicate-keys",
+                _file("dup-attr.pb", wire.request(  # a span's bytes plus two more attribute fields
+                    wire.span({"kvonce.event.type": "failure", "kvonce.event.key": "k", "kvonce.event.reason": "duplicate"})
+                    + wire.field(9, wire.key_value("kvonce.event.type", "success"))
+                    + wire.field(9, wire.key_value("kvonce.event.value", "v")))),
+                2, f"{_SPAN0}: attribute kvonce.event.type appears more than once",
+                xfail="attributes become a dict (or the fast path overwrites): the last kvonce.event.type wins"),
+    HostileCase("otlp-proto-duplicate-context-attempt", "duplicate-keys",
+                _file("dup-kvlist.pb", wire.request(wire.kvonce_span("retry", "k", context=wire.field(6, (
+                    wire.field(1, wire.key_value("attempt", 2)) + wire.field(1, wire.key_value("attempt", 1))))))),
+                2, f"{_SPAN0}: attribute kvonce.event.context: kvlistValue key 'attempt' appears more than once",
+                xfail="kvlist_value entries become a dict: the last 'attempt' wins"),
     # --- ids and times ---------------------------------------------------------------------------
     HostileCase("otlp-json-trace-id-short", "id-length", _file("tid-short.json", _otlp(_kv_span(traceId="abc"))),
                 2, f"{_SPAN0}: traceId 'abc' is not 32 hex digits"),
