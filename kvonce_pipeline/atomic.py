@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,32 @@ def sweep_stale_temps(directory: str | os.PathLike[str], target_name: str | None
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
+    return removed
+
+
+def private_folder_name(prefix: str) -> str:
+    """``<prefix><pid>-``: the start of a scratch folder's name that :func:`sweep_stale_folders`
+    can attribute to its process (use as ``tempfile.mkdtemp(prefix=...)``)."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def sweep_stale_folders(directory: str | os.PathLike[str], prefix: str) -> list[Path]:
+    """Remove scratch folders ``<prefix><pid>-<random>`` whose process is gone (e.g. the on-disk
+    sort's runs of a killed run); returns what was removed. Errors are ignored."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].partition("-")[0]
+        if not (pid_text.isascii() and pid_text.isdigit()) or _pid_alive(int(pid_text)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
     return removed
 
 

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,14 @@ import orjson
 import pytest
 
 from kvonce_pipeline import artifacts
-from kvonce_pipeline.atomic import TEMP_SUFFIX, atomic_writer, sweep_stale_temps, write_bytes_atomic
+from kvonce_pipeline.atomic import (
+    TEMP_SUFFIX,
+    atomic_writer,
+    private_folder_name,
+    sweep_stale_folders,
+    sweep_stale_temps,
+    write_bytes_atomic,
+)
 from kvonce_pipeline.errors import OutputError
 
 from .conftest import SAMPLES, VENV_BIN
@@ -170,6 +178,19 @@ def test_stale_temporaries_of_dead_writers_are_swept_live_ones_kept(tmp_path: Pa
     assert sweep_stale_temps(tmp_path) == []
 
 
+def test_stale_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = tmp_path / f".kvonce-sort-{child.pid}-abc123"
+    dead.mkdir()
+    (dead / "run-00000.jsonl").write_bytes(b"{}\n")
+    alive = Path(tempfile.mkdtemp(prefix=private_folder_name(".kvonce-sort-"), dir=tmp_path))
+    unknown = tmp_path / ".kvonce-sort-no-pid"
+    unknown.mkdir()
+    assert sweep_stale_folders(tmp_path, ".kvonce-sort-") == [dead]
+    assert not dead.exists() and alive.is_dir() and unknown.is_dir()
+
+
 def test_output_error_names_the_file_and_the_reason(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -304,3 +325,43 @@ def test_file_size_limit_stands_in_for_a_full_disk(big_trace: Path, tmp_path: Pa
     assert not _temporaries(out_dir)
     assert _snapshot(out_dir) == previous, "the previous artifacts are untouched"
     assert _sha(big_trace) == before_input
+
+
+#: A real process sorting on disk with small runs (the CLI has no knob for the run size).
+_SORTING_RUN = ("import sys\n"
+                "from kvonce_pipeline.conformance import ConformanceOptions, run_conformance\n"
+                "run_conformance(sys.argv[1], sys.argv[2], ConformanceOptions(sort_run_events=1000))\n")
+
+
+@pytest.mark.xfail(strict=True, reason="the on-disk sort's .kvonce-sort-* folder (reader.external_sort) is removed "
+                                       "only by the run that made it: after a SIGKILL it stays in the reports "
+                                       "folder for good, and a rerun does not sweep it")
+def test_kill_during_on_disk_sort_leaves_no_spill_folder_after_a_rerun(tmp_path: Path) -> None:
+    trace = tmp_path / "reversed.ndjson"
+    events = 60_000
+    with open(trace, "wb") as out:  # newest first: the stream is out of order, so it is sorted on disk
+        for i in reversed(range(events)):
+            out.write(orjson.dumps({"timeUnixNano": str(1_759_557_600_000_000_000 + i * 1_000_000),
+                                    "type": "success", "key": f"k{i}", "value": "v"}) + b"\n")
+    out_dir = tmp_path / "reports"
+    process = subprocess.Popen([sys.executable, "-c", _SORTING_RUN, str(trace), str(out_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    seen = False
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            if list(out_dir.glob(".kvonce-sort-*")):
+                seen = True
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        if process.poll() is None and not seen:
+            process.kill()
+        process.wait(timeout=60)
+    assert seen and process.returncode == -signal.SIGKILL, "killed while the sort's runs were on disk"
+    rerun = subprocess.run([sys.executable, "-c", _SORTING_RUN, str(trace), str(out_dir)],
+                           capture_output=True, text=True, timeout=300, env=_env())
+    assert rerun.returncode == 0, rerun.stderr
+    assert orjson.loads((out_dir / artifacts.VALIDATION).read_bytes())["summary"]["events"] == events
+    assert not list(out_dir.glob(".kvonce-sort-*")), "the killed run's spill folder is still there"
