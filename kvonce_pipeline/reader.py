@@ -435,6 +435,18 @@ def message_time_ordered(message: Any) -> bool:
     return True
 
 
+def _note_disorder(stream: "TraceStream", events: Iterable[Event]) -> Iterator[Event]:
+    """Pass events through, setting ``stream.reordered`` if any is earlier than the one before."""
+    last = 0
+    for event in events:
+        time_ns = event.time_unix_nano
+        if time_ns is not None:
+            if time_ns < last:
+                stream.reordered = True
+            last = time_ns
+        yield event
+
+
 def _ordered_or_raise(events: Iterator[Event]) -> Iterator[Event]:
     last = 0
     for event in events:
@@ -551,12 +563,11 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
                 raw = payload if not compressed else None
                 events: Iterable[Event] = _decode(payload, detected, source=source, limits=limits, stats=stats)
                 if sort_on_disk:
-                    stream.reordered = True
-
                     def spilled(runs: int) -> None:
                         stream.spilled_runs = runs
 
-                    events = external_sort(events, spill_dir or Path(tempfile_dir()), run_events, spilled)
+                    events = external_sort(_note_disorder(stream, events), spill_dir or Path(tempfile_dir()),
+                                           run_events, spilled)
                 else:
                     events = _ordered_or_raise(iter(events))
                 if raw is not None and size:

@@ -137,6 +137,11 @@ def write_events(events: Iterable[Event], path: Path, *, progress: ProgressCallb
     return out.written
 
 
+def with_progress(items: Iterable[Any], progress: ProgressCallback | None, stage: str) -> Iterable[Any]:
+    """``items`` unchanged, calling ``progress(stage, count, None)`` every :data:`BATCH` items."""
+    return _progressed(items, progress, stage)
+
+
 def _progressed(items: Iterable[Any], progress: ProgressCallback | None, stage: str) -> Iterable[Any]:
     if progress is None:
         return items
@@ -441,3 +446,43 @@ def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] |
 
 def summarize_trace(trace: TraceRead) -> dict[str, Any]:
     return trace.summary()
+
+
+class EventColumns:
+    """The columns the ``events_schema`` Pandera check needs, gathered while events stream past.
+
+    The Dagster ``kvonce_events`` asset used to keep every ``Event`` to build its check frame
+    after writing; with this tap it streams (see ``tap``) and keeps six flat columns instead.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[int | None] = []
+        self.types: list[str | None] = []
+        self.keys: list[str | None] = []
+        self.trace_ids: list[str] = []
+        self.actors: list[str] = []
+
+    def tap(self, events: Iterable[Event]) -> Iterator[Event]:
+        times, types, keys = self.times.append, self.types.append, self.keys.append
+        trace_ids, actors = self.trace_ids.append, self.actors.append
+        for event in events:
+            times(event.time_unix_nano)
+            types(event.type)
+            keys(event.key)
+            trace_ids(event.trace_id)
+            actors(event.actor)
+            yield event
+
+    def frame(self) -> Any:
+        """The same table as ``schemas.events_frame`` (timestamps formatted here, once)."""
+        import pandas as pd
+
+        stamps = [None if t is None else format_timestamp(t) for t in self.times]
+        return pd.DataFrame({
+            "timeUnixNano": pd.array(self.times, dtype="Int64"),
+            "timestamp": pd.Series(stamps, dtype="object"),
+            "type": pd.Series(self.types, dtype="object"),
+            "key": pd.Series(self.keys, dtype="object"),
+            "traceId": pd.Series(self.trace_ids, dtype="object"),
+            "actor": pd.Series(self.actors, dtype="object"),
+        })

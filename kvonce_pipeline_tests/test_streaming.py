@@ -78,6 +78,9 @@ def test_open_trace_spills_runs_only_when_needed(tmp_path: Path) -> None:
         times = [e.time_unix_nano for e in trace.events]
     assert trace.spilled_runs == 6  # 3000 events in runs of 500 on disk, merged
     assert trace.count == 3000 and trace.reordered
+    with open_trace(tmp_path / "ordered.ndjson", spill_dir=tmp_path, sort_on_disk=True, run_events=500) as trace:
+        list(trace.events)
+    assert not trace.reordered and trace.spilled_runs == 6
     with pytest.raises(reader.OutOfOrder):
         with open_trace(path, spill_dir=tmp_path) as trace:
             list(trace.events)
