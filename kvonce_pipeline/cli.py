@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except InputError as error:
         print(f"kvonce: unusable input: {error}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):
+            print(f"kvonce: {note}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OutputError as error:
         print(f"kvonce: cannot write reports: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, OutputError
 from .events import Event
 from .limits import Limits
 from .reader import SORT_RUN_EVENTS, OutOfOrder, open_trace, read_trace
@@ -90,7 +90,10 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
         except OutOfOrder:
             return _streamed(input_path, out, options, progress, sort_on_disk=True)
     except InputError as error:
-        write_input_error(error, out)
+        try:
+            write_input_error(error, out)
+        except OutputError as output_error:
+            error.add_note(f"no report written: {output_error}")
         raise
 
 

@@ -18,7 +18,7 @@ EVENT_TYPES = ("success", "retry", "failure")
 
 #: The representable range: nanoseconds since the epoch that fit a signed 64-bit integer
 #: (1970-01-01 to 2262-04-11). Anything outside is an error for the whole input.
-MIN_TIME_NS = 0
+MIN_TIME_NS = 1  # 0 is OTLP's "unset": accepting it from NDJSON would not survive conversion
 MAX_TIME_NS = 2**63 - 1
 
 
@@ -117,7 +117,10 @@ def parse_timestamp(text: str) -> int:
         digits = offset[1:].replace(":", "")
         from datetime import timedelta
 
-        tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"timestamp {text!r}: UTC offset {offset} is out of range (-23:59 to +23:59)")
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
     except ValueError as exc:
@@ -132,7 +135,7 @@ def check_time_range(ns: int) -> int:
     if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
         raise ValueError(
             f"time {ns} ns is outside the representable range "
-            f"(0 to 2^63-1 ns since 1970-01-01, i.e. up to 2262-04-11)"
+            f"(1 to 2^63-1 ns since 1970-01-01, i.e. up to 2262-04-11)"
         )
     return ns
 
@@ -151,3 +154,30 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
             if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))
     return False
+
+
+def scan_json(value: Any, limit: int) -> tuple[bool, int, int | None]:
+    """One pass over a JSON value: (nests deeper than ``limit``, number of object keys, the first
+    integer outside int64 or None). Without recursion."""
+    if type(value) is int:
+        return False, 0, (None if -(2**63) <= value <= 2**63 - 1 else value)
+    if type(value) not in (dict, list):
+        return False, 0, None
+    keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True, keys, None
+        if type(item) is dict:
+            keys += len(item)
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is int and not -(2**63) <= child <= 2**63 - 1:
+                return False, keys, child
+    return False, keys, None

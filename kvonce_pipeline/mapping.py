@@ -41,6 +41,8 @@ ATTR_VALUE = "kvonce.event.value"
 ATTR_REASON = "kvonce.event.reason"
 ATTR_CONTEXT = "kvonce.event.context"
 ATTR_CONTEXT_PREFIX = ATTR_CONTEXT + "."
+#: Set (true) by our renderer when a string context merely looks like JSON: keep it a string.
+ATTR_CONTEXT_IS_TEXT = "kvonce.context_is_text"
 ATTR_ACTOR = "kvonce.event.actor"
 #: Attribute written when an event's trace id is not a 32-digit hex span id (e.g. a placeholder).
 ATTR_TRACE_ID = "kvonce.traceId"
@@ -112,7 +114,7 @@ def context_from_attributes(attrs: Mapping[str, Any], decode: Decode) -> Any:
     raw = attrs.get(ATTR_CONTEXT)
     if raw is not None:
         value = decode(raw, ATTR_CONTEXT)
-        if isinstance(value, str) and value[:1] in ("{", "["):
+        if isinstance(value, str) and value[:1] in ("{", "[") and attrs.get(ATTR_CONTEXT_IS_TEXT) is None:
             try:
                 return orjson.loads(value)
             except orjson.JSONDecodeError:

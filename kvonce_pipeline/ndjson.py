@@ -8,13 +8,14 @@ incomplete (no ``key``, an unknown ``type``) is an event the validator reports o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 import orjson
 
 from .errors import InputError
-from .events import Event, check_time_range, json_depth_exceeds, parse_timestamp
+from .events import Event, check_time_range, json_depth_exceeds, parse_timestamp, scan_json
 
 _TEXT_FIELDS = ("type", "event", "key", "reason", "traceId", "spanId", "actor", "origin")
 
@@ -43,7 +44,36 @@ def loads_line(line: bytes, *, source: str, number: int) -> Any:
         raise InputError(source, f"not valid JSON ({exc})", where=f"line {number}") from None
 
 
-def event_from_json(obj: Any, *, source: str, number: int, max_depth: int) -> Event:
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, item in pairs:
+        if name in out:
+            raise _Duplicate(name)
+        out[name] = item
+    return out
+
+
+_SPACED_COLON = re.compile(rb'"[ \t\r]+:').search
+
+
+def _duplicate_key(line: bytes) -> str | None:
+    """The first key that appears twice in one object of ``line`` (exact, slow: stdlib json)."""
+    import json
+
+    try:
+        json.loads(line, object_pairs_hook=_no_duplicates)
+    except _Duplicate as found:
+        return str(found.args[0])
+    except (ValueError, RecursionError):
+        return None  # orjson accepted the line; the stdlib parser's own limits are not a verdict
+    return None
+
+
+def event_from_json(obj: Any, *, source: str, number: int, max_depth: int, raw: bytes | None = None) -> Event:
     where = f"line {number}"
     if type(obj) is not dict:
         raise InputError(source, "an event must be a JSON object", where=where)
@@ -55,8 +85,22 @@ def event_from_json(obj: Any, *, source: str, number: int, max_depth: int) -> Ev
     if value is not None and type(value) is not str:
         raise InputError(source, f"field 'value' must be a string, got {type(value).__name__}", where=where)
     context = obj.get("context")
-    if context is not None and json_depth_exceeds(context, max_depth):
-        raise InputError(source, f"'context' nests deeper than {max_depth} levels", where=where)
+    keys = len(obj)
+    if context is not None:
+        too_deep, nested_keys, wide = scan_json(context, max_depth)
+        if too_deep:
+            raise InputError(source, f"'context' nests deeper than {max_depth} levels", where=where)
+        if wide is not None:
+            raise InputError(source, f"'context' holds the integer {wide}, beyond 64 bits (OTLP cannot carry it)",
+                             where=where)
+        keys += nested_keys
+    if raw is not None and (raw.count(b'":') != keys
+                            or ((b'" ' in raw or b'"\t' in raw or b'"\r' in raw) and _SPACED_COLON(raw))):
+        # not exactly one '":' per key (a duplicate key, or '":' inside a string), or a key spaced
+        # from its colon (which the count cannot see): the exact (slow) check runs only then
+        duplicate = _duplicate_key(raw)
+        if duplicate is not None:
+            raise InputError(source, f"duplicate key {duplicate!r}: the line says two things", where=where)
     try:
         time_ns = _event_time(obj)
     except ValueError as exc:
@@ -81,7 +125,7 @@ def _event_time(obj: dict[str, Any]) -> int | None:
     if raw_ns is not None:
         if type(raw_ns) is int:
             return check_time_range(raw_ns)
-        if type(raw_ns) is str and raw_ns.isdigit():
+        if type(raw_ns) is str and raw_ns.isascii() and raw_ns.isdigit():
             return check_time_range(int(raw_ns))
         raise ValueError(f"timeUnixNano {raw_ns!r:.40} is not a non-negative integer")
     stamp = obj.get("timestamp")
@@ -95,7 +139,7 @@ def _event_time(obj: dict[str, Any]) -> int | None:
 def iter_ndjson_events(stream: BinaryIO, *, source: str, max_line: int, max_depth: int) -> Iterator[Event]:
     for number, line in iter_lines(stream, source=source, max_line=max_line):
         yield event_from_json(loads_line(line, source=source, number=number), source=source,
-                              number=number, max_depth=max_depth)
+                              number=number, max_depth=max_depth, raw=line)
 
 
 def dump_events(events: Iterable[tuple[Event, str | None]], out: Any, batch: int = 4096) -> int:

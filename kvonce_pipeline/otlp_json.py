@@ -24,6 +24,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+_DECIMAL = re.compile(r"-?[0-9]+").fullmatch  # OTLP/JSON int64: no '+', '_', spaces or non-ASCII digits
 _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
@@ -102,6 +103,8 @@ class AnyValueDecoder:
             if type(entry) is not dict or type(entry.get("key")) is not str:
                 raise TypeError(f"{kind} entries must be objects with a string 'key'")
             raw = entry.get("value")
+            if entry["key"] in out:
+                raise ValueError(f"{kind} key {entry['key']!r} appears more than once")
             out[entry["key"]] = None if raw is None else self.decode(raw, depth + 1)
         return out
 
@@ -125,10 +128,9 @@ def _int64(item: Any) -> int:
     if type(item) is int:
         number = item
     elif type(item) is str:
-        try:
-            number = int(item, 10)
-        except ValueError:
-            raise ValueError(f"intValue {item!r:.40} is not a decimal integer") from None
+        if not _DECIMAL(item):
+            raise ValueError(f"intValue {item!r:.40} is not a decimal integer")
+        number = int(item)
     elif type(item) is float and item.is_integer():
         number = int(item)
     else:
@@ -161,10 +163,9 @@ def _uint64(item: Any, name: str) -> int | None:
     if type(item) is int:
         number = item
     elif type(item) is str:
-        try:
-            number = int(item, 10)
-        except ValueError:
-            raise ValueError(f"{name} {item!r:.40} is not a decimal integer") from None
+        if not _DECIMAL(item):
+            raise ValueError(f"{name} {item!r:.40} is not a decimal integer")
+        number = int(item)
     else:
         raise TypeError(f"{name} must be a decimal string or integer, got {_kind(item)}")
     if number < 0:
@@ -199,7 +200,10 @@ def _attr_map(attributes: Any) -> dict[str, Any]:
     for attribute in attributes:
         if type(attribute) is not dict:
             raise TypeError("each attribute must be an object with 'key' and 'value'")
-        out[attribute.get("key")] = attribute.get("value")
+        name = attribute.get("key")
+        if name in out and type(name) is str and name.startswith("kvonce."):
+            raise ValueError(f"attribute {name} appears more than once")
+        out[name] = attribute.get("value")
     return out
 
 
@@ -218,7 +222,7 @@ def _fast_kvlist(raw: dict[str, Any], decoder: AnyValueDecoder) -> Any:
     out: dict[str, Any] = {}
     for entry in entries:
         name = entry["key"]
-        if type(name) is not str:
+        if type(name) is not str or name in out:
             return _SLOW
         value = entry.get("value")
         if value is None:
@@ -248,8 +252,11 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
     """
     attributes = span["attributes"]
     event_type = key = value = reason = context = None
+    seen = 0
     for attribute in attributes:
         name = attribute["key"]
+        if name.startswith("kvonce.event."):
+            seen += 1
         if name == "kvonce.event.type":
             event_type = attribute["value"]["stringValue"]
         elif name == "kvonce.event.key":
@@ -260,10 +267,12 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
             reason = attribute["value"]["stringValue"]
         elif name == "kvonce.event.context":
             context = attribute["value"]
-        elif name in _SLOW_NAMES or name.startswith("kvonce.event.context."):
+        elif name in _SLOW_NAMES or name.startswith("kvonce.event.context.") or name == "kvonce.context_is_text":
             return _SLOW
     if type(event_type) is not str or type(key) is not str or not event_type or not key:
         return _SLOW
+    if seen != (2 + (value is not None) + (reason is not None) + (context is not None)):
+        return _SLOW  # a kvonce attribute twice: the general path names it
     if reason is not None and type(reason) is not str:
         return _SLOW
     trace_id = span["traceId"]
@@ -273,7 +282,7 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
     if type(span_id) is not str or (span_id and not _HEX16_LOWER(span_id)):
         return _SLOW
     start = span["startTimeUnixNano"]
-    if type(start) is not str or not start.isdigit():
+    if type(start) is not str or not start.isascii() or not start.isdigit():
         return _SLOW
     start_ns: int | None = int(start)
     if start_ns == 0:

@@ -33,8 +33,11 @@ def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, ori
     attributes, bad ids) goes the general way, which gives the same result or the same error.
     """
     event_type = key = reason = value = context = None
+    seen = 0
     for attribute in span.attributes:
         name = attribute.key
+        if name.startswith("kvonce.event."):
+            seen += 1
         if name == "kvonce.event.type":
             event_type = attribute.value.string_value
         elif name == "kvonce.event.key":
@@ -50,6 +53,8 @@ def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, ori
         elif name in _SLOW_NAMES or name.startswith("kvonce.event.context."):
             return _SLOW
     if not event_type or not key:
+        return _SLOW
+    if seen != 2 + (value is not None) + (reason is not None) + (context is not None):
         return _SLOW
     trace_id = span.trace_id
     if len(trace_id) != 16:
@@ -69,6 +74,8 @@ def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, ori
         if context.WhichOneof("value") == "kvlist_value":
             entries = {}
             for entry in context.kvlist_value.values:
+                if entry.key in entries:
+                    return _SLOW
                 item = entry.value
                 kind = item.WhichOneof("value")
                 if kind == "int_value":
@@ -116,7 +123,12 @@ class ProtoAnyValueDecoder:
         if depth >= self.max_depth:
             raise ValueError(f"value nests deeper than {self.max_depth} levels")
         if kind == "kvlist_value":
-            return {kv.key: self.decode(kv.value, depth + 1) for kv in value.kvlist_value.values}
+            out = {}
+            for kv in value.kvlist_value.values:
+                if kv.key in out:
+                    raise ValueError(f"kvlistValue key {kv.key!r} appears more than once")
+                out[kv.key] = self.decode(kv.value, depth + 1)
+            return out
         if kind == "array_value":
             return [self.decode(v, depth + 1) for v in value.array_value.values]
         if kind == "bytes_value":
@@ -172,7 +184,7 @@ def iter_message_events(
                     if event is _SLOW:
                         where = origin
                         event = span_to_event(
-                            {kv.key: kv.value for kv in span.attributes},
+                            _attr_map(span.attributes),
                             decoder,
                             fallbacks,
                             trace_id=_id(span.trace_id, "traceId", 16),
@@ -209,3 +221,14 @@ def iter_delimited_records(stream: BinaryIO, *, source: str, max_record: int) ->
         if len(blob) != size:
             raise InputError(source, f"truncated record: {len(blob)} of {size} bytes", where=f"record {number}")
         yield number, blob
+
+
+def _attr_map(attributes: Any) -> dict[str, Any]:
+    out = {kv.key: kv.value for kv in attributes}
+    if len(out) != len(attributes):
+        seen: set[str] = set()
+        for kv in attributes:
+            if kv.key in seen and kv.key.startswith("kvonce."):
+                raise ValueError(f"attribute {kv.key} appears more than once")
+            seen.add(kv.key)
+    return out

@@ -20,6 +20,7 @@ from .events import Event
 from .mapping import (
     ATTR_ACTOR,
     ATTR_CONTEXT,
+    ATTR_CONTEXT_IS_TEXT,
     ATTR_KEY,
     ATTR_REASON,
     ATTR_TRACE_ID,
@@ -65,6 +66,8 @@ def event_to_span(event: Event) -> dict[str, Any]:
     if event.reason is not None:
         attributes.append({"key": ATTR_REASON, "value": {"stringValue": event.reason}})
     if event.context is not None:
+        if isinstance(event.context, str) and event.context[:1] in ("{", "["):
+            attributes.append({"key": ATTR_CONTEXT_IS_TEXT, "value": {"boolValue": True}})
         attributes.append({"key": ATTR_CONTEXT, "value": any_value(event.context)})
     if event.actor and event.actor != "unknown":
         attributes.append({"key": ATTR_ACTOR, "value": {"stringValue": event.actor}})

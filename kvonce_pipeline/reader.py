@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .atomic import private_folder_name, sweep_stale_folders
 from .errors import InputError
 from .events import Event
 from .limits import Limits
@@ -183,12 +184,19 @@ def detect_format(path: str | os.PathLike[str], *, hint: str = "auto",
         raise InputError(source, f"unknown format {hint!r}; use one of {', '.join(FORMAT_CHOICES)}")
     with open_payload(path, limits) as (stream, compressed):
         raw = first_line = stream.readline(limits.max_line_bytes + 1)
+        number = 1
         if raw[:1] != b"\x0a":  # protobuf starts with byte 0x0a, which readline calls "\n"
             while first_line and not first_line.strip(b" \t\r\n\xef\xbb\xbf"):
                 first_line = stream.readline(limits.max_line_bytes + 1)  # skip leading blank lines
+                number += 1
         else:
             first_line = b""
         head = raw[: 64 * 1024] + stream.read(64)
+    if (hint == "auto" and len(first_line) > limits.max_line_bytes
+            and first_line.lstrip(b"\xef\xbb\xbf \t")[:1] == b"{" and not _REQUEST_START.match(first_line, 0, 256)):
+        # too long for a line, and not the start of a one-line OTLP/JSON document
+        raise InputError(source, f"line is longer than the limit of {limits.max_line_bytes} bytes "
+                         "(KVONCE_MAX_LINE_BYTES)", where=f"line {number}")
     shortcut = _sniff_long_line(first_line, limits.max_line_bytes, hint)
     if shortcut is not None:
         return shortcut, compressed
@@ -496,7 +504,8 @@ def external_sort(events: Iterable[Event], spill_dir: Path, run_events: int = SO
             if len(buffer) >= run_events:
                 if folder is None:
                     spill_dir.mkdir(parents=True, exist_ok=True)
-                    folder = Path(tempfile.mkdtemp(prefix=".kvonce-sort-", dir=spill_dir))
+                    sweep_stale_folders(spill_dir, ".kvonce-sort-")  # runs of a killed run
+                    folder = Path(tempfile.mkdtemp(prefix=private_folder_name(".kvonce-sort-"), dir=spill_dir))
                 buffer.sort(key=_first_two)
                 run = folder / f"run-{len(runs):05d}.jsonl"
                 with open(run, "wb") as handle:

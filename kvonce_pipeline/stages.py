@@ -20,6 +20,7 @@ import orjson
 
 from . import artifacts
 from .atomic import atomic_writer
+from .errors import OutputError
 from .events import Event, format_timestamp
 from .limits import Limits
 from .ndjson import dump_events, iter_ndjson_events
@@ -433,6 +434,8 @@ def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] |
             (out_dir / name).unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:  # read-only folder, a file where the folder should be, permissions
+            raise OutputError(f"cannot remove {out_dir / name}: {exc.strerror or exc}") from exc
     report = {
         "schemaVersion": "kvonce-validation/v1",
         "valid": False,

@@ -279,9 +279,6 @@ def test_read_only_reports_folder_gives_exit_2_and_keeps_everything(tmp_path: Pa
 
 
 @needs_unshare
-@pytest.mark.xfail(strict=True, reason="stages.write_input_error removes stale artifacts and only ignores "
-                                       "FileNotFoundError: on a read-only folder the EROFS OSError escapes "
-                                       "as a traceback with exit 1 (the code for 'violations')")
 def test_read_only_reports_folder_and_unusable_input_gives_exit_2(tmp_path: Path) -> None:
     out_dir = tmp_path / "ro"
     out_dir.mkdir()
@@ -333,9 +330,6 @@ _SORTING_RUN = ("import sys\n"
                 "run_conformance(sys.argv[1], sys.argv[2], ConformanceOptions(sort_run_events=1000))\n")
 
 
-@pytest.mark.xfail(strict=True, reason="the on-disk sort's .kvonce-sort-* folder (reader.external_sort) is removed "
-                                       "only by the run that made it: after a SIGKILL it stays in the reports "
-                                       "folder for good, and a rerun does not sweep it")
 def test_kill_during_on_disk_sort_leaves_no_spill_folder_after_a_rerun(tmp_path: Path) -> None:
     trace = tmp_path / "reversed.ndjson"
     events = 60_000

@@ -141,10 +141,6 @@ def test_hostile_input_real_subprocess(name: str, tmp_path: Path, previous_valid
     assert_nothing_vouches(out_dir, done.returncode)
 
 
-@pytest.mark.xfail(strict=True, raises=NotADirectoryError,
-                   reason="stages.write_input_error only ignores FileNotFoundError when it removes stale "
-                          "artifacts: an output path under a regular file raises NotADirectoryError, "
-                          "a traceback and exit 1 (which means 'violations')")
 def test_unusable_input_and_unusable_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.ndjson"
     bad.write_bytes(b"{oops\n")

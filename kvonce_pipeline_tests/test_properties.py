@@ -52,7 +52,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 #: A top-level context string that starts with '{' or '[' is read back as JSON by the mapping
-#: (``kvonce.event.context`` set by SDKs that cannot set map attributes); see the xfail below.
+#: (``kvonce.event.context`` set by SDKs that cannot set map attributes); the renderer marks such strings (kvonce.context_is_text) and a test below covers it.
 contexts = st.one_of(
     st.none(),
     json_values.filter(lambda v: not (isinstance(v, str) and v[:1] in ("{", "["))),
@@ -164,8 +164,6 @@ def test_ndjson_otlp_json_protobuf_round_trip(batch: list[Spec], data: st.DataOb
         assert [canonical(e) for e in again] == reference, name
 
 
-@pytest.mark.xfail(strict=True, reason="a string context that looks like JSON ('[1]') comes back from OTLP as "
-                                       "the list [1]: the mapping cannot tell it from an SDK's JSON-encoded map")
 def test_json_looking_string_context_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "e.ndjson"
     path.write_bytes(orjson.dumps({"type": "retry", "key": "k", "timeUnixNano": str(BASE_NS),
@@ -175,8 +173,6 @@ def test_json_looking_string_context_round_trips(tmp_path: Path) -> None:
     assert read_trace(tmp_path / "o.json").events[0].context == '{"attempt": 1}'
 
 
-@pytest.mark.xfail(strict=True, reason="timeUnixNano 0 is read from NDJSON, but OTLP's 0 means 'unset': the "
-                                       "converted event has no time, and a missing-time error appears")
 def test_time_zero_is_refused_or_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "e.ndjson"
     path.write_bytes(b'{"type":"success","key":"k","value":"v","timeUnixNano":"0"}\n')
@@ -326,9 +322,6 @@ def test_conformance_exit_code_matches_reference(batch: list[Spec], max_retries:
     assert sorted((i["type"], i["eventIndex"]) for i in report["issues"]) == sorted((r, i) for r, _k, i in findings)
 
 
-@pytest.mark.xfail(strict=True, reason="NDJSON accepts integers in [2^63, 2^64) (orjson reads them as int), but "
-                                       "OTLP's intValue is int64: the converted payload (collected-kvonce-otlp.json) "
-                                       "is refused on reading, and protobuf conversion raises ParseError")
 def test_uint64_context_integer_is_refused_or_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "e.ndjson"
     path.write_bytes(b'{"type":"retry","key":"k","timeUnixNano":"1759557600000000000",'
