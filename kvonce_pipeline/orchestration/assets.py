@@ -20,6 +20,7 @@ import orjson
 from .. import artifacts, collect, events, mapping, ndjson, otlp_json, otlp_proto, projection, reader
 from .. import schemas, stages, validation
 from ..errors import InputError
+from ..progress import log_progress
 from .resources import KvonceSettings
 
 PayloadLocator = Callable[[dg.AssetExecutionContext, KvonceSettings], Path]
@@ -212,18 +213,22 @@ def build_conformance_assets(
     )
     def kvonce_events(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
         out_dir = output_for(context, kvonce)
+        columns = stages.EventColumns()
         try:
-            trace = reader.read_trace(out_dir / artifacts.COLLECTED, limits=kvonce.limits())
+            # one streamed pass in time order (sorted on disk if it must be): no list of events
+            with reader.open_trace(out_dir / artifacts.COLLECTED, limits=kvonce.limits(), spill_dir=out_dir,
+                                   sort_on_disk=True) as trace:
+                written = stages.write_events(columns.tap(trace.events), out_dir / artifacts.EVENTS,
+                                              progress=log_progress(context.log))
         except InputError as error:
             raise _input_failure(error, out_dir, hooks, context, kvonce) from None
-        written = stages.write_events(trace.events, out_dir / artifacts.EVENTS)
-        outcome = schemas.check_frame(schemas.events_schema, schemas.events_frame(trace.events))
+        outcome = schemas.check_frame(schemas.events_schema, columns.frame())
         summary = trace.summary()
         return dg.MaterializeResult(
             metadata={
                 **hooks.lineage(context, kvonce),
                 **_file_metadata(written),
-                "dagster/row_count": len(trace.events),
+                "dagster/row_count": trace.count,
                 "spans": summary["spans"],
                 "skipped_spans": summary["skippedSpans"],
                 "reordered": summary["reordered"],
@@ -247,7 +252,7 @@ def build_conformance_assets(
     def kvonce_projection(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
         out_dir = output_for(context, kvonce)
         result = stages.write_projection(stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
-                                         out_dir)
+                                         out_dir, progress=log_progress(context.log))
         stats = result.projection["stats"]
         outcome = schemas.check_frame(schemas.projection_schema(stats), schemas.per_key_frame(result.projection))
         return dg.MaterializeResult(
@@ -295,7 +300,8 @@ def build_conformance_assets(
         }
         result = hooks.judge(
             context, kvonce, out_dir,
-            stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
+            stages.with_progress(stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
+                                 log_progress(context.log), "validation"),
             input_summary=input_summary,
             projection_stats=projection_meta.get("stats"),
         )
