@@ -9,8 +9,9 @@ collector gets SIGTERM and must write its open batch. The round checks, by count
       == spans the collector says it accepted
       == spans found in the payload files (parsed back from the drop folder)
 
-and reports spans/s accepted, requests/s and the collector's CPU time per span. The figures printed
-at the end are medians over ``--rounds``. Not a test: nothing here asserts a speed.
+(and that no temporary or journal file is left), and reports spans/s accepted, requests/s and the
+collector's CPU time per span. The figures printed at the end are medians over ``--rounds``.
+Not a test: nothing here asserts a speed.
 
     .venv/bin/python benchmarks/collector_load.py --clients 4 --seconds 10 --rounds 3
 """
@@ -104,9 +105,9 @@ def _spans_in(drop: Path) -> tuple[int, int]:
         message = ExportTraceServiceRequest.FromString(path.read_bytes())
         spans += sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
         files += 1
-    leftovers = [p.name for p in drop.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in drop.iterdir() if p.name.endswith((".tmp", ".journal"))]
     if leftovers:
-        raise SystemExit(f"temporary files left behind: {leftovers}")
+        raise SystemExit(f"temporary or journal files left behind: {leftovers}")
     return spans, files
 
 

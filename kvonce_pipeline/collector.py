@@ -143,13 +143,20 @@ def serve(config: "ReceiverConfig") -> int:
     try:
         receiver = Receiver(config)
         try:
-            receiver.start()
+            receiver.start()  # first recovers the journals of a collector that was killed
+        except OutputError as error:
+            print(f"kvonce collector: cannot recover the journal of a stopped collector: {error}", file=sys.stderr)
+            return EXIT_FAILED
         except OSError as exc:
             print(f"kvonce collector: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
                   file=sys.stderr)
             return EXIT_FAILED
+        if receiver.recovered:
+            print(f"kvonce collector: recovered {sum(n for _, n in receiver.recovered)} acknowledged spans "
+                  f"into {len(receiver.recovered)} payload file(s) from the journal of a collector that was "
+                  "stopped abruptly", file=sys.stderr)
         auth = "bearer token required" if config.token else "no auth"
-        flush = (f"flush every {config.flush_seconds:g} s" if config.flush_seconds
+        flush = (f"flush every {config.flush_seconds:g} s, journaled" if config.flush_seconds
                  else "each request written before it is answered")
         print(f"kvonce collector: listening on {receiver.endpoint} (drop folder {config.drop_dir}, "
               f"{flush}, {auth})", flush=True)

@@ -6,10 +6,12 @@ is protobuf parsing plus the KvOnce mapping, not I/O. What a request may be and 
 :mod:`kvonce_pipeline.otlp_http`; batching and files in :mod:`kvonce_pipeline.drop_batch`; retries
 recognised in :mod:`kvonce_pipeline.span_dedupe`.
 
-The guarantee: a span answered with 200 is in the open batch (or, with ``flush_seconds == 0``,
-already in a file), and :meth:`Receiver.stop` (called on SIGINT/SIGTERM) stops taking requests,
-waits for the ones in progress, then writes the open batch. Only a crash (SIGKILL, power loss) can
-lose acknowledged spans, at most one flush interval's worth.
+The guarantee: a span answered with 200 is in the open batch *and* in its fsynced journal in the
+drop folder (or, with ``flush_seconds == 0``, already in a file), and :meth:`Receiver.stop` (called
+on SIGINT/SIGTERM) stops taking requests, waits for the ones in progress, then writes the open
+batch. After a crash (SIGKILL, power loss), :meth:`Receiver.start` first turns the journals left
+behind into payload files (:func:`~kvonce_pipeline.drop_batch.recover_journals`) and remembers the
+span ids of recent files, so a client retrying a request it saw no answer to is not stored twice.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .drop_batch import DEFAULT_MAX_BATCH_BYTES, BatchUnavailable, DropBatcher, WrittenFile
+from .drop_batch import (
+    DEFAULT_MAX_BATCH_BYTES,
+    FILE_PREFIX,
+    FILE_SUFFIX,
+    BatchUnavailable,
+    DropBatcher,
+    WrittenFile,
+    recover_journals,
+)
 from .limits import Limits
 from .otlp_http import (
     DecodedRequest,
@@ -48,6 +58,9 @@ TRACES_PATH = "/v1/traces"
 HEALTH_PATHS = ("/health", "/healthz")
 #: Seconds a client is asked to wait (``Retry-After``) when the receiver cannot take data now.
 RETRY_AFTER_SECONDS = 2
+#: At start-up, the span ids of payload files written within the duplicate window are remembered,
+#: reading at most this many bytes of them (newest first).
+MAX_RESEED_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,10 +113,14 @@ class Receiver:
         self.spans_accepted = 0
         self.spans_duplicate = 0
         self.refused: dict[int, int] = {}
+        #: ``(payload file, spans)`` written at start-up from the journals of a killed collector.
+        self.recovered: list[tuple[Path, int]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Receiver":
-        """Bind and serve in a background thread. Raises ``OSError`` if the address is taken."""
+        """Recover journals, bind and serve in a background thread. Raises ``OSError`` if the address
+        is taken, :class:`~kvonce_pipeline.errors.OutputError` if a journal cannot be recovered."""
+        self.recover()
         server_class = _Server6 if ":" in self.config.host else _Server
         httpd = server_class((self.config.host, self.config.port), _Handler)
         httpd.receiver = self
@@ -113,6 +130,45 @@ class Receiver:
                                         name="kvonce-collector-http", daemon=True)
         self._thread.start()
         return self
+
+    def recover(self) -> list[tuple[Path, int]]:
+        """Write what a killed collector acknowledged (its journals) into payload files, and
+        remember the span ids of recent payload files so retried requests are not stored twice."""
+        drop_dir = self.config.drop_dir
+        if not drop_dir.is_dir():
+            return []
+        for target, records, written_now in recover_journals(drop_dir):
+            spans = sum(n for _, n in records)
+            if written_now:
+                self.recovered.append((target, spans))
+                log.warning("kvonce collector: recovered %s (%d acknowledged spans from the journal of a "
+                            "collector that was stopped abruptly)", target.name, spans)
+        self._reseed(drop_dir)
+        return self.recovered
+
+    def _reseed(self, drop_dir: Path) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        horizon = time.time() - self.config.dedupe_window_seconds
+        recent: list[tuple[float, Path]] = []
+        for path in drop_dir.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"):
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            if mtime >= horizon:
+                recent.append((mtime, path))
+        budget = MAX_RESEED_BYTES
+        for _, path in sorted(recent, reverse=True):
+            try:
+                data = path.read_bytes()
+                message = ExportTraceServiceRequest.FromString(data)
+            except Exception:  # noqa: BLE001 (not ours to judge here: conformance reports it)
+                continue
+            self._seen.claim(span_keys(message))
+            budget -= len(data)
+            if budget <= 0:
+                break
 
     @property
     def address(self) -> tuple[str, int]:
@@ -174,7 +230,8 @@ class Receiver:
             self._cond.notify_all()
 
     def accept(self, decoded: DecodedRequest) -> tuple[int, int]:
-        """Put a validated request's new spans into the batch; returns ``(stored, duplicates)``.
+        """Put a validated request's new spans into the batch and make them durable (journal
+        fsync) before returning ``(stored, duplicates)``.
 
         Raises ``HttpError(503)`` when the batch cannot take it (the client keeps it and retries).
         """
@@ -186,13 +243,19 @@ class Receiver:
             if stored:
                 blob = decoded.blob if not duplicates else without_spans(decoded.message, fresh).SerializeToString()
                 try:
-                    self.batcher.add(blob, stored)
+                    ticket = self.batcher.add(blob, stored)
                 except BatchUnavailable as exc:
                     self._seen.release(keys, fresh)
                     raise HttpError(503, str(exc), retry_after=RETRY_AFTER_SECONDS) from None
             self.requests_accepted += 1
             self.spans_accepted += stored
             self.spans_duplicate += duplicates
+        if stored:
+            try:  # outside the intake lock: concurrent requests share one fsync (group commit)
+                self.batcher.commit(ticket)
+            except BatchUnavailable as exc:
+                # the spans stay in the batch (and its ids claimed): a retry gets 200 without a copy
+                raise HttpError(503, str(exc), retry_after=RETRY_AFTER_SECONDS) from None
         if duplicates:
             log.info("kvonce collector: dropped %d span(s) already accepted (a client retry)", duplicates)
         return stored, duplicates

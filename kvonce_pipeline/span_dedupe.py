@@ -10,7 +10,9 @@ identifies a span; spans without a span id are never treated as duplicates. Memo
 are kept in two generations that rotate every ``window_seconds`` (or when a generation reaches
 ``max_ids // 2``), so an id is remembered for at least one window and at most two. Exporter
 retries give up after seconds (the Python exporter's default timeout is 10 s), far inside the
-default 5 minute window. Ids are not kept across a restart of the receiver.
+default 5 minute window. Ids are not saved across a restart, but the receiver re-reads them from
+the payload files of the last window at start-up (``Receiver.recover``), so a retry of a request
+acknowledged (or journaled) just before a crash is recognised.
 """
 
 from __future__ import annotations

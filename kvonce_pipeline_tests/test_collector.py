@@ -416,26 +416,27 @@ def test_unwritable_drop_folder_gets_503_not_200(start_receiver, tmp_path: Path)
 
 
 def test_acknowledged_spans_survive_a_failing_drop_folder(start_receiver, tmp_path: Path) -> None:
-    """A batch that cannot be written stays in memory; new data gets 503 until the folder is back."""
+    """A batch that cannot be written stays in memory (and in its journal); new data gets 503 until
+    the folder is back."""
     drops = tmp_path / "drops"
-    drops.write_text("a file where the drop folder should be")
-    receiver = start_receiver(drop_dir=drops, flush_seconds=0.05)
+    receiver = start_receiver(drop_dir=drops)
     first = encode_spans(sdk_spans(KV_SPANS)).SerializeToString()
     assert post(receiver.url, first, {"Content-Type": "application/x-protobuf"})[0] == 200
-    deadline = time.monotonic() + 20
-    while receiver.batcher.healthy and time.monotonic() < deadline:
-        time.sleep(0.02)
+    moved = tmp_path / "drops-away"
+    drops.rename(moved)  # the open journal moves with it; payload files cannot be written
+    drops.write_text("a file where the drop folder should be")
+    assert receiver.batcher.flush() == [] and not receiver.batcher.healthy
     assert json.loads(post(receiver.url, b"", method="GET", path="/health")[2])["status"] == "degraded"
     second = encode_spans(sdk_spans(KV_SPANS, key_prefix="late-")).SerializeToString()
     assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 503
 
     drops.unlink()
-    drops.mkdir(exist_ok=True)  # the flush timer may recreate it first
-    while not receiver.batcher.healthy and time.monotonic() < deadline:
-        time.sleep(0.02)
+    moved.rename(drops)
+    assert len(receiver.batcher.flush()) == 1 and receiver.batcher.healthy
     assert post(receiver.url, second, {"Content-Type": "application/x-protobuf"})[0] == 200  # the retry
     receiver.stop()
     assert spans_in(payload_files(drops)) == 2 * len(KV_SPANS)
+    assert sorted(p.name for p in drops.iterdir() if p.name.startswith(".")) == []  # journals deleted
 
 
 def test_concurrent_exporters_lose_nothing(start_receiver, tmp_path: Path) -> None:
