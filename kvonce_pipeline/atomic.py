@@ -135,7 +135,7 @@ def sweep_stale_folders(directory: str | os.PathLike[str], prefix: str) -> list[
     return removed
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a rename durable. Some filesystems refuse fsync on a folder; that is not an error."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -179,7 +179,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[_HashingWriter]:
         if isinstance(exc, OSError):
             raise _output_error(target, exc) from exc
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> str:

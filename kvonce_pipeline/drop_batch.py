@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_writer
+from .atomic import atomic_writer, fsync_directory
 from .errors import OutputError
 from .limits import MIB
 
@@ -150,15 +150,6 @@ class _Segment:
             os.unlink(self.journal)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def find_journals(directory: Path) -> list[Path]:
     try:
         names = sorted(os.listdir(directory))
@@ -191,7 +182,7 @@ def recover_journals(directory: Path) -> list[tuple[Path, list[tuple[bytes, int]
             os.unlink(journal)
         recovered.append((target, records, written_now))
     if recovered:
-        _fsync_dir(directory)
+        fsync_directory(directory)
     return recovered
 
 
@@ -303,7 +294,7 @@ class DropBatcher:
                 if segment is None:
                     self.directory.mkdir(parents=True, exist_ok=True)  # as atomic_writer does
                     segment = _Segment(self._next_target())
-                    _fsync_dir(self.directory)  # the journal's name must survive a power cut
+                    fsync_directory(self.directory)  # the journal's name must survive a power cut
                     self._segments.append(segment)
                     self._open = segment
                 offset = segment.append(blob, spans)
