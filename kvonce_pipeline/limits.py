@@ -46,6 +46,9 @@ class Limits:
     max_events: int = 100_000_000
     # 256 MiB: a payload file the drop-folder sensor accepts; a larger one is logged and refused.
     max_drop_file_bytes: int = 256 * MIB
+    # 200:1, checked once 1 MiB has been inflated: real traces compress 4:1 to 30:1. A bomb of
+    # blank lines would otherwise cost minutes of CPU (one read per line) before the size limit.
+    max_compression_ratio: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Limits":
@@ -93,6 +96,8 @@ REASONS: dict[str, str] = {
     "max_events": "ten days of a busy service in one payload; split larger inputs",
     "max_drop_file_bytes": "what the drop-folder sensor accepts per payload file; larger files are "
                            "refused with a logged reason",
+    "max_compression_ratio": "real traces compress 4:1 to 30:1; a gzip bomb of blank lines costs minutes "
+                             "of CPU before the size limit, so it is refused once 1 MiB is inflated",
 }
 
 

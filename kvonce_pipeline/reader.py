@@ -88,11 +88,17 @@ class TraceRead:
 class _LimitedReader(io.RawIOBase):
     """Counts decompressed bytes and stops at the limit: a gzip bomb fails cheaply."""
 
-    def __init__(self, inner: BinaryIO, limit: int, source: str) -> None:
+    #: Inflated bytes before the compression ratio is judged: small files may compress very well.
+    RATIO_GRACE = 1024 * 1024
+
+    def __init__(self, inner: BinaryIO, limit: int, source: str, *, raw: BinaryIO | None = None,
+                 max_ratio: int | None = None) -> None:
         self._inner = inner
         self._limit = limit
         self._seen = 0
         self._source = source
+        self._raw = raw
+        self._max_ratio = max_ratio
 
     def readable(self) -> bool:
         return True
@@ -106,6 +112,12 @@ class _LimitedReader(io.RawIOBase):
         if self._seen > self._limit:
             raise InputError(self._source, f"decompressed size exceeds the limit of {self._limit} bytes "
                              "(KVONCE_MAX_DECOMPRESSED_BYTES)")
+        if self._max_ratio and self._raw is not None and self._seen > self.RATIO_GRACE:
+            compressed = max(self._raw.tell(), 1)  # read ahead by the decompressor: errs low
+            if self._seen > self._max_ratio * compressed:
+                raise InputError(self._source, f"gzip data inflates more than {self._max_ratio}:1 "
+                                 f"({self._seen} bytes from {compressed}): a compression bomb, not a trace "
+                                 "(KVONCE_MAX_COMPRESSION_RATIO)")
         buffer[: len(data)] = data
         return len(data)
 
@@ -139,8 +151,9 @@ def open_payload(path: str | os.PathLike[str], limits: Limits) -> Iterator[tuple
         raw.seek(0)
         if compressed:
             inner = gzip.GzipFile(fileobj=raw, mode="rb")
-            yield io.BufferedReader(_LimitedReader(inner, limits.max_decompressed_bytes, str(target)),
-                                    buffer_size=1024 * 1024), True
+            limited = _LimitedReader(inner, limits.max_decompressed_bytes, str(target), raw=raw,
+                                     max_ratio=limits.max_compression_ratio)
+            yield io.BufferedReader(limited, buffer_size=1024 * 1024), True
         else:
             yield raw, False
 

@@ -322,14 +322,18 @@ CASES: list[HostileCase] = [
                 _file("bomb.json.gz", lambda: gzip.compress(b'{"resourceSpans":[', mtime=0)
                       + _gzip_bomb(b" " * (4 * MIB), 64)),  # 256 MiB inflated, about 300 KB on disk
                 2, f"decompressed size exceeds the limit of {16 * MIB} bytes (KVONCE_MAX_DECOMPRESSED_BYTES)",
-                env={"KVONCE_MAX_DECOMPRESSED_BYTES": str(16 * MIB)}),
+                env={"KVONCE_MAX_DECOMPRESSED_BYTES": str(16 * MIB), "KVONCE_MAX_COMPRESSION_RATIO": "100000"}),
     HostileCase("gzip-bomb-ndjson", "gzip-bomb",
                 _file("bomb.ndjson.gz", lambda: gzip.compress(_ndjson(GOOD_LINE), mtime=0)
                       + _gzip_bomb(b"x" * (4 * MIB), 64)),
                 2, f"decompressed size exceeds the limit of {6 * MIB} bytes",
-                env={"KVONCE_MAX_DECOMPRESSED_BYTES": str(6 * MIB)}),
+                env={"KVONCE_MAX_DECOMPRESSED_BYTES": str(6 * MIB), "KVONCE_MAX_COMPRESSION_RATIO": "100000"}),
     HostileCase("gzip-bomb-zeros-default-limits", "gzip-bomb", _file("zeros.gz", _zeros_bomb),
-                2, "unrecognised format"),
+                2, "gzip data inflates more than 200:1"),
+    HostileCase("gzip-bomb-blank-lines", "gzip-bomb",  # 1 GiB of newlines: minutes of CPU, one read each
+                _file("newlines.ndjson.gz", lambda: gzip.compress(_ndjson(GOOD_LINE), mtime=0)
+                      + _gzip_bomb(b"\n" * (16 * MIB), 64)),
+                2, "gzip data inflates more than 200:1"),
     HostileCase("gzip-wrapping-truncated-protobuf", "gzip",
                 _file("trunc.pb.gz", lambda: gzip.compress(_valid_proto()[:-7], mtime=0)),
                 2, "not a valid OTLP protobuf message"),
