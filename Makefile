@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Runs keep their history (visible in `make ui`) in a project-local Dagster home.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test ui bench clean
+.PHONY: install run test ui bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 ## bench: the benchmark table and chart (sizes 10k, 100k, 1M; BENCH_ARGS=--with-10m for 10M)
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
+
+## fuzz: two minutes of coverage-guided fuzzing of the sniffer and decoders (FUZZ_SECONDS=120)
+FUZZ_SECONDS ?= 120
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,fuzz]'
+	mkdir -p hermetic-reports/fuzz-corpus
+	$(BIN)/python fuzz/fuzz_decoders.py hermetic-reports/fuzz-corpus fuzz/seeds -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf hermetic-reports/trace hermetic-reports/bench/*.tmp .pytest_cache
