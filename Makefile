@@ -23,10 +23,12 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
 
 install: $(VENV)/.installed-dev
 
-# Local history only: no telemetry, no first-run pop-up over the UI.
+# Local history only: no telemetry, no first-run pop-up over the UI. Run monitoring marks a run
+# whose process died with the daemon (kill -9, power loss) as failed instead of STARTED for ever.
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $@
+	printf 'run_monitoring:\n  enabled: true\n  start_timeout_seconds: 180\n  max_runtime_seconds: 3600\n' >> $@
 
 ## run: the CI job on the bundled sample (or $KVONCE_OTLP_PAYLOAD); exits 1 on a violation
 run: install $(DAGSTER_HOME)/dagster.yaml
