@@ -28,7 +28,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,6 +83,20 @@ def _temp_owner(name: str) -> int | None:
     return int(parts[1])
 
 
+def _abandoned(directory: str | os.PathLike[str], prefix: str,
+               owner_of: Callable[[str], int | None]) -> Iterator[os.DirEntry[str]]:
+    """Entries named ``prefix…`` whose owning process (``owner_of(name)``) no longer runs."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            owner = owner_of(entry.name)
+            if owner is not None and not _pid_alive(owner):
+                yield entry
+
+
 def sweep_stale_temps(directory: str | os.PathLike[str], target_name: str | None = None) -> list[Path]:
     """Remove temporaries left by writers that no longer run; returns what was removed.
 
@@ -92,16 +106,7 @@ def sweep_stale_temps(directory: str | os.PathLike[str], target_name: str | None
     """
     prefix = f".{target_name}." if target_name is not None else "."
     removed: list[Path] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        owner = _temp_owner(entry.name)
-        if owner is None or _pid_alive(owner):
-            continue
+    for entry in _abandoned(directory, prefix, _temp_owner):
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
@@ -118,17 +123,13 @@ def private_folder_name(prefix: str) -> str:
 def sweep_stale_folders(directory: str | os.PathLike[str], prefix: str) -> list[Path]:
     """Remove scratch folders ``<prefix><pid>-<random>`` whose process is gone (e.g. the on-disk
     sort's runs of a killed run); returns what was removed. Errors are ignored."""
+
+    def owner_of(name: str) -> int | None:
+        pid_text = name[len(prefix):].partition("-")[0]
+        return int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None
+
     removed: list[Path] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix):].partition("-")[0]
-        if not (pid_text.isascii() and pid_text.isdigit()) or _pid_alive(int(pid_text)):
-            continue
+    for entry in _abandoned(directory, prefix, owner_of):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
