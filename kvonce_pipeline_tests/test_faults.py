@@ -26,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -43,6 +45,8 @@ from kvonce_pipeline.atomic import (
 from kvonce_pipeline.errors import OutputError
 
 from .conftest import SAMPLES, VENV_BIN
+
+T = TypeVar("T")
 
 KVONCE = str(VENV_BIN / "kvonce")
 ARTIFACTS = (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.VALIDATION,
@@ -104,11 +108,21 @@ def _kill_when_writing(trace: Path, out_dir: Path) -> tuple[int, list[str]]:
     """Start a run, SIGKILL it once a temporary artifact exists; return (returncode, temps seen)."""
     process = subprocess.Popen([KVONCE, "conformance", "--input", str(trace), "--output-dir", str(out_dir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    seen: list[str] = []
+    seen = _kill_once(process, lambda: [str(p.relative_to(out_dir)) for p in _temporaries(out_dir)])
+    return process.returncode, seen
+
+
+def _kill_once(process: subprocess.Popen[bytes], witness: Callable[[], T]) -> T | None:
+    """SIGKILL ``process`` as soon as ``witness()`` returns something truthy; return what it saw.
+
+    If the process ends first (or the bounded wait runs out), nothing was seen: ``None`` or the
+    last falsy value. The process is always reaped.
+    """
+    seen: T | None = None
     try:
         deadline = time.monotonic() + 240  # a bound on waiting, not an assertion on speed
         while process.poll() is None and time.monotonic() < deadline:
-            seen = [str(p.relative_to(out_dir)) for p in _temporaries(out_dir)]
+            seen = witness()
             if seen:
                 process.send_signal(signal.SIGKILL)
                 break
@@ -117,7 +131,7 @@ def _kill_when_writing(trace: Path, out_dir: Path) -> tuple[int, list[str]]:
         if process.poll() is None and not seen:
             process.kill()
         process.wait(timeout=60)
-    return process.returncode, seen
+    return seen
 
 
 def test_kill_mid_write_keeps_every_artifact_whole_and_a_rerun_completes(big_trace: Path, tmp_path: Path) -> None:
@@ -340,19 +354,7 @@ def test_kill_during_on_disk_sort_leaves_no_spill_folder_after_a_rerun(tmp_path:
     out_dir = tmp_path / "reports"
     process = subprocess.Popen([sys.executable, "-c", _SORTING_RUN, str(trace), str(out_dir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    seen = False
-    try:
-        deadline = time.monotonic() + 240
-        while process.poll() is None and time.monotonic() < deadline:
-            if list(out_dir.glob(".kvonce-sort-*")):
-                seen = True
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if process.poll() is None and not seen:
-            process.kill()
-        process.wait(timeout=60)
+    seen = _kill_once(process, lambda: list(out_dir.glob(".kvonce-sort-*")))
     assert seen and process.returncode == -signal.SIGKILL, "killed while the sort's runs were on disk"
     rerun = subprocess.run([sys.executable, "-c", _SORTING_RUN, str(trace), str(out_dir)],
                            capture_output=True, text=True, timeout=300, env=_env())
