@@ -106,9 +106,14 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
             def report_progress(stage: str, done: int, total: int | None) -> None:
                 fraction = trace.fraction() if trace.fraction is not None else None
                 estimate = int(done / fraction) if fraction else None
-                progress(stage, done, estimate)
+                progress(stage, done, total if total is not None else estimate)
 
-        result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
+        events = trace.events
+        if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
+            events, trace.count = trace.listed, len(trace.listed)
+            if not events:
+                next(trace.events, None)  # raises "no kvonce events", naming the spans seen
+        result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
                                  input_summary=trace.summary, progress=report_progress,
                                  parallel=use_parallel(input_path, options.parallel)).validation
     return ConformanceResult(result.valid, result.report, out)

@@ -176,6 +176,23 @@ class ProjectionResult:
 def write_projection(events: Iterable[Event], out_dir: Path, *,
                      progress: ProgressCallback | None = None) -> ProjectionResult:
     """Fold events into the projection, streaming the state sequence as a JSON array."""
+    builder, result = _project(events, out_dir, progress)
+    builder.restore_lists()
+    return result
+
+
+def project_events(events: Iterable[Event], out_dir: Path) -> bytes:
+    """The projection files for ``events``, summed up as the JSON a projection worker reports."""
+    _, result = _project(events, out_dir, None)
+    return orjson.dumps({
+        "stats": result.projection["stats"],
+        "state": {"sha256": result.state_sequence_file.sha256, "size": result.state_sequence_file.size},
+        "projection": {"sha256": result.projection_file.sha256, "size": result.projection_file.size},
+    })
+
+
+def _project(events: Iterable[Event], out_dir: Path,
+             progress: ProgressCallback | None) -> tuple[ProjectionBuilder, ProjectionResult]:
     builder = ProjectionBuilder()
     fold, entry, dumps = builder.fold, builder.entry, orjson.dumps
     with BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as states:
@@ -194,9 +211,7 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
         if buffer:
             states.write(separator + b"\n,".join(buffer))
         states.write(b"\n]\n")
-    result = _write_projection_file(builder, out_dir, states.written)
-    builder.restore_lists()
-    return result
+    return builder, _write_projection_file(builder, out_dir, states.written)
 
 
 def _write_projection_file(builder: ProjectionBuilder, out_dir: Path, state_file: Written) -> ProjectionResult:
@@ -270,7 +285,11 @@ def write_artifacts(
     (:mod:`kvonce_pipeline.parallel`); the files are the same, but the returned projection then
     holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that).
     """
-    write = _write_artifacts_parallel if parallel else _write_artifacts
+    write = _write_artifacts
+    if parallel:
+        from .parallel import can_fork
+
+        write = _write_artifacts_forked if type(events) is list and can_fork() else _write_artifacts_parallel
     with gc_paused():
         return write(events, out_dir, max_retries=max_retries, strict=strict,
                      input_summary=input_summary, progress=progress, total=total)
@@ -286,40 +305,89 @@ def _write_artifacts_parallel(
     progress: ProgressCallback | None,
     total: int | None,
 ) -> ArtifactsResult:
+    """The projection in a worker process that reads the events file's bytes from a pipe."""
     from .parallel import Feeder, ProjectionWorker
 
     validator = Validator(max_retries=max_retries, strict=strict)
-    observe = validator.observe
-    dumps, stamp_of = orjson.dumps, format_timestamp
-    index = -1
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     worker = ProjectionWorker(out_dir)
     try:
         feeder = Feeder(worker)
-        with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out:
-            lines: list[bytes] = []
-            for index, event in enumerate(events):
-                time_ns = event.time_unix_nano
-                lines.append(dumps(event.to_json(None if time_ns is None else stamp_of(time_ns))))
-                observe(index, event)
-                if len(lines) >= BATCH:
-                    chunk = b"\n".join(lines) + b"\n"
-                    event_out.write(chunk)
-                    feeder.write(chunk)
-                    lines.clear()
-                    if progress is not None:
-                        progress("write", index + 1, total)
-            if lines:
-                chunk = b"\n".join(lines) + b"\n"
-                event_out.write(chunk)
-                feeder.write(chunk)
-            feeder.close()
+        events_file = _write_events_and_observe(events, out_dir, validator, progress, total, also=feeder.write,
+                                                before_publish=feeder.close)
         outcome = worker.finish()
     except BaseException:
         worker.abort()
         raise
+    return _with_worker_projection(outcome, events_file, validator, out_dir, input_summary)
+
+
+def _write_artifacts_forked(
+    events: list[Event],
+    out_dir: Path,
+    *,
+    max_retries: int,
+    strict: bool,
+    input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+    progress: ProgressCallback | None,
+    total: int | None,
+) -> ArtifactsResult:
+    """The projection in a forked child that reads the same list: nothing to send or parse."""
+    from .parallel import ForkedProjection
+
+    validator = Validator(max_retries=max_retries, strict=strict)
+    (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
+    child = ForkedProjection(events, out_dir)  # before the writer threads start
+    try:
+        events_file = _write_events_and_observe(events, out_dir, validator, progress, total or len(events))
+        outcome = child.finish()
+    except BaseException:
+        child.abort()
+        raise
+    return _with_worker_projection(outcome, events_file, validator, out_dir, input_summary)
+
+
+def _write_events_and_observe(events: Iterable[Event], out_dir: Path, validator: Validator,
+                              progress: ProgressCallback | None, total: int | None, *,
+                              also: Callable[[bytes], None] | None = None,
+                              before_publish: Callable[[], None] | None = None) -> Written:
+    """``kvonce-events.ndjson`` and the validator's pass, while the projection is made elsewhere.
+
+    ``also`` gets every chunk of NDJSON lines too (the pipe to a projection worker);
+    ``before_publish`` runs after the last chunk, before the events file is renamed into place.
+    """
+    observe = validator.observe
+    dumps, stamp_of = orjson.dumps, format_timestamp
+    index = -1
+    with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out:
+        lines: list[bytes] = []
+        for index, event in enumerate(events):
+            time_ns = event.time_unix_nano
+            lines.append(dumps(event.to_json(None if time_ns is None else stamp_of(time_ns))))
+            observe(index, event)
+            if len(lines) >= BATCH:
+                chunk = b"\n".join(lines) + b"\n"
+                event_out.write(chunk)
+                if also is not None:
+                    also(chunk)
+                lines.clear()
+                if progress is not None:
+                    progress("write", index + 1, total)
+        if lines:
+            chunk = b"\n".join(lines) + b"\n"
+            event_out.write(chunk)
+            if also is not None:
+                also(chunk)
+        if before_publish is not None:
+            before_publish()
     if progress is not None:
         progress("write", index + 1, total)
+    return event_out.written
+
+
+def _with_worker_projection(outcome: dict[str, Any], events_file: Written, validator: Validator, out_dir: Path,
+                            input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None) -> ArtifactsResult:
+    """The result of a run whose projection files a worker wrote (``perKey`` stays in the file)."""
     stats = outcome["stats"]
     projection = {"schemaVersion": "kvonce/v1", "eventCount": stats["totalEvents"], "stats": stats,
                   "outputs": {"stateSequence": artifacts.STATE_SEQUENCE}}
@@ -331,7 +399,7 @@ def _write_artifacts_parallel(
     summary = input_summary() if callable(input_summary) else input_summary
     report = validator.report(input_summary=summary)
     validation = ValidationResult(report, *write_report_files(report, out_dir, stats))
-    return ArtifactsResult(event_out.written, projection_result, validation)
+    return ArtifactsResult(events_file, projection_result, validation)
 
 
 @contextmanager
