@@ -85,6 +85,10 @@ _last_second: int | None = None
 _last_prefix = ""
 
 
+#: ".000Z" to ".999Z": the millisecond suffixes, formatted once.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def format_timestamp(ns: int) -> str:
     """ISO 8601 UTC with millisecond precision and ``Z``: the seed's timestamp form."""
     global _last_second, _last_prefix
@@ -92,7 +96,7 @@ def format_timestamp(ns: int) -> str:
     if second != _last_second:
         _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _last_second = second
-    return f"{_last_prefix}.{rest // 1_000_000:03d}Z"
+    return _last_prefix + _MILLIS[rest // 1_000_000]
 
 
 _ISO = re.compile(

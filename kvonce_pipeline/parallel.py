@@ -179,7 +179,7 @@ def can_fork() -> bool:
 
 
 class ForkedProjection:
-    """The projection of an in-memory event list, written by a forked child on the other core.
+    """``kvonce-projection.json`` and the verdict of an in-memory event list, from a forked child.
 
     Create it before starting any thread of this run: the child keeps only the forking thread.
     The child runs nothing but this package's projection code and file writes (no logging, no
@@ -188,8 +188,8 @@ class ForkedProjection:
     leaves with ``os._exit`` (no atexit handlers or finalizers of the parent run twice).
     """
 
-    def __init__(self, events: list[Any], out_dir: Path) -> None:
-        from .stages import project_events  # imported before the fork: the child imports nothing
+    def __init__(self, events: list[Any], out_dir: Path, validator: Any, input_summary: dict[str, Any] | None) -> None:
+        from .stages import project_per_key  # imported before the fork: the child imports nothing
 
         self.out_dir = out_dir
         read_fd, write_fd = os.pipe()
@@ -198,7 +198,7 @@ class ForkedProjection:
             os.close(read_fd)
             code = 1
             try:
-                payload = project_events(events, out_dir)
+                payload = project_per_key(events, out_dir, validator, input_summary)
                 code = 0
             except OutputError as error:
                 payload = orjson.dumps({"outputError": str(error)})
@@ -227,7 +227,7 @@ class ForkedProjection:
         outcome = orjson.loads(b"".join(chunks)) if chunks else {}
         if "outputError" in outcome:
             raise OutputError(outcome["outputError"])
-        if os.waitstatus_to_exitcode(status) != 0 or "stats" not in outcome:
+        if os.waitstatus_to_exitcode(status) != 0 or "report" not in outcome:
             self._sweep()
             detail = outcome.get("error") or f"exit status {os.waitstatus_to_exitcode(status)}"
             raise RuntimeError(f"the projection child failed: {detail}")

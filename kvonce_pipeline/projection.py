@@ -95,49 +95,18 @@ def _new_state() -> dict[str, Any]:
     }
 
 
-class ProjectionBuilder:
-    """Fold events one at a time; :meth:`observe` returns that event's state-sequence entry."""
+class PerKeyFold:
+    """The per-key aggregates (``perKey``) and the run's stats: what ``kvonce-projection.json`` holds."""
 
     def __init__(self) -> None:
         self.per_key: dict[str, dict[str, Any]] = {}
-        self._state: dict[str, dict[str, Any]] = {}
         self.by_type = {"success": 0, "retry": 0, "failure": 0, "unknown": 0}
         self.event_count = 0
-        self.written_keys = 0
         self._failure_keys: set[str] = set()
         self._duplicate_keys: set[str] = set()
         self._share = _Shared()
 
-    def observe(self, index: int, event: Event, timestamp: str | None) -> dict[str, Any]:
-        state = self.fold(event, timestamp)
-        return self.entry(index, event, timestamp, None if state is None else dict(state))
-
-    def entry(self, index: int, event: Event, timestamp: str | None,
-              state: dict[str, Any] | None) -> dict[str, Any]:
-        """The state-sequence entry for the event just folded (``state`` as :meth:`fold` gave it).
-
-        The streaming writer serialises it at once, so it passes the live per-key state and
-        saves a copy per event; :meth:`observe` copies because its caller may keep the entry.
-        """
-        by_type = self.by_type
-        return {
-            "index": index,
-            "timestamp": timestamp,
-            "type": event.type,
-            "key": event.key,
-            "state": state,
-            "totals": {
-                "events": self.event_count,
-                "success": by_type["success"],
-                "retry": by_type["retry"],
-                "failure": by_type["failure"],
-                "unknown": by_type["unknown"],
-                "writtenKeys": self.written_keys,
-            },
-        }
-
-    def fold(self, event: Event, timestamp: str | None) -> dict[str, Any] | None:
-        """Apply one event; returns the live state of its key (``None`` for a keyless event)."""
+    def fold(self, event: Event, timestamp: str | None) -> None:
         self.event_count += 1
         kind = event.type
         if kind not in _KNOWN:
@@ -145,13 +114,10 @@ class ProjectionBuilder:
         self.by_type[kind] += 1
         key = event.key
         if key is None:
-            return None
+            return
         entry = self.per_key.get(key)
         if entry is None:
             entry = self.per_key[key] = _new_entry()
-            state = self._state[key] = _new_state()
-        else:
-            state = self._state[key]
         if entry["firstTimestamp"] is None:
             entry["firstTimestamp"] = timestamp
         if timestamp is not None:
@@ -162,16 +128,10 @@ class ProjectionBuilder:
             entry["successCount"] += 1
             if event.value is not None:
                 entry["value"] = event.value
-                state["value"] = event.value
             if context is not None:
                 _append(entry, "successContexts", self._share(context))
-            if not state["written"]:
-                state["written"] = True
-                self.written_keys += 1
-            state["lastSuccessAt"] = timestamp
         elif kind == "retry":
             entry["retries"] += 1
-            state["retries"] += 1
             if context is not None:
                 _append(entry, "retryContexts", self._share(context))
         elif kind == "failure":
@@ -181,12 +141,9 @@ class ProjectionBuilder:
                 _append(entry, "failureContexts", self._share(context))
             if reason is not None:
                 entry["lastFailureReason"] = reason
-                state["lastFailureReason"] = reason
-            state["failures"] += 1
             self._failure_keys.add(key)
             if reason is not None and (reason == "duplicate" or reason.lower() == "duplicate"):
                 self._duplicate_keys.add(key)
-        return state
 
     def stats(self) -> dict[str, Any]:
         total = self.event_count
@@ -219,3 +176,108 @@ class ProjectionBuilder:
         if state_sequence_path is not None:
             out["outputs"] = {"stateSequence": state_sequence_path}
         return out
+
+
+class StateFold:
+    """Each key's state and the running totals: what the state sequence holds, one entry per event.
+
+    Separate from :class:`PerKeyFold` so the two halves of the projection can be made on two
+    cores (:mod:`kvonce_pipeline.parallel`); :class:`ProjectionBuilder` runs both.
+    """
+
+    def __init__(self) -> None:
+        self._state: dict[str, dict[str, Any]] = {}
+        self.by_type = {"success": 0, "retry": 0, "failure": 0, "unknown": 0}
+        self.event_count = 0
+        self.written_keys = 0
+
+    def fold(self, event: Event, timestamp: str | None) -> dict[str, Any] | None:
+        """Apply one event; returns the live state of its key (``None`` for a keyless event)."""
+        self.event_count += 1
+        kind = event.type
+        if kind not in _KNOWN:
+            kind = "unknown"
+        self.by_type[kind] += 1
+        key = event.key
+        if key is None:
+            return None
+        state = self._state.get(key)
+        if state is None:
+            state = self._state[key] = _new_state()
+        if kind == "success":
+            if event.value is not None:
+                state["value"] = event.value
+            if not state["written"]:
+                state["written"] = True
+                self.written_keys += 1
+            state["lastSuccessAt"] = timestamp
+        elif kind == "retry":
+            state["retries"] += 1
+        elif kind == "failure":
+            reason = event.reason
+            if reason is not None:
+                state["lastFailureReason"] = reason
+            state["failures"] += 1
+        return state
+
+    def entry(self, index: int, event: Event, timestamp: str | None,
+              state: dict[str, Any] | None) -> dict[str, Any]:
+        """The state-sequence entry for the event just folded (``state`` as :meth:`fold` gave it).
+
+        The streaming writer serialises it at once, so it passes the live per-key state and
+        saves a copy per event; :meth:`ProjectionBuilder.observe` copies because its caller may
+        keep the entry.
+        """
+        by_type = self.by_type
+        return {
+            "index": index,
+            "timestamp": timestamp,
+            "type": event.type,
+            "key": event.key,
+            "state": state,
+            "totals": {
+                "events": self.event_count,
+                "success": by_type["success"],
+                "retry": by_type["retry"],
+                "failure": by_type["failure"],
+                "unknown": by_type["unknown"],
+                "writtenKeys": self.written_keys,
+            },
+        }
+
+
+class ProjectionBuilder:
+    """Fold events one at a time into both halves: per-key aggregates and the state sequence."""
+
+    def __init__(self) -> None:
+        self.per_key_fold = PerKeyFold()
+        self.states = StateFold()
+        self.entry = self.states.entry
+        self.per_key = self.per_key_fold.per_key
+        self.by_type = self.per_key_fold.by_type
+
+    @property
+    def event_count(self) -> int:
+        return self.per_key_fold.event_count
+
+    @property
+    def written_keys(self) -> int:
+        return self.states.written_keys
+
+    def fold(self, event: Event, timestamp: str | None) -> dict[str, Any] | None:
+        """Apply one event; returns the live state of its key (``None`` for a keyless event)."""
+        self.per_key_fold.fold(event, timestamp)
+        return self.states.fold(event, timestamp)
+
+    def observe(self, index: int, event: Event, timestamp: str | None) -> dict[str, Any]:
+        state = self.fold(event, timestamp)
+        return self.entry(index, event, timestamp, None if state is None else dict(state))
+
+    def stats(self) -> dict[str, Any]:
+        return self.per_key_fold.stats()
+
+    def restore_lists(self) -> None:
+        self.per_key_fold.restore_lists()
+
+    def result(self, *, state_sequence_path: str | None = None) -> dict[str, Any]:
+        return self.per_key_fold.result(state_sequence_path=state_sequence_path)
