@@ -80,17 +80,18 @@ def _python() -> str:
 
 
 def _tree_rss_kb(pid: int) -> int:
-    """Resident memory of ``pid`` plus its descendants (the projection worker), from /proc."""
+    """Memory of ``pid`` plus its descendants (the projection worker or forked child), from /proc.
+
+    Proportional set size (``Pss`` in ``smaps_rollup``) where the kernel has it: a forked child
+    shares its parent's pages until it writes them, and summing plain RSS would count those
+    pages twice. Falls back to ``VmRSS``.
+    """
     total = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            with open(f"/proc/{current}/status", "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1])
-                        break
+            total += _pss_kb(current)
             with open(f"/proc/{current}/task/{current}/children", "rb") as handle:
                 pending += [int(child) for child in handle.read().split()]
         except (OSError, ValueError):
@@ -98,8 +99,23 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    with open(f"/proc/{pid}/status", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 class _TreeSampler(threading.Thread):
-    """Samples the process tree's summed RSS every 50 ms: a worker's memory counts too."""
+    """Samples the process tree's summed memory every 100 ms: a worker's memory counts too."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -108,7 +124,7 @@ class _TreeSampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(0.1):
             self.peak_kb = max(self.peak_kb, _tree_rss_kb(self.pid))
 
 
@@ -179,6 +195,7 @@ def child_stages(path: str, out_dir: str) -> None:
     import orjson
 
     from .events import format_timestamp
+    from .ndjson import encode_lines, event_line
     from .projection import ProjectionBuilder
     from .reader import OutOfOrder, open_trace
     from .validation import Validator
@@ -197,7 +214,8 @@ def child_stages(path: str, out_dir: str) -> None:
     started = time.perf_counter()
     stamps = [None if e.time_unix_nano is None else format_timestamp(e.time_unix_nano) for e in events]
     dumps = orjson.dumps
-    event_lines = [dumps(e.to_json(s)) for e, s in zip(events, stamps)]
+    event_lines = [encode_lines([event_line(e, s) for e, s in zip(events[start:start + 4096], stamps[start:])])
+                   for start in range(0, len(events), 4096)]
     timings["events"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -215,11 +233,12 @@ def child_stages(path: str, out_dir: str) -> None:
 
     started = time.perf_counter()
     target = Path(out_dir) / "bench-stage-write.tmp"
+    state_chunks = [b"\n,".join(state_lines[start:start + 4096]) + b"\n,"
+                    for start in range(0, len(state_lines), 4096)]
     with open(target, "wb", buffering=1024 * 1024) as handle:
-        for lines, separator in ((event_lines, b"\n"), (state_lines, b"\n,")):
+        for chunks in (event_lines, state_chunks):
             digest = hashlib.sha256()
-            for start in range(0, len(lines), 4096):
-                chunk = separator.join(lines[start:start + 4096]) + separator
+            for chunk in chunks:
                 digest.update(chunk)
                 handle.write(chunk)
         handle.write(projection)
