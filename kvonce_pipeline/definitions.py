@@ -3,7 +3,8 @@
 Two variants of one graph, built by the same factory: the unpartitioned CI graph (``kvonce_*``,
 run by ``kvonce_conformance_job``) and the drop-folder graph (``drops/kvonce_*``, one dynamic
 partition per dropped payload, launched by ``kvonce_drop_sensor``), plus the cross-payload store
-``drops/kvonce_store``.
+``drops/kvonce_store``. Each graph is one multi-asset: its four assets are materialized together,
+by one step doing the CLI's one pass (see :mod:`kvonce_pipeline.orchestration.assets`).
 """
 
 from __future__ import annotations

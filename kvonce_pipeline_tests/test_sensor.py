@@ -251,7 +251,7 @@ def test_an_unreadable_payload_fails_once_clearly_and_is_left_alone(instance, se
     before = (path.read_bytes(), path.stat().st_mtime_ns)
     first, [run] = run_tick(instance, settings)
     assert not run.success
-    failure = run.failure_data_for_node("drops__collected_kvonce_otlp") or next(
+    failure = run.failure_data_for_node("drops__kvonce_conformance_pass") or next(
         e for e in run.all_events if e.is_step_failure).step_failure_data
     message = str(failure.user_failure_data.description if failure.user_failure_data else failure.error)
     assert name in message

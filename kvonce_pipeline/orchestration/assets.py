@@ -1,47 +1,79 @@
-"""The conformance graph: collected payload -> events -> projection -> validation.
+"""The conformance graph: collected payload -> events -> projection -> validation, in one step.
 
 Built by a factory so the same graph exists twice: unpartitioned for the CI job and the UI, and
-(with a key prefix and dynamic partitions) once per dropped payload. Each asset writes its own
-artifact through the core and returns its path, sha256 and counts as metadata, with the sha256 as
-its data version, so lineage and staleness show in the UI. Schema checks run inside the asset on
-the data already in memory; they are blocking, as is the verdict.
+(with a key prefix and dynamic partitions) once per dropped payload.
+
+The four assets are one ``@multi_asset`` (``can_subset=False``): one Dagster step that does what
+``kvonce conformance`` does, one pass over the decoded events writing the events, the state
+sequence, the projection and the report (:func:`kvonce_pipeline.stages.write_artifacts`), after
+collecting the payload. Four steps used to read the data four times (a second whole parse of the
+collected document for its span table, and the events file twice more): 96 s against the CLI's
+23 s on the 1M-event trace of issue #5. The specs keep the four asset keys, their dependencies
+(the UI still draws the chain), their code versions and their metadata; each materialization
+carries its artifact's path, sha256 and counts, with the sha256 as its data version.
+
+Pandera checks stay blocking. Their tables are built from what the pass already has (event
+columns gathered while the events stream past) or by cheap typed decoding, and the two that need
+a whole file (the collected spans, the per-key projection) run in a worker process on the second
+core while the pass runs (:mod:`kvonce_pipeline.orchestration.schema_worker`) when the input is
+large enough for the pass to be parallel; small inputs are checked in process.
 """
 
-import gc
+
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import dagster as dg
 import orjson
 
-from .. import artifacts, collect, events, mapping, ndjson, otlp_json, otlp_proto, projection, reader
-from .. import schemas, stages, validation
+from .. import artifacts, collect, conformance, events, mapping, ndjson, otlp_json, otlp_proto
+from .. import parallel as projection_worker
+from .. import projection, reader, schemas, stages, validation
 from ..errors import InputError
 from ..progress import log_progress
 from .resources import KvonceSettings
+from .schema_worker import SchemaWorker, SchemaWorkerError
 
 PayloadLocator = Callable[[dg.AssetExecutionContext, KvonceSettings], Path]
 OutputLocator = Callable[[dg.AssetExecutionContext, KvonceSettings], Path]
 
+COLLECTED, EVENTS, PROJECTION, VALIDATION = ASSET_NAMES = (
+    "collected_kvonce_otlp", "kvonce_events", "kvonce_projection", "kvonce_validation")
+#: The op (step) that materializes all four, without and with a key prefix (``drops__...``).
+STEP_NAME = "kvonce_conformance_pass"
 
-def _code_version(*modules: Any) -> str:
+
+def _code_version(*modules: ModuleType, files: Sequence[Path] = ()) -> str:
     """A hash of the code that shapes an artifact: changes to it mark the asset stale, nothing else does."""
     digest = hashlib.sha256()
     for module in modules:
         digest.update(inspect.getsource(module).encode())
+    for path in files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 _DECODE = (reader, events, mapping, ndjson, otlp_json, otlp_proto)
+#: Further OTLP/JSON decoders ``reader`` may use (``otlp_json_*.py``), found on disk so that the
+#: versions do not depend on what happens to be imported.
+_DECODE_FILES = sorted(Path(otlp_json.__file__).parent.glob("otlp_json_*.py"))
 CODE_VERSIONS = {
-    "collected_kvonce_otlp": _code_version(collect, *_DECODE),
-    "kvonce_events": _code_version(stages, *_DECODE),
-    "kvonce_projection": _code_version(projection, stages, ndjson, events),
-    "kvonce_validation": _code_version(validation, stages, ndjson, events),
+    COLLECTED: _code_version(collect, *_DECODE, files=_DECODE_FILES),
+    EVENTS: _code_version(stages, *_DECODE, files=_DECODE_FILES),
+    PROJECTION: _code_version(projection, projection_worker, stages, ndjson, events),
+    VALIDATION: _code_version(validation, stages, ndjson, events),
 }
+
+
+class EventObserver(Protocol):
+    """Sees every event of the pass, in order, as the writers do (e.g. ``store.FactsBuilder``)."""
+
+    def observe(self, index: int, event: events.Event) -> None: ...
 
 
 class ConformanceHooks:
@@ -56,24 +88,32 @@ class ConformanceHooks:
         """The asset's code version; a variant that runs more code folds that code in."""
         return base
 
-    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
+    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
+                asset_name: str) -> dict[str, Any]:
         """Metadata put on every materialization of the graph (source file, run, code version)."""
         return {}
 
+    def observer(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> EventObserver | None:
+        """Something to show every event of the pass to, for :meth:`judge` (the default: nothing)."""
+        return None
+
     def judge(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
-              stream: Iterable[events.Event], *, input_summary: dict[str, Any],
-              projection_stats: dict[str, Any] | None) -> stages.ValidationResult:
-        """Validate the events and write the report files (the default: the payload on its own)."""
-        return stages.write_validation(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
-                                       input_summary=input_summary, projection_stats=projection_stats)
+              result: stages.ValidationResult, observed: EventObserver | None, *,
+              projection_stats: dict[str, Any]) -> stages.ValidationResult:
+        """The final report, given the pass's own (already written) and what :meth:`observer` saw.
+
+        The default keeps the pass's report: the payload judged on its own.
+        """
+        return result
 
     def check_collected(self, source: Path, spans: int, kvonce_spans: int) -> InputError | None:
         """An input error to fail with once the payload is collected (the default: leave it to the checks)."""
         return None
 
     def validated(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
-                  result: stages.ValidationResult) -> dict[str, Any]:
-        """Called once the report is written; returns extra metadata for the validation asset."""
+                  result: stages.ValidationResult, known: dict[str, tuple[str, int]]) -> dict[str, Any]:
+        """Called once the report is written, with ``(sha256, bytes)`` of every artifact written;
+        returns extra metadata for the validation asset."""
         return {}
 
     def explain(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
@@ -109,18 +149,6 @@ def _schema_check(name: str, asset_key: dg.AssetKey, outcome: schemas.SchemaOutc
                                severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, Any]:
-    """Metadata of the upstream materialization for this partition (how stages pass small facts)."""
-    partition = context.partition_key if context.has_partition_key else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    if not records:
-        return {}
-    materialization = records[0].asset_materialization
-    return {name: value.value for name, value in (materialization.metadata if materialization else {}).items()}
-
-
 def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = NO_HOOKS,
                    context: dg.AssetExecutionContext | None = None,
                    settings: KvonceSettings | None = None) -> dg.Failure:
@@ -133,6 +161,76 @@ def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = N
                       metadata={"source": error.source, "where": error.where or "", "message": error.message})
 
 
+def _observed(stream: Iterable[events.Event], observer: EventObserver) -> Iterator[events.Event]:
+    """``stream`` unchanged, each event shown to ``observer`` on the way into the writers."""
+    observe = observer.observe
+    for index, event in enumerate(stream):
+        observe(index, event)
+        yield event
+
+
+class _SchemaChecks:
+    """The collected and per-key Pandera checks: in the schema worker when one runs, else here.
+
+    A worker that fails (it should not) costs only time: the check is then run in this process,
+    so a check result never depends on the worker.
+    """
+
+    def __init__(self, collected: Path, in_worker: bool) -> None:
+        self._path = collected
+        self._worker = SchemaWorker(collected) if in_worker else None
+        self._collected: schemas.CollectedOutcome | None = None
+        self._projection: tuple[Path, dict[str, Any]] | None = None
+
+    def collected(self) -> schemas.CollectedOutcome:
+        """Raises ``orjson.JSONDecodeError`` when the collected file is not JSON."""
+        if self._collected is None:
+            if self._worker is not None:
+                try:
+                    self._collected = self._worker.collected()
+                except SchemaWorkerError:
+                    self._stop_worker()
+            if self._collected is None:
+                self._collected = schemas.check_collected_file(self._path)
+        return self._collected
+
+    def request_projection(self, path: Path, stats: dict[str, Any]) -> None:
+        self._projection = (path, stats)
+        if self._worker is not None:
+            try:
+                self._worker.request_projection(path, stats)
+            except SchemaWorkerError:
+                self._stop_worker()
+
+    def projection(self) -> schemas.SchemaOutcome:
+        assert self._projection is not None
+        if self._worker is not None:
+            try:
+                return self._worker.projection()
+            except SchemaWorkerError:
+                self._stop_worker()
+        return schemas.check_projection_file(*self._projection)
+
+    def close(self) -> None:
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What the one pass produced, for the four materializations."""
+
+    trace_summary: dict[str, Any]
+    artifacts: stages.ArtifactsResult
+    validation: stages.ValidationResult
+    events_outcome: schemas.SchemaOutcome
+    projection_outcome: schemas.SchemaOutcome
+
+
 def build_conformance_assets(
     *,
     key_prefix: Sequence[str] = (),
@@ -141,205 +239,288 @@ def build_conformance_assets(
     payload_for: PayloadLocator = default_payload,
     output_for: OutputLocator = default_output,
     hooks: ConformanceHooks = NO_HOOKS,
+    parallel: bool | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """The four stage assets under ``key_prefix``; ``hooks`` adds a variant's extra behaviour."""
+    """The four stage assets under ``key_prefix``, as one multi-asset; ``hooks`` adds a variant's behaviour.
+
+    ``parallel`` is the pass's projection worker and, with it, the schema worker: None decides by
+    input size and cores as the CLI does (:func:`kvonce_pipeline.conformance.use_parallel`); the
+    artifacts and check results are the same either way.
+    """
     prefix = list(key_prefix)
-    keys = {name: dg.AssetKey([*prefix, name]) for name in CODE_VERSIONS}
+    keys = {name: dg.AssetKey([*prefix, name]) for name in ASSET_NAMES}
     versions = {name: hooks.code_version(name, base) for name, base in CODE_VERSIONS.items()}
-    common = {"partitions_def": partitions_def, "group_name": group_name}
 
-    @dg.asset(
-        key=keys["collected_kvonce_otlp"],
-        code_version=versions["collected_kvonce_otlp"],
-        check_specs=[dg.AssetCheckSpec("collected_schema", asset=keys["collected_kvonce_otlp"], blocking=True,
-                                       description="Pandera: span ids are hex, times are integers, "
-                                                   "at least one kvonce span")],
-        description="The payload as collected, always as spec OTLP/JSON (collected-kvonce-otlp.json).",
-        kinds={"python", "json"},
-        **common,
+    def spec(name: str, deps: Sequence[str], kind: str, description: str) -> dg.AssetSpec:
+        return dg.AssetSpec(keys[name], deps=[keys[d] for d in deps], code_version=versions[name],
+                            description=description, kinds={"python", kind}, group_name=group_name)
+
+    specs = [
+        spec(COLLECTED, [], "json",
+             "The payload as collected, always as spec OTLP/JSON (collected-kvonce-otlp.json)."),
+        spec(EVENTS, [COLLECTED], "ndjson", "The KvOnce events, in time order (kvonce-events.ndjson)."),
+        spec(PROJECTION, [EVENTS], "json",
+             "Per-key aggregates and the state sequence (kvonce-projection.json, "
+             "projected/kvonce-state-sequence.json)."),
+        spec(VALIDATION, [EVENTS, PROJECTION], "json",
+             "The verdict and findings (kvonce-validation.json, kvonce-summary.md)."),
+    ]
+    check_specs = [
+        dg.AssetCheckSpec("collected_schema", asset=keys[COLLECTED], blocking=True,
+                          description="Pandera: span ids are hex, times are integers, at least one kvonce span"),
+        dg.AssetCheckSpec("events_schema", asset=keys[EVENTS], blocking=True,
+                          description="Pandera: ISO timestamps, time order, trace id and actor set"),
+        dg.AssetCheckSpec("projection_schema", asset=keys[PROJECTION], blocking=True,
+                          description="Pandera: per-key counts non-negative and consistent with stats"),
+        dg.AssetCheckSpec("validation_schema", asset=keys[VALIDATION], blocking=True,
+                          description="Pandera: known rule ids and severities, indexes in range"),
+        dg.AssetCheckSpec("kvonce_conformance", asset=keys[VALIDATION], blocking=True,
+                          description="The verdict: fails (ERROR) when the trace violates KvOnce"),
+    ]
+
+    @dg.multi_asset(
+        name="__".join([*prefix, STEP_NAME]),
+        specs=specs,
+        check_specs=check_specs,
+        can_subset=False,
+        partitions_def=partitions_def,
+        description="Collect the payload, then one pass over its events writes events, projection, state "
+                    "sequence and report (as `kvonce conformance` does); materializes all four assets.",
     )
-    def collected_kvonce_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-        out_dir = output_for(context, kvonce)
+    def conformance_pass(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> Iterator[Any]:
+        yield from _run(context, kvonce, keys=keys, hooks=hooks, payload_for=payload_for, output_for=output_for,
+                        parallel=parallel)
+
+    return [conformance_pass]
+
+
+def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
+         hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
+         parallel: bool | None) -> Iterator[dg.MaterializeResult]:
+    """The step: collect, one pass, the checks, then the four materializations in graph order."""
+    out_dir = output_for(context, settings)
+    try:
+        source = payload_for(context, settings)
+        context.log.info(f"collecting {source}")
+        collected = collect.collect_payload(source, out_dir / artifacts.COLLECTED, format=settings.input_format,
+                                            limits=settings.limits())
+        # a spec OTLP/JSON payload is copied byte for byte: its sha256 is the copy's
+        source_sha = collected.sha256 if not collected.converted else stages_sha(source)
+    except InputError as error:
+        raise _input_failure(error, out_dir, hooks, context, settings) from None
+    use_parallel = conformance.use_parallel(collected.path, parallel)
+    checks = _SchemaChecks(collected.path, in_worker=use_parallel)
+    try:
         try:
-            source = payload_for(context, kvonce)
-            context.log.info(f"collecting {source}")
-            source_sha = stages_sha(source)
-            result = collect.collect_payload(source, out_dir / artifacts.COLLECTED, format=kvonce.input_format,
-                                             limits=kvonce.limits())
+            done = _one_pass(context, settings, out_dir, source, collected, checks, hooks, use_parallel)
         except InputError as error:
-            raise _input_failure(error, out_dir, hooks, context, kvonce) from None
-        gc.disable()
+            # What the four steps did: the collected copy is recorded (with its check) before the
+            # failure, and a payload the collected check rejects fails with that check's reason.
+            spans = _collected_or_none(checks)
+            unusable = None if spans is None else hooks.check_collected(source, spans.spans, spans.kvonce_spans)
+            if spans is not None and unusable is None:
+                yield _collected_result(context, settings, keys, hooks, source, source_sha, collected, spans)
+            raise _input_failure(unusable or error, out_dir, hooks, context, settings) from None
         try:
-            request = orjson.loads(result.path.read_bytes())
-        except orjson.JSONDecodeError as exc:
+            spans = checks.collected()
+        except orjson.JSONDecodeError as exc:  # the pass read it, so this is not expected
             raise _input_failure(InputError(str(source), f"not valid JSON ({exc})"), out_dir, hooks, context,
-                                 kvonce) from None
-        finally:
-            gc.enable()
-        spans = schemas.spans_frame(request)
-        del request
-        unusable = hooks.check_collected(source, len(spans), int(spans["isKvonce"].sum()))
-        if unusable is not None:
-            raise _input_failure(unusable, out_dir, hooks, context, kvonce)
-        outcome = schemas.check_frame(schemas.collected_schema, spans)
-        return dg.MaterializeResult(
-            metadata={
-                **hooks.lineage(context, kvonce),
-                "path": dg.MetadataValue.path(str(result.path)),
-                "sha256": result.sha256,
-                "bytes": result.size,
-                "source_path": dg.MetadataValue.path(str(source)),
-                "source_sha256": source_sha,
-                "source_bytes": source.stat().st_size,
-                "source_format": result.format.value,
-                "source_compressed": result.compressed,
-                "converted": result.converted,
-                "spans": len(spans),
-                "kvonce_spans": int(spans["isKvonce"].sum()),
-            },
-            data_version=dg.DataVersion(result.sha256),
-            check_results=[_schema_check("collected_schema", keys["collected_kvonce_otlp"], outcome)],
-        )
+                                 settings) from None
+    finally:
+        checks.close()
+    unusable = hooks.check_collected(source, spans.spans, spans.kvonce_spans)
+    if unusable is not None:
+        raise _input_failure(unusable, out_dir, hooks, context, settings)
+    yield _collected_result(context, settings, keys, hooks, source, source_sha, collected, spans)
+    yield from _stage_results(context, settings, keys, hooks, out_dir, collected, done)
 
-    @dg.asset(
-        key=keys["kvonce_events"],
-        deps=[collected_kvonce_otlp],
-        code_version=versions["kvonce_events"],
-        check_specs=[dg.AssetCheckSpec("events_schema", asset=keys["kvonce_events"], blocking=True,
-                                       description="Pandera: ISO timestamps, time order, trace id and actor set")],
-        description="The KvOnce events, in time order (kvonce-events.ndjson).",
-        kinds={"python", "ndjson"},
-        **common,
+
+def _collected_or_none(checks: _SchemaChecks) -> schemas.CollectedOutcome | None:
+    try:
+        return checks.collected()
+    except (orjson.JSONDecodeError, OSError):
+        return None
+
+
+def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, source: Path,
+              collected: collect.Collected, checks: _SchemaChecks, hooks: ConformanceHooks,
+              use_parallel: bool) -> _Pass:
+    """The CLI's pass over the collected copy (:func:`kvonce_pipeline.conformance.run_conformance`),
+    then the checks that need what it wrote.
+
+    The events reach ``write_artifacts`` as the CLI hands them over: the reader's list when the
+    document was held whole (always, for the collected copy: a single OTLP/JSON document), which
+    a forked projection child can share. The ``events_schema`` columns and the variant's observer
+    then read that list; from a stream they are taps on the way into the writers instead.
+    """
+    observer = hooks.observer(context, settings)
+    progress: stages.ProgressCallback | None = None
+    columns: stages.EventColumns | None = None
+    with reader.open_trace(collected.path, limits=settings.limits(), spill_dir=out_dir,
+                           sort_on_disk=True) as trace:
+        def report_progress(stage: str, done: int, total: int | None) -> None:
+            """As the CLI reports it, to the run's log at most every ten seconds."""
+            fraction = trace.fraction() if trace.fraction is not None else None
+            assert progress is not None
+            progress(stage, done, total if total is not None else int(done / fraction) if fraction else None)
+
+        def input_summary() -> dict[str, Any]:
+            """As the four steps recorded it: the source as given, the events as read from the copy."""
+            read = trace.summary()
+            return {"source": str(source), "format": collected.format.value, "compressed": collected.compressed,
+                    "events": read["events"], "spans": read["spans"], "skippedSpans": read["skippedSpans"],
+                    "reordered": read["reordered"], "warnings": read["warnings"]}
+
+        listed = trace.listed
+        stream: Iterable[events.Event]
+        if listed is not None:  # as conformance._streamed: the list itself
+            trace.count = len(listed)
+            if not listed:
+                next(trace.events, None)  # raises "no kvonce events", naming the spans seen
+            if observer is not None:
+                for index, event in enumerate(listed):
+                    observer.observe(index, event)
+            stream = listed
+        else:
+            columns = stages.EventColumns()
+            stream = columns.tap(trace.events)
+            if observer is not None:
+                stream = _observed(stream, observer)
+        context.log.info(f"collected and decoded {collected.size:,} bytes; writing the artifacts")
+        progress = log_progress(context.log)  # its rates count from here, where the writing starts
+        written = stages.write_artifacts(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
+                                         input_summary=input_summary, progress=report_progress,
+                                         parallel=use_parallel)
+    stats = written.projection.projection["stats"]
+    in_memory = "perKey" in written.projection.projection
+    if not in_memory:
+        checks.request_projection(written.projection.projection_file.path, stats)
+    with stages.gc_paused():
+        if listed is not None:
+            frame = schemas.event_columns_frame([e.time_unix_nano for e in listed], [e.type for e in listed],
+                                                [e.key for e in listed], [e.trace_id for e in listed],
+                                                [e.actor for e in listed])
+        else:
+            assert columns is not None
+            frame = schemas.event_columns_frame(columns.times, columns.types, columns.keys, columns.trace_ids,
+                                                columns.actors)
+        del columns, listed, stream
+        events_outcome = schemas.check_frame(schemas.events_schema, frame)
+        del frame
+        if in_memory:
+            projection_outcome = schemas.check_frame(schemas.projection_schema(stats),
+                                                     schemas.per_key_frame(written.projection.projection))
+        else:
+            projection_outcome = checks.projection()
+    judged = hooks.judge(context, settings, out_dir, written.validation, observer, projection_stats=stats)
+    return _Pass(trace.summary(), written, judged, events_outcome, projection_outcome)
+
+
+def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],
+                      hooks: ConformanceHooks, source: Path, source_sha: str, collected: collect.Collected,
+                      spans: schemas.CollectedOutcome) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        asset_key=keys[COLLECTED],
+        metadata={
+            **hooks.lineage(context, settings, COLLECTED),
+            "path": dg.MetadataValue.path(str(collected.path)),
+            "sha256": collected.sha256,
+            "bytes": collected.size,
+            "source_path": dg.MetadataValue.path(str(source)),
+            "source_sha256": source_sha,
+            "source_bytes": source.stat().st_size,
+            "source_format": collected.format.value,
+            "source_compressed": collected.compressed,
+            "converted": collected.converted,
+            "spans": spans.spans,
+            "kvonce_spans": spans.kvonce_spans,
+        },
+        data_version=dg.DataVersion(collected.sha256),
+        check_results=[_schema_check("collected_schema", keys[COLLECTED], spans.outcome)],
     )
-    def kvonce_events(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-        out_dir = output_for(context, kvonce)
-        columns = stages.EventColumns()
-        try:
-            # one streamed pass in time order (sorted on disk if it must be): no list of events
-            with reader.open_trace(out_dir / artifacts.COLLECTED, limits=kvonce.limits(), spill_dir=out_dir,
-                                   sort_on_disk=True) as trace:
-                written = stages.write_events(columns.tap(trace.events), out_dir / artifacts.EVENTS,
-                                              progress=log_progress(context.log))
-        except InputError as error:
-            raise _input_failure(error, out_dir, hooks, context, kvonce) from None
-        outcome = schemas.check_frame(schemas.events_schema, columns.frame())
-        summary = trace.summary()
-        return dg.MaterializeResult(
-            metadata={
-                **hooks.lineage(context, kvonce),
-                **_file_metadata(written),
-                "dagster/row_count": trace.count,
-                "spans": summary["spans"],
-                "skipped_spans": summary["skippedSpans"],
-                "reordered": summary["reordered"],
-                "warnings": dg.MetadataValue.json(summary["warnings"]),
-            },
-            data_version=dg.DataVersion(written.sha256),
-            check_results=[_schema_check("events_schema", keys["kvonce_events"], outcome)],
-        )
 
-    @dg.asset(
-        key=keys["kvonce_projection"],
-        deps=[kvonce_events],
-        code_version=versions["kvonce_projection"],
-        check_specs=[dg.AssetCheckSpec("projection_schema", asset=keys["kvonce_projection"], blocking=True,
-                                       description="Pandera: per-key counts non-negative and consistent with stats")],
-        description="Per-key aggregates and the state sequence (kvonce-projection.json, "
-                    "projected/kvonce-state-sequence.json).",
-        kinds={"python", "json"},
-        **common,
+
+def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],
+                   hooks: ConformanceHooks, out_dir: Path, collected: collect.Collected,
+                   done: _Pass) -> Iterator[dg.MaterializeResult]:
+    """The events, projection and validation materializations, with their checks."""
+    summary = done.trace_summary
+    events_file = done.artifacts.events_file
+    yield dg.MaterializeResult(
+        asset_key=keys[EVENTS],
+        metadata={
+            **hooks.lineage(context, settings, EVENTS),
+            **_file_metadata(events_file),
+            "dagster/row_count": summary["events"],
+            "spans": summary["spans"],
+            "skipped_spans": summary["skippedSpans"],
+            "reordered": summary["reordered"],
+            "warnings": dg.MetadataValue.json(summary["warnings"]),
+        },
+        data_version=dg.DataVersion(events_file.sha256),
+        check_results=[_schema_check("events_schema", keys[EVENTS], done.events_outcome)],
     )
-    def kvonce_projection(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-        out_dir = output_for(context, kvonce)
-        result = stages.write_projection(stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
-                                         out_dir, progress=log_progress(context.log))
-        stats = result.projection["stats"]
-        outcome = schemas.check_frame(schemas.projection_schema(stats), schemas.per_key_frame(result.projection))
-        return dg.MaterializeResult(
-            metadata={
-                **hooks.lineage(context, kvonce),
-                **_file_metadata(result.projection_file),
-                "state_sequence_path": dg.MetadataValue.path(str(result.state_sequence_file.path)),
-                "state_sequence_sha256": result.state_sequence_file.sha256,
-                "dagster/row_count": stats["uniqueKeys"],
-                "events": stats["totalEvents"],
-                "stats": dg.MetadataValue.json(stats),
-            },
-            data_version=dg.DataVersion(result.projection_file.sha256),
-            check_results=[_schema_check("projection_schema", keys["kvonce_projection"], outcome)],
-        )
 
-    @dg.asset(
-        key=keys["kvonce_validation"],
-        deps=[kvonce_events, kvonce_projection],
-        code_version=versions["kvonce_validation"],
-        check_specs=[
-            dg.AssetCheckSpec("validation_schema", asset=keys["kvonce_validation"], blocking=True,
-                              description="Pandera: known rule ids and severities, indexes in range"),
-            dg.AssetCheckSpec("kvonce_conformance", asset=keys["kvonce_validation"], blocking=True,
-                              description="The verdict: fails (ERROR) when the trace violates KvOnce"),
-        ],
-        description="The verdict and findings (kvonce-validation.json, kvonce-summary.md).",
-        kinds={"python", "json"},
-        **common,
+    projected = done.artifacts.projection
+    stats = projected.projection["stats"]
+    yield dg.MaterializeResult(
+        asset_key=keys[PROJECTION],
+        metadata={
+            **hooks.lineage(context, settings, PROJECTION),
+            **_file_metadata(projected.projection_file),
+            "state_sequence_path": dg.MetadataValue.path(str(projected.state_sequence_file.path)),
+            "state_sequence_sha256": projected.state_sequence_file.sha256,
+            "dagster/row_count": stats["uniqueKeys"],
+            "events": stats["totalEvents"],
+            "stats": dg.MetadataValue.json(stats),
+        },
+        data_version=dg.DataVersion(projected.projection_file.sha256),
+        check_results=[_schema_check("projection_schema", keys[PROJECTION], done.projection_outcome)],
     )
-    def kvonce_validation(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-        out_dir = output_for(context, kvonce)
-        collected_meta = _latest_metadata(context, keys["collected_kvonce_otlp"])
-        events_meta = _latest_metadata(context, keys["kvonce_events"])
-        projection_meta = _latest_metadata(context, keys["kvonce_projection"])
-        input_summary = {
-            "source": collected_meta.get("source_path"),
-            "format": collected_meta.get("source_format"),
-            "compressed": collected_meta.get("source_compressed"),
-            "events": events_meta.get("dagster/row_count"),
-            "spans": events_meta.get("spans"),
-            "skippedSpans": events_meta.get("skipped_spans"),
-            "reordered": events_meta.get("reordered"),
-            "warnings": events_meta.get("warnings") or [],
-        }
-        result = hooks.judge(
-            context, kvonce, out_dir,
-            stages.with_progress(stages.read_events_ndjson(out_dir / artifacts.EVENTS, kvonce.limits()),
-                                 log_progress(context.log), "validation"),
-            input_summary=input_summary,
-            projection_stats=projection_meta.get("stats"),
-        )
-        extra = hooks.validated(context, kvonce, out_dir, result)
-        report = result.report
-        summary = report["summary"]
-        outcome = schemas.check_frame(schemas.validation_schema(report), schemas.issues_frame(report))
-        findings = "\n".join(f"- {i['severity']} `{i['type']}` key `{i['key']}` event {i['eventIndex']}: {i['message']}"
-                             for i in report["issues"][:20]) or "none"
-        verdict = dg.AssetCheckResult(
-            check_name="kvonce_conformance",
-            asset_key=keys["kvonce_validation"],
-            passed=report["valid"],
-            severity=dg.AssetCheckSeverity.ERROR,
-            description="valid" if report["valid"] else f"{summary['errors']} KvOnce violation(s)",
-            metadata={"errors": summary["errors"], "warnings": summary["warnings"],
-                      "by_rule": dg.MetadataValue.json(summary["byRule"]),
-                      "findings": dg.MetadataValue.md(findings)},
-        )
-        return dg.MaterializeResult(
-            metadata={
-                **hooks.lineage(context, kvonce),
-                **extra,
-                **_file_metadata(result.validation_file),
-                "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
-                "summary_sha256": result.summary_file.sha256,
-                "valid": report["valid"],
-                "strict": report["strict"],
-                "errors": summary["errors"],
-                "warnings": summary["warnings"],
-                "dagster/row_count": len(report["issues"]),
-                "summary": dg.MetadataValue.md(result.summary_file.path.read_text()),
-            },
-            data_version=dg.DataVersion(result.validation_file.sha256),
-            check_results=[_schema_check("validation_schema", keys["kvonce_validation"], outcome), verdict],
-        )
 
-    return [collected_kvonce_otlp, kvonce_events, kvonce_projection, kvonce_validation]
+    result = done.validation
+    known = {
+        artifacts.COLLECTED: (collected.sha256, collected.size),
+        artifacts.EVENTS: (events_file.sha256, events_file.size),
+        artifacts.PROJECTION: (projected.projection_file.sha256, projected.projection_file.size),
+        artifacts.STATE_SEQUENCE: (projected.state_sequence_file.sha256, projected.state_sequence_file.size),
+        artifacts.VALIDATION: (result.validation_file.sha256, result.validation_file.size),
+        artifacts.SUMMARY: (result.summary_file.sha256, result.summary_file.size),
+    }
+    extra = hooks.validated(context, settings, out_dir, result, known)
+    report = result.report
+    counts = report["summary"]
+    outcome = schemas.check_frame(schemas.validation_schema(report), schemas.issues_frame(report))
+    findings = "\n".join(f"- {i['severity']} `{i['type']}` key `{i['key']}` event {i['eventIndex']}: {i['message']}"
+                         for i in report["issues"][:20]) or "none"
+    verdict = dg.AssetCheckResult(
+        check_name="kvonce_conformance",
+        asset_key=keys[VALIDATION],
+        passed=report["valid"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="valid" if report["valid"] else f"{counts['errors']} KvOnce violation(s)",
+        metadata={"errors": counts["errors"], "warnings": counts["warnings"],
+                  "by_rule": dg.MetadataValue.json(counts["byRule"]),
+                  "findings": dg.MetadataValue.md(findings)},
+    )
+    yield dg.MaterializeResult(
+        asset_key=keys[VALIDATION],
+        metadata={
+            **hooks.lineage(context, settings, VALIDATION),
+            **extra,
+            **_file_metadata(result.validation_file),
+            "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
+            "summary_sha256": result.summary_file.sha256,
+            "valid": report["valid"],
+            "strict": report["strict"],
+            "errors": counts["errors"],
+            "warnings": counts["warnings"],
+            "dagster/row_count": len(report["issues"]),
+            "summary": dg.MetadataValue.md(result.summary_file.path.read_text()),
+        },
+        data_version=dg.DataVersion(result.validation_file.sha256),
+        check_results=[_schema_check("validation_schema", keys[VALIDATION], outcome), verdict],
+    )
 
 
 def stages_sha(path: Path) -> str:

@@ -1,14 +1,17 @@
 """The drop-folder variant of the conformance graph, and the cumulative store over it.
 
 ``drops/collected_kvonce_otlp -> drops/kvonce_events -> drops/kvonce_projection ->
-drops/kvonce_validation`` is the same graph as the CI job's (built by the same factory), with one
-dynamic partition per dropped payload (``<stem>-<12 hex of sha256>``, see
+drops/kvonce_validation`` is the same graph as the CI job's (built by the same factory: one step,
+``drops__kvonce_conformance_pass``, that materializes all four), with one dynamic partition per
+dropped payload (``<stem>-<12 hex of sha256>``, see
 :mod:`kvonce_pipeline.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
 default run's file names. ``drops/kvonce_store`` folds every processed payload into the
 cross-payload store (:mod:`kvonce_pipeline.store`).
 
 Lineage: every materialization carries the source file, its sha256, size and arrival time, the run
-id and the asset's code version; each partition folder gets ``kvonce-envelope.json``.
+id and the asset's code version; each partition folder gets ``kvonce-envelope.json``. The judge
+against the store needs the payload's key facts: :class:`DropHooks` gathers them while the step's
+one pass goes over the events (its observer), so no stage reads the events a second time.
 """
 
 
@@ -23,10 +26,8 @@ import orjson
 from .. import artifacts, drops, envelope, store
 from ..atomic import write_bytes_atomic
 from ..errors import InputError
-from ..events import Event
 from ..stages import ValidationResult, write_report_files
-from ..validation import Validator
-from .assets import CODE_VERSIONS, ConformanceHooks, build_conformance_assets
+from .assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
 from .resources import KvonceSettings
 
 PREFIX = "drops"
@@ -108,9 +109,10 @@ class DropHooks(ConformanceHooks):
         detail = f" ({spans} spans, none with kvonce.event.type and kvonce.event.key)" if spans else ""
         return InputError(str(source), f"no kvonce events{detail}")
 
-    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
+    def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
+                asset_name: str) -> dict[str, Any]:
         source = self._source_fields(context, settings)
-        name = context.asset_key.path[-1]
+        name = asset_name
         out: dict[str, Any] = {
             "partition": context.partition_key,
             "source_file": source["name"] or "",
@@ -124,20 +126,24 @@ class DropHooks(ConformanceHooks):
             out["source_path"] = dg.MetadataValue.path(source["path"])
         return out
 
+    def observer(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> store.FactsBuilder:
+        """The payload's key facts, gathered during the step's one pass over its events."""
+        return store.FactsBuilder()
+
     def judge(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
-              stream: Any, *, input_summary: dict[str, Any],
-              projection_stats: dict[str, Any] | None) -> ValidationResult:
-        """Validate the payload, then reconcile it with the payloads already in the store."""
-        validator = Validator(max_retries=settings.max_retries, strict=settings.strict)
-        facts = store.FactsBuilder()
-        event: Event
-        for index, event in enumerate(stream):
-            validator.observe(index, event)
-            facts.observe(index, event)
-        own = facts.to_json()
+              result: ValidationResult, observed: EventObserver | None, *,
+              projection_stats: dict[str, Any]) -> ValidationResult:
+        """Reconcile the payload's own report with the payloads already in the store, and rewrite it.
+
+        The pass wrote the report of the payload on its own; this replaces it (and the summary)
+        with the reconciled one, and writes the key facts later payloads are reconciled against.
+        """
+        if not isinstance(observed, store.FactsBuilder):
+            raise TypeError("the drop variant's judge needs the key facts its observer gathered")
+        own = observed.to_json()
         key = _key(context)
         prior, own_order = prior_facts(context.instance, settings, exclude=key)
-        report = store.reconcile_report(validator.report(input_summary=input_summary), key, own, prior, own_order)
+        report = store.reconcile_report(result.report, key, own, prior, own_order)
         write_bytes_atomic(out_dir / store.KEYFACTS, orjson.dumps(own))
         validation_file, summary_file = write_report_files(report, out_dir, projection_stats)
         return ValidationResult(report, validation_file, summary_file)
@@ -153,10 +159,7 @@ class DropHooks(ConformanceHooks):
         return envelope.write_envelope(out_dir, doc), doc
 
     def validated(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
-                  result: ValidationResult) -> dict[str, Any]:
-        known = _known_shas(context)
-        known[artifacts.VALIDATION] = (result.validation_file.sha256, result.validation_file.size)
-        known[artifacts.SUMMARY] = (result.summary_file.sha256, result.summary_file.size)
+                  result: ValidationResult, known: dict[str, tuple[str, int]]) -> dict[str, Any]:
         path, doc = self._envelope(context, settings, out_dir, status="checked", valid=result.valid, known=known)
         return {"envelope_path": dg.MetadataValue.path(str(path)),
                 "envelope": dg.MetadataValue.json(doc),
@@ -181,27 +184,6 @@ class DropHooks(ConformanceHooks):
         """The payload cannot be read: record it (envelope status ``unusable``); the file stays as it is."""
         self._envelope(context, settings, out_dir, status="unusable", valid=False, known={}, error=error.to_json())
         context.log.error(f"unusable payload for partition {context.partition_key}: {error}")
-
-
-def _known_shas(context: dg.AssetExecutionContext) -> dict[str, tuple[str, int]]:
-    """Checksums the upstream stages of this run already recorded (so big files are not hashed twice)."""
-    known: dict[str, tuple[str, int]] = {}
-    names = {"collected_kvonce_otlp": artifacts.COLLECTED, "kvonce_events": artifacts.EVENTS,
-             "kvonce_projection": artifacts.PROJECTION}
-    for asset_name, file_name in names.items():
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey([PREFIX, asset_name]),
-                                  asset_partitions=[context.partition_key]), limit=1).records
-        if not records or records[0].asset_materialization is None:
-            continue
-        meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-        if "sha256" in meta and "bytes" in meta:
-            known[file_name] = (str(meta["sha256"]), int(meta["bytes"]))
-        if "state_sequence_sha256" in meta:
-            path = Path(str(meta.get("state_sequence_path", "")))
-            if path.is_file():
-                known[artifacts.STATE_SEQUENCE] = (str(meta["state_sequence_sha256"]), path.stat().st_size)
-    return known
 
 
 def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings,
