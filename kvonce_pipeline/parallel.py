@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from .atomic import TEMP_SUFFIX
 from .errors import OutputError
 
 END = b"\x00end\n"
@@ -189,16 +190,22 @@ class ForkedProjection:
     """
 
     def __init__(self, events: list[Any], out_dir: Path, validator: Any, input_summary: dict[str, Any] | None) -> None:
+        from . import artifacts
+        from .atomic import fsync_directory  # noqa: F401 - imported before the fork, used by publish()
         from .stages import project_per_key  # imported before the fork: the child imports nothing
 
         self.out_dir = out_dir
+        self.target = out_dir / artifacts.PROJECTION
+        #: The child's finished file waits here (a temporary name of the parent's, swept if it dies)
+        #: until the parent's own files are written: the run publishes all or nothing.
+        self.staged = out_dir / f".{artifacts.PROJECTION}.{os.getpid()}.fork{TEMP_SUFFIX}"
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child
             os.close(read_fd)
             code = 1
             try:
-                payload = project_per_key(events, out_dir, validator, input_summary)
+                payload = project_per_key(events, self.staged, validator, input_summary)
                 code = 0
             except OutputError as error:
                 payload = orjson.dumps({"outputError": str(error)})
@@ -233,29 +240,39 @@ class ForkedProjection:
             raise RuntimeError(f"the projection child failed: {detail}")
         return outcome
 
+    def publish(self) -> None:
+        """Put the child's file in place (after :meth:`finish` and the parent's own files)."""
+        from .atomic import fsync_directory
+
+        try:
+            os.replace(self.staged, self.target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
+        fsync_directory(self.out_dir)
+
     def abort(self) -> None:
-        """The parent failed: stop the child and remove its temporary files."""
-        if self._pid is None:
-            return
-        try:
-            os.kill(self._pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self._pid, 0)
-        self._pid = None
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        """The run failed: stop the child if it still runs and remove what it wrote."""
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self._pid, 0)
+            self._pid = None
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
         self._sweep()
 
     def _sweep(self) -> None:
-        from . import artifacts
         from .atomic import sweep_stale_temps
 
-        for target in (self.out_dir / artifacts.PROJECTION, self.out_dir / artifacts.STATE_SEQUENCE):
-            if target.parent.is_dir():
-                sweep_stale_temps(target.parent, target.name)
+        try:
+            self.staged.unlink()
+        except FileNotFoundError:
+            pass
+        sweep_stale_temps(self.out_dir, self.staged.name)  # the child's own temporary, if it was killed
 
 
 if __name__ == "__main__":

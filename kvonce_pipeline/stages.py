@@ -199,30 +199,29 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
     return result
 
 
-def project_per_key(events: Iterable[Event], out_dir: Path, validator: Validator,
+def project_per_key(events: Iterable[Event], path: Path, validator: Validator,
                     input_summary: dict[str, Any] | None) -> bytes:
-    """``kvonce-projection.json`` and the verdict for ``events`` (no state sequence), as JSON for the parent.
+    """``kvonce-projection.json`` (written to ``path``) and the verdict for ``events``, as JSON for the parent.
 
     The other half of :func:`_write_artifacts_forked`, run in the forked child.
     """
-    per_key = PerKeyFold()
+    per_key = PerKeyFold(share=False)  # the events hold their contexts anyway
     fold, observe, stamp_of = per_key.fold, validator.observe, format_timestamp
     for index, event in enumerate(events):
         time_ns = event.time_unix_nano
         fold(event, None if time_ns is None else stamp_of(time_ns))
         observe(index, event)
-    projection, written = _projection_file(per_key, out_dir)
+    projection, written = _projection_file(per_key, path)
     return orjson.dumps({"stats": projection["stats"], "report": validator.report(input_summary=input_summary),
                          "projection": {"sha256": written.sha256, "size": written.size}})
 
 
 def _write_projection_file(builder: ProjectionBuilder, out_dir: Path, state_file: Written) -> ProjectionResult:
-    return ProjectionResult(*_projection_file(builder, out_dir), state_file)
+    return ProjectionResult(*_projection_file(builder, out_dir / artifacts.PROJECTION), state_file)
 
 
-def _projection_file(folded: ProjectionBuilder | PerKeyFold, out_dir: Path) -> tuple[dict[str, Any], Written]:
+def _projection_file(folded: ProjectionBuilder | PerKeyFold, projection_path: Path) -> tuple[dict[str, Any], Written]:
     projection = folded.result(state_sequence_path=artifacts.STATE_SEQUENCE)
-    projection_path = out_dir / artifacts.PROJECTION
     with atomic_writer(projection_path) as out:
         out.write(orjson.dumps(projection, option=orjson.OPT_INDENT_2 if folded.event_count < 10_000 else 0))
         out.write(b"\n")
@@ -351,10 +350,15 @@ def _write_artifacts_forked(
     summary = input_summary() if callable(input_summary) else input_summary  # final: the list is complete
     child = ForkedProjection(events, out_dir, Validator(max_retries=max_retries, strict=strict),
                              summary)  # before the writer threads start
+    outcome: dict[str, Any] = {}
+
+    def child_done() -> None:  # before the parent's files are renamed: if the child failed, nothing is
+        outcome.update(child.finish())
+        child.publish()
+
     try:
         events_file, state_file = _write_events_and_states(events, out_dir, StateFold(), None, progress,
-                                                           total or len(events))
-        outcome = child.finish()
+                                                           total or len(events), before_publish=child_done)
     except BaseException:
         child.abort()
         raise
@@ -453,10 +457,12 @@ def _write_artifacts(
 
 def _write_events_and_states(events: Iterable[Event], out_dir: Path, builder: ProjectionBuilder | StateFold,
                              validator: Validator | None, progress: ProgressCallback | None,
-                             total: int | None) -> tuple[Written, Written]:
+                             total: int | None, *,
+                             before_publish: Callable[[], None] | None = None) -> tuple[Written, Written]:
     """The one pass: events file, state sequence and the validator, each timestamp formatted once.
 
     ``validator`` None: the verdict is made elsewhere (the forked child's half).
+    ``before_publish`` runs after the last event, before either file is renamed into place.
     """
     fold, entry = builder.fold, builder.entry
     observe = validator.observe if validator is not None else _ignore
@@ -486,6 +492,8 @@ def _write_events_and_states(events: Iterable[Event], out_dir: Path, builder: Pr
             event_out.write(encode_lines(lines))
             state_out.write(separator + b"\n,".join(states))
         state_out.write(b"\n]\n")
+        if before_publish is not None:
+            before_publish()
     if progress is not None:
         progress("write", index + 1, total)
     return event_out.written, state_out.written

@@ -174,3 +174,64 @@ def test_projection_worker_discards_its_files_when_the_parent_fails(tmp_path: Pa
         write_artifacts(failing(), out, parallel=True)
     leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert leftovers == [], "no artifact and no temporary file is left behind"
+
+
+@pytest.mark.parametrize("violations", [0.0, 0.02])
+def test_forked_projection_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 violations: float) -> None:
+    """A whole OTLP document takes the forked path (per-key file and verdict in the child); its
+    artifacts and report are the sequential pass's, byte for byte."""
+    from kvonce_pipeline import parallel
+
+    forks: list[int] = []
+    real = parallel.ForkedProjection
+
+    class Counting(real):  # the real class; only counts that it was used
+        def __init__(self, *args, **kwargs) -> None:
+            forks.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "ForkedProjection", Counting)
+    path = _document(tmp_path, GenerateOptions(events=9000, keys=3000, format="otlp-json", violations=violations))
+    sequential = run_conformance(path, tmp_path / "one", ConformanceOptions(parallel=False))
+    assert forks == []
+    forked = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
+    assert forks == [1], "the in-memory document went through the forked child"
+    assert sequential.report == forked.report
+    assert forked.valid == (violations == 0.0)
+    _same_artifacts(tmp_path / "one", tmp_path / "two")
+
+
+def test_forked_projection_failure_in_the_parent_leaves_nothing(tmp_path: Path) -> None:
+    events = reader.read_trace(_generated(tmp_path)).events
+    events[4000].value = object()  # the parent cannot encode this event's line
+    out = tmp_path / "out"
+    with pytest.raises(TypeError):
+        write_artifacts(events, out, parallel=True)
+    leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert leftovers == [], "no artifact and no temporary file of parent or child is left behind"
+
+
+def test_forked_projection_failure_in_the_child_is_named(tmp_path: Path) -> None:
+    from kvonce_pipeline.errors import OutputError
+
+    events = reader.read_trace(_generated(tmp_path)).events
+    out = tmp_path / "out"
+    (out / "kvonce-projection.json").mkdir(parents=True)  # the child cannot put its file there
+    with pytest.raises(OutputError, match="kvonce-projection.json"):
+        write_artifacts(events, out, parallel=True)
+    assert not (out / "kvonce-events.ndjson").exists(), "the parent did not publish beside a failed child"
+
+
+def _generated(tmp_path: Path) -> Path:
+    return _document(tmp_path, GenerateOptions(events=6000, keys=2000, format="otlp-json"))
+
+
+def _document(tmp_path: Path, options: GenerateOptions) -> Path:
+    """An OTLP/JSON document read whole: indented, since one line of it would read as JSON Lines."""
+    import orjson
+
+    path = tmp_path / "t.json"
+    generate(path, options)
+    path.write_bytes(orjson.dumps(orjson.loads(path.read_bytes()), option=orjson.OPT_INDENT_2))
+    return path
