@@ -13,7 +13,9 @@ non-standard fields in an AnyValue (``forbid_unknown_fields``), the snake_case a
 the general path accepts, AnyValues with more than one value set (the general path takes the
 first in document order, which structs cannot see), and every value the general path would
 turn into an error. The caller then runs the general path, which reads leniently or names the
-error with its place. Spans are mapped by :func:`kvonce_pipeline.mapping.span_to_event`, the
+error with its place. One difference is accepted: members the structs do not declare are skipped
+unread, as OTLP receivers skip unknown fields, so a number beyond the double range there (``1e400``
+in a span's ``kind``) passes here where orjson would refuse the whole document. Spans are mapped by :func:`kvonce_pipeline.mapping.span_to_event`, the
 same mapping as every other form, with a decoder for these structs.
 """
 
@@ -29,7 +31,7 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
 from .events import MAX_TIME_NS, Event
-from .mapping import DecodeStats, resource_fallbacks, span_to_event
+from .mapping import ATTR_CONTEXT_PREFIX, DecodeStats, resource_fallbacks, span_to_event
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------
@@ -187,7 +189,10 @@ def _attr_map(attributes: list[KeyValue]) -> dict[str, AnyValue]:
         if name in out and name.startswith("kvonce."):
             raise _GiveUp  # the general path names the duplicate
         value = out[name] = attribute.value
-        valueless = valueless or value is UNSET
+        if value is UNSET:
+            if name.startswith(ATTR_CONTEXT_PREFIX):
+                raise _GiveUp  # the general path decodes every flattened part, and refuses this one
+            valueless = True
     if valueless:
         return {name: value for name, value in out.items() if value is not UNSET}
     return out
@@ -202,9 +207,14 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
     Freeing the decoded structs takes over a second at 1M spans; a caller that will end the
     process soon passes ``keep`` to have them parked there instead of freed as the walk goes.
     """
+    if not blob.isascii():
+        try:  # msgspec does not check the UTF-8 of members it skips; orjson refuses the document
+            blob.decode()
+        except UnicodeDecodeError:
+            return None
     try:
         request = _DECODER.decode(blob)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None
     if request.resource_spans is not UNSET or request.resourceSpans is UNSET:
         return None  # snake_case, or not a trace request: the general path reads or names it
@@ -311,13 +321,25 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
         if context is UNSET:
             return None
         pairs = context.kvlistValue
-        if pairs is not UNSET and decoder.max_depth > 0 and astuple(context).count(UNSET) == _ONE_SET:
+        if pairs is not UNSET and decoder.max_depth > 0 and _only_pairs(context):
             context = _scalar_pairs(pairs, decoder)
         else:
             context = decoder(context, _CONTEXT)
             if type(context) is str and context[:1] in ("{", "["):
                 return None  # a JSON string context: the mapping reads it as JSON
     return Event(start_ns, event_type, key, value, reason, context, trace_id, span_id, actor, f"{prefix}{p}")
+
+
+def _only_pairs(value: AnyValue) -> bool:
+    """``kvlistValue`` is the one value set (cheaper than counting, on the hot path)."""
+    return (value.stringValue is UNSET and value.intValue is UNSET and value.boolValue is UNSET
+            and value.doubleValue is UNSET and value.bytesValue is UNSET and value.arrayValue is UNSET)
+
+
+def _only_int(value: AnyValue) -> bool:
+    """``intValue`` is the one value set (``stringValue`` already known unset)."""
+    return (value.kvlistValue is UNSET and value.boolValue is UNSET and value.doubleValue is UNSET
+            and value.bytesValue is UNSET and value.arrayValue is UNSET)
 
 
 def _scalar_pairs(pairs: KeyValueList, decoder: TypedAnyValueDecoder) -> dict[str, Any]:
@@ -337,7 +359,7 @@ def _scalar_pairs(pairs: KeyValueList, decoder: TypedAnyValueDecoder) -> dict[st
             continue
         number = item.intValue
         if type(number) is str and number.isdigit() and len(number) < 19 and number.isascii() \
-                and astuple(item).count(UNSET) == _ONE_SET:
+                and _only_int(item):
             out[name] = int(number)
             continue
         out[name] = decoder.decode(item, 1)
