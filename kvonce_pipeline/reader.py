@@ -43,6 +43,7 @@ from .ndjson import iter_lines, iter_ndjson_events, loads_line
 from .otlp_json import AnyValueDecoder, count_resources, iter_request_events
 from .otlp_json_typed import decode_document
 from .otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
+from .parallel import ChildWalkFailed, walk_in_two
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -284,8 +285,7 @@ def _decode(stream: BinaryIO, detected: InputFormat, *, source: str, limits: Lim
     proto_decoder = ProtoAnyValueDecoder(limits.max_context_depth)
     if detected is InputFormat.OTLP_PROTO:
         message = parse_request(stream.read(), source=source)
-        yield from _limited(iter_message_events(message, source=source, stats=stats, decoder=proto_decoder),
-                            source, limits)
+        yield from _limited(iter(_message_events(message, source, stats, limits)), source, limits)
         return
     offset = 0
     for number, blob in iter_delimited_records(stream, source=source, max_record=limits.max_body_bytes):
@@ -350,6 +350,22 @@ def _document_events(blob: bytes, source: str, stats: DecodeStats,
     events = _limited(iter_request_events(request, source=source, stats=stats, decoder=decoder, consume=True),
                       source, limits)
     return events, ordered, lambda: min(1.0, stats.spans / spans) if spans else 1.0
+
+
+def _message_events(message: Any, source: str, stats: DecodeStats, limits: Limits) -> list[Event]:
+    """The events of one protobuf message as a list, the second half walked on the other core."""
+    decoder = ProtoAnyValueDecoder(limits.max_context_depth)
+    resources = message.resource_spans
+
+    def walk(start: int, stop: int, walked: DecodeStats) -> list[Event]:
+        return list(iter_message_events(message, source=source, stats=walked, decoder=decoder,
+                                        resource_offset=start, resources=resources[start:stop]))
+
+    try:
+        return walk_in_two([sum(len(scope.spans) for scope in resource.scope_spans) for resource in resources],
+                           walk, stats)
+    except ChildWalkFailed as error:
+        raise RuntimeError(f"{source}: decoding failed: {error}") from None
 
 
 def events_time_ordered(events: list[Event]) -> bool:
@@ -498,20 +514,6 @@ def document_time_ordered(request: Any) -> bool:
                         last = start
     except (AttributeError, KeyError, TypeError, ValueError):
         return False
-    return True
-
-
-def message_time_ordered(message: Any) -> bool:
-    """The same promise for a parsed protobuf message."""
-    last = 0
-    for resource_spans in message.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                start = span.start_time_unix_nano
-                if start:
-                    if start < last:
-                        return False
-                    last = start
     return True
 
 
@@ -664,13 +666,10 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
         else:
             message = parse_request(blob, source=source)
             del blob
-            ordered = message_time_ordered(message)
-            total = sum(len(s.spans) for r in message.resource_spans for s in r.scope_spans)
-            events = _limited(iter_message_events(message, source=source, stats=stats,
-                                                  decoder=ProtoAnyValueDecoder(limits.max_context_depth)),
-                              source, limits)
+            events = _message_events(message, source, stats, limits)
+            ordered = events_time_ordered(events)
+            fraction = None
             del message
-            fraction = (lambda: min(1.0, stats.spans / total)) if total else None
         if not ordered or type(events) is list:
             listed = events if type(events) is list else list(events)
             if len(listed) > limits.max_events:

@@ -235,3 +235,63 @@ def _document(tmp_path: Path, options: GenerateOptions) -> Path:
     generate(path, options)
     path.write_bytes(orjson.dumps(orjson.loads(path.read_bytes()), option=orjson.OPT_INDENT_2))
     return path
+
+
+def _split_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvonce_pipeline import parallel
+
+    monkeypatch.setattr(parallel, "SPLIT_WALK_MIN_SPANS", 1)
+
+
+@pytest.mark.parametrize("form", ["otlp-json", "otlp-proto"])
+def test_split_walk_gives_the_one_walk_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """A whole document's second half mapped by a forked child: same events, same stats."""
+    path = tmp_path / "t.bin"
+    generate(path, GenerateOptions(events=5000, keys=1500, format=form, violations=0.02))
+    if form == "otlp-json":
+        path = _document(tmp_path, GenerateOptions(events=5000, keys=1500, format=form, violations=0.02))
+    whole = reader.read_trace(path)
+    _split_everything(monkeypatch)
+    split = reader.read_trace(path)
+    assert [e.origin for e in split.events] == [e.origin for e in whole.events]
+    assert split.events == whole.events
+    assert split.summary() == whole.summary()
+
+
+def test_split_walk_reports_a_second_half_error_as_the_one_walk(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    path = tmp_path / "t.pb"
+    generate(path, GenerateOptions(events=3000, keys=900, format="otlp-proto"))
+    message = ExportTraceServiceRequest.FromString(path.read_bytes())
+    last = message.resource_spans[-1].scope_spans[-1].spans[-1]
+    for attribute in last.attributes:
+        if attribute.key == "kvonce.event.type":
+            attribute.value.int_value = 7  # a type must be a string
+    path.write_bytes(message.SerializeToString())
+    with pytest.raises(InputError) as whole:
+        reader.read_trace(path)
+    _split_everything(monkeypatch)
+    with pytest.raises(InputError) as split:
+        reader.read_trace(path)
+    assert str(split.value) == str(whole.value)
+    assert "kvonce.event.type" in str(split.value) and (split.value.where or "").startswith("span r")
+
+
+def test_split_walk_gives_up_on_a_second_half_oddity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lenient form in the second half still sends the whole document to the general decoder."""
+    import orjson
+
+    from kvonce_pipeline.mapping import DecodeStats
+    from kvonce_pipeline.otlp_json_typed import decode_document
+
+    path = tmp_path / "t.json"
+    generate(path, GenerateOptions(events=3000, keys=900, format="otlp-json"))
+    document = orjson.loads(path.read_bytes())
+    document["resourceSpans"][-1]["scopeSpans"][-1]["spans"][-1]["attributes"][0]["value"] = {"string_value": "x"}
+    blob = orjson.dumps(document)
+    _split_everything(monkeypatch)
+    assert decode_document(blob, stats=DecodeStats(), max_depth=8) is None
+    del document["resourceSpans"][-1]
+    assert decode_document(orjson.dumps(document), stats=DecodeStats(), max_depth=8) is not None
