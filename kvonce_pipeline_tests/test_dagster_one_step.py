@@ -23,6 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvonce_pipeline import artifacts, drops, envelope, schemas
+from kvonce_pipeline.collect import collect_payload
+from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import conformance_assets, defs
 from kvonce_pipeline.events import format_timestamp
@@ -229,7 +231,7 @@ def test_the_schema_worker_answers_as_the_checks_in_process(tmp_path: Path) -> N
     generate(payload, GenerateOptions(events=2000, keys=700, violations=0.01, batch_spans=300))
     run_conformance(payload, tmp_path / "out", ConformanceOptions(parallel=False))
     stats = orjson.loads((tmp_path / "out" / artifacts.PROJECTION).read_bytes())["stats"]
-    worker = SchemaWorker(payload)
+    worker = SchemaWorker.check(payload)
     try:
         assert worker.collected() == schemas.check_collected_file(payload)
         worker.request_projection(tmp_path / "out" / artifacts.PROJECTION, stats)
@@ -238,11 +240,37 @@ def test_the_schema_worker_answers_as_the_checks_in_process(tmp_path: Path) -> N
         worker.close()
 
 
+def test_the_schema_worker_collects_as_collect_payload_does(sample_otlp: Path, sample_ndjson: Path,
+                                                            tmp_path: Path) -> None:
+    for source in (sample_otlp, sample_ndjson):
+        worker = SchemaWorker.collect(source, tmp_path / "w" / source.name, "auto")
+        try:
+            copy = worker.copy()
+            here = collect_payload(source, tmp_path / "here" / source.name)
+            assert (copy.format, copy.compressed, copy.converted, copy.sha256, copy.size) == (
+                here.format, here.compressed, here.converted, here.sha256, here.size)
+            assert copy.path.read_bytes() == here.path.read_bytes()
+            assert worker.collected() == schemas.check_collected_file(here.path)
+        finally:
+            worker.close()
+    broken = tmp_path / "broken.ndjson"
+    broken.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": 42}\n')
+    worker = SchemaWorker.collect(broken, tmp_path / "w" / "broken.json", "auto")
+    try:
+        with pytest.raises(InputError) as raised:
+            worker.copy()
+    finally:
+        worker.close()
+    with pytest.raises(InputError) as here_raised:
+        collect_payload(broken, tmp_path / "here" / "broken.json")
+    assert raised.value.to_json() == here_raised.value.to_json()
+
+
 def test_a_failing_schema_worker_only_costs_time(tmp_path: Path) -> None:
     """The worker's error comes back; the check then runs in process and says what is wrong itself."""
     not_json = tmp_path / "collected.json"
     not_json.write_bytes(b"{not json")
-    checks = assets_module._SchemaChecks(not_json, in_worker=True)
+    checks = assets_module._SchemaChecks(not_json, SchemaWorker.check(not_json))
     try:
         with pytest.raises(orjson.JSONDecodeError):
             checks.collected()
@@ -347,3 +375,45 @@ def test_the_projection_schema_still_catches_inconsistent_counts(tmp_path: Path)
     outcome = schemas.check_projection_file(path, projection["stats"])
     assert not outcome.passed
     assert "yesterday" in outcome.failure_markdown and "exceed the totals" in outcome.failure_markdown
+
+
+# --- collecting while the source is decoded -------------------------------------------------------
+
+
+def test_a_lenient_document_is_judged_from_its_rewritten_copy(sample_otlp: Path, tmp_path: Path) -> None:
+    """snake_case names: the copy is a rewrite, not the source's bytes, so the pass reads the copy."""
+    payload = tmp_path / "snake.json"
+    payload.write_bytes(sample_otlp.read_bytes().replace(b'"traceId"', b'"trace_id"')
+                        .replace(b'"startTimeUnixNano"', b'"start_time_unix_nano"'))
+    result = materialize(build_conformance_assets(parallel=True), payload, tmp_path / "dagster")
+    assert result.success, step_failure(result)
+    collected = result.get_asset_materialization_events()[0].materialization.metadata
+    assert collected["converted"].value is True
+    assert collected["source_sha256"].value == hashlib.sha256(payload.read_bytes()).hexdigest()
+    copy = tmp_path / "dagster" / "trace" / artifacts.COLLECTED
+    assert b'"traceId"' in copy.read_bytes() and b'"trace_id"' not in copy.read_bytes()
+    run_conformance(copy, tmp_path / "cli", ConformanceOptions(parallel=True))
+    for name in (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE):
+        assert (tmp_path / "dagster" / "trace" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    report = orjson.loads((tmp_path / "dagster" / "trace" / artifacts.VALIDATION).read_bytes())
+    assert report["summary"]["input"]["source"] == str(payload) and report["summary"]["input"]["format"] == "otlp-json"
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["collected-first", "collected-by-the-worker"])
+def test_a_copy_that_cannot_be_written_fails_the_step(tmp_path: Path, parallel: bool) -> None:
+    """The copy fails (its folder is a file): that error is the step's, also when the worker made
+    the copy while the source was decoded."""
+    payload = tmp_path / "trace.json"
+    generate(payload, GenerateOptions(events=300, keys=100))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "trace").write_text("a file where the folder should be")
+    result = materialize(build_conformance_assets(parallel=parallel), payload, reports)
+    assert not result.success
+    assert steps_run(result) == [STEP_NAME] and result.get_asset_materialization_events() == []
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    chain = []
+    while error is not None:
+        chain.append((error.cls_name, error.message))
+        error = error.cause
+    assert any(name == "OutputError" and "collected-kvonce-otlp.json" in message for name, message in chain), chain

@@ -20,8 +20,10 @@ large enough for the pass to be parallel; small inputs are checked in process.
 """
 
 
+import contextlib
 import hashlib
 import inspect
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ import orjson
 from .. import artifacts, collect, conformance, events, mapping, ndjson, otlp_json, otlp_proto
 from .. import parallel as projection_worker
 from .. import projection, reader, schemas, stages, validation
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..progress import log_progress
 from .resources import KvonceSettings
 from .schema_worker import SchemaWorker, SchemaWorkerError
@@ -176,9 +178,9 @@ class _SchemaChecks:
     so a check result never depends on the worker.
     """
 
-    def __init__(self, collected: Path, in_worker: bool) -> None:
+    def __init__(self, collected: Path, worker: SchemaWorker | None) -> None:
         self._path = collected
-        self._worker = SchemaWorker(collected) if in_worker else None
+        self._worker = worker
         self._collected: schemas.CollectedOutcome | None = None
         self._projection: tuple[Path, dict[str, Any]] | None = None
 
@@ -218,6 +220,23 @@ class _SchemaChecks:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+
+
+class _Clock:
+    """Wall time per phase of the step, logged once at the end: where a slow run spent its time."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), time.process_time())
+        self.laps: list[tuple[str, float, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = (time.monotonic(), time.process_time())
+        self.laps.append((name, now[0] - self._last[0], now[1] - self._last[1]))
+        self._last = now
+
+    def __str__(self) -> str:
+        """``phase wall s (cpu s)``: the CPU time is this process's, all its threads."""
+        return ", ".join(f"{name} {wall:.1f}s ({cpu:.1f}s cpu)" for name, wall, cpu in self.laps)
 
 
 @dataclass(frozen=True)
@@ -299,40 +318,99 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
          parallel: bool | None) -> Iterator[dg.MaterializeResult]:
     """The step: collect, one pass, the checks, then the four materializations in graph order."""
     out_dir = output_for(context, settings)
+    clock = _Clock()
     try:
         source = payload_for(context, settings)
         context.log.info(f"collecting {source}")
-        collected = collect.collect_payload(source, out_dir / artifacts.COLLECTED, format=settings.input_format,
-                                            limits=settings.limits())
-        # a spec OTLP/JSON payload is copied byte for byte: its sha256 is the copy's
-        source_sha = collected.sha256 if not collected.converted else stages_sha(source)
+        use_parallel = conformance.use_parallel(source, parallel)
+        collecting = _Collecting(source, out_dir / artifacts.COLLECTED, settings, use_worker=use_parallel)
     except InputError as error:
         raise _input_failure(error, out_dir, hooks, context, settings) from None
-    use_parallel = conformance.use_parallel(collected.path, parallel)
-    checks = _SchemaChecks(collected.path, in_worker=use_parallel)
+    checks = _SchemaChecks(out_dir / artifacts.COLLECTED, collecting.worker)
     try:
         try:
-            done = _one_pass(context, settings, out_dir, source, collected, checks, hooks, use_parallel)
+            done = _one_pass(context, settings, out_dir, source, collecting, checks, hooks, use_parallel, clock)
         except InputError as error:
-            # What the four steps did: the collected copy is recorded (with its check) before the
-            # failure, and a payload the collected check rejects fails with that check's reason.
+            # What the four steps did: a payload that cannot be collected fails with that; else the
+            # collected copy is recorded (with its check) before the failure, and a payload the
+            # collected check rejects fails with that check's reason.
+            try:
+                collected = collecting.result()
+            except InputError as collect_error:
+                raise _input_failure(collect_error, out_dir, hooks, context, settings) from None
             spans = _collected_or_none(checks)
             unusable = None if spans is None else hooks.check_collected(source, spans.spans, spans.kvonce_spans)
             if spans is not None and unusable is None:
-                yield _collected_result(context, settings, keys, hooks, source, source_sha, collected, spans)
+                yield _collected_result(context, settings, keys, hooks, source, collected, spans)
             raise _input_failure(unusable or error, out_dir, hooks, context, settings) from None
+        collected = collecting.result()
         try:
             spans = checks.collected()
         except orjson.JSONDecodeError as exc:  # the pass read it, so this is not expected
             raise _input_failure(InputError(str(source), f"not valid JSON ({exc})"), out_dir, hooks, context,
                                  settings) from None
+        clock.lap("collected check (wait)")
     finally:
         checks.close()
+    context.log.info(f"step timings: {clock}")
     unusable = hooks.check_collected(source, spans.spans, spans.kvonce_spans)
     if unusable is not None:
         raise _input_failure(unusable, out_dir, hooks, context, settings)
-    yield _collected_result(context, settings, keys, hooks, source, source_sha, collected, spans)
+    yield _collected_result(context, settings, keys, hooks, source, collected, spans)
     yield from _stage_results(context, settings, keys, hooks, out_dir, collected, done)
+
+
+class _Collecting:
+    """``collect.collect_payload``, in the schema worker while the pass decodes the source, when safe.
+
+    A spec OTLP/JSON payload is copied byte for byte, so decoding the source gives the events of
+    the copy; and the copy of hundreds of megabytes (scanned for names to normalize, hashed,
+    fsynced) needs nothing from the pass. So when the pass is parallel (a large input) and the
+    payload is an uncompressed OTLP/JSON document, the schema worker makes the copy on the second
+    core (then checks it) while this process decodes the source; the copy is awaited before the
+    writers start. If it turns out to be a rewrite (a lenient document put in spec form), the pass
+    decodes the copy instead: the events always come from what the copy holds. Any other payload
+    is collected first, here, and the copy is read.
+    """
+
+    def __init__(self, source: Path, destination: Path, settings: KvonceSettings, use_worker: bool) -> None:
+        self.source = source
+        self._destination = destination
+        self._settings = settings
+        self._result: collect.Collected | None = None
+        self._error: InputError | OutputError | None = None
+        self.worker: SchemaWorker | None = None
+        detected, compressed = reader.detect_format(source, hint=settings.input_format, limits=settings.limits())
+        self.in_background = use_worker and detected is reader.InputFormat.OTLP_JSON and not compressed
+        if self.in_background:
+            self.worker = SchemaWorker.collect(source, destination, settings.input_format)
+            self.read_path = source
+        else:
+            self._result = self._copy()
+            self.read_path = self._result.path
+            if use_worker:
+                self.worker = SchemaWorker.check(self._result.path)
+
+    def _copy(self) -> collect.Collected:
+        return collect.collect_payload(self.source, self._destination, format=self._settings.input_format,
+                                       limits=self._settings.limits())
+
+    def result(self) -> collect.Collected:
+        """The copy (waits for it); raises what collecting raised (``InputError`` for an unusable payload)."""
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            assert self.worker is not None
+            try:
+                try:
+                    self._result = self.worker.copy()
+                except SchemaWorkerError:  # only time is lost: collect here
+                    self.worker.close()
+                    self._result = self._copy()
+            except (InputError, OutputError) as error:
+                self._error = error
+                raise
+        return self._result
 
 
 def _collected_or_none(checks: _SchemaChecks) -> schemas.CollectedOutcome | None:
@@ -342,22 +420,62 @@ def _collected_or_none(checks: _SchemaChecks) -> schemas.CollectedOutcome | None
         return None
 
 
+def _decoded(stack: contextlib.ExitStack, collecting: _Collecting, checks: _SchemaChecks,
+             settings: KvonceSettings, out_dir: Path) -> tuple[reader.TraceStream, collect.Collected]:
+    """The trace of the collected payload, opened (decoded, for a document) on ``stack``, and the copy.
+
+    While the copy is written on a thread this decodes the source; once the copy is done it is
+    what counts: its error (if collecting failed) comes first, as it did when collecting came
+    first, and if it is not the source's bytes the copy is decoded instead.
+    """
+    def open_trace(path: Path, hint: str) -> reader.TraceStream:
+        return stack.enter_context(reader.open_trace(path, format=hint, limits=settings.limits(),
+                                                     spill_dir=out_dir, sort_on_disk=True))
+
+    if not collecting.in_background:
+        return open_trace(collecting.read_path, "auto"), collecting.result()
+    first = contextlib.ExitStack()
+    try:
+        trace: reader.TraceStream | None = first.enter_context(reader.open_trace(
+            collecting.source, format=settings.input_format, limits=settings.limits(), spill_dir=out_dir,
+            sort_on_disk=True))
+        failure: InputError | None = None
+    except InputError as error:
+        trace, failure = None, error
+    try:
+        collected = collecting.result()
+    except BaseException:
+        first.close()
+        raise
+    if collected.converted:  # a rewrite, not a copy: its events are the ones to judge
+        first.close()
+        return open_trace(collected.path, "auto"), collected
+    stack.enter_context(first)
+    if failure is not None:
+        raise failure
+    assert trace is not None
+    return trace, collected
+
+
 def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, source: Path,
-              collected: collect.Collected, checks: _SchemaChecks, hooks: ConformanceHooks,
-              use_parallel: bool) -> _Pass:
-    """The CLI's pass over the collected copy (:func:`kvonce_pipeline.conformance.run_conformance`),
+              collecting: _Collecting, checks: _SchemaChecks, hooks: ConformanceHooks,
+              use_parallel: bool, clock: _Clock) -> _Pass:
+    """The CLI's pass (:func:`kvonce_pipeline.conformance.run_conformance`) over the collected payload
+    (its source while the copy is written, when that is a byte copy: see :class:`_Collecting`),
     then the checks that need what it wrote.
 
     The events reach ``write_artifacts`` as the CLI hands them over: the reader's list when the
-    document was held whole (always, for the collected copy: a single OTLP/JSON document), which
+    document was held whole (always, for a collected payload: a single OTLP/JSON document), which
     a forked projection child can share. The ``events_schema`` columns and the variant's observer
     then read that list; from a stream they are taps on the way into the writers instead.
     """
     observer = hooks.observer(context, settings)
     progress: stages.ProgressCallback | None = None
     columns: stages.EventColumns | None = None
-    with reader.open_trace(collected.path, limits=settings.limits(), spill_dir=out_dir,
-                           sort_on_disk=True) as trace:
+    with contextlib.ExitStack() as stack:
+        trace, collected = _decoded(stack, collecting, checks, settings, out_dir)
+        clock.lap("collect and decode")
+
         def report_progress(stage: str, done: int, total: int | None) -> None:
             """As the CLI reports it, to the run's log at most every ten seconds."""
             fraction = trace.fraction() if trace.fraction is not None else None
@@ -391,6 +509,7 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
         written = stages.write_artifacts(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
                                          input_summary=input_summary, progress=report_progress,
                                          parallel=use_parallel)
+    clock.lap("pass")
     stats = written.projection.projection["stats"]
     in_memory = "perKey" in written.projection.projection
     if not in_memory:
@@ -407,18 +526,22 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
         del columns, listed, stream
         events_outcome = schemas.check_frame(schemas.events_schema, frame)
         del frame
+        clock.lap("events check")
         if in_memory:
             projection_outcome = schemas.check_frame(schemas.projection_schema(stats),
                                                      schemas.per_key_frame(written.projection.projection))
         else:
             projection_outcome = checks.projection()
+        clock.lap("projection check (wait)")
     judged = hooks.judge(context, settings, out_dir, written.validation, observer, projection_stats=stats)
     return _Pass(trace.summary(), written, judged, events_outcome, projection_outcome)
 
 
 def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],
-                      hooks: ConformanceHooks, source: Path, source_sha: str, collected: collect.Collected,
+                      hooks: ConformanceHooks, source: Path, collected: collect.Collected,
                       spans: schemas.CollectedOutcome) -> dg.MaterializeResult:
+    # a spec OTLP/JSON payload is copied byte for byte: its sha256 is the copy's
+    source_sha = collected.sha256 if not collected.converted else stages_sha(source)
     return dg.MaterializeResult(
         asset_key=keys[COLLECTED],
         metadata={

@@ -1,24 +1,34 @@
-"""Two Pandera checks on the second core, while the Dagster step's one pass runs on the first.
+"""The collected copy and two Pandera checks on the second core, while the step's pass uses the first.
 
-The one-pass writer keeps one core busy decoding and writing; its projection worker
-(:mod:`kvonce_pipeline.parallel`) leaves the second one mostly idle (measured: 117 % CPU for the
-CLI on the 1M trace). The ``collected_schema`` check needs only ``collected-kvonce-otlp.json``,
-which exists before the pass starts: decoding its spans again and checking them (about 4 s on the
-1M trace) costs no wall time there. The ``projection_schema`` check needs
-``kvonce-projection.json``, which exists only after the pass; the worker is already running with
-pandas and Pandera imported, so it decodes and checks the per-key table while the step checks the
-events in its own process.
+The one-pass writer keeps one core busy decoding and writing; its projection child
+(:mod:`kvonce_pipeline.parallel`) leaves the second one idle until the writing starts. The
+Dagster step has three jobs the CLI does not, each only needing files:
+
+* the collected copy (``collect.collect_payload``): for a spec OTLP/JSON payload a byte copy of
+  hundreds of megabytes, scanned for names to normalize, hashed and fsynced (about 3 s on the 1M
+  trace). The step decodes the source meanwhile: the same bytes;
+* the ``collected_schema`` check: the copy's spans decoded again and checked (about 4 s);
+* the ``projection_schema`` check, once the pass has written ``kvonce-projection.json``: the
+  worker is already running with pandas and Pandera imported and checks the per-key table while
+  the step checks the events in its own process.
 
 Like the projection worker it is a fresh interpreter (``python -m``; no fork of a large parent,
-no Dagster import). Protocol: the collected path as argument; one JSON line back with the collected
-outcome; then one JSON request line on stdin (``{"projection": path, "stats": {...}}``) answered
-by one JSON line, or the end of stdin, on which it exits. Any failure comes back as
-``{"error": ...}`` and the parent runs the check itself: the worker only ever saves time.
+no Dagster import). Modes and protocol (one JSON line per answer on stdout):
+
+* ``collect SOURCE DESTINATION FORMAT``: first ``{"collected": {...}}`` (or ``{"inputError": ...}``
+  / ``{"outputError": ...}``, after which it exits), then as ``check DESTINATION``;
+* ``check COLLECTED``: ``{"spans": ..., "kvonce_spans": ..., "outcome": {...}}``, then one request
+  line on stdin (``{"projection": path, "stats": {...}}``) answered by ``{"outcome": {...}}``, or
+  the end of stdin, on which it exits.
+
+Any other failure comes back as ``{"error": ...}`` and the parent does that part itself: the
+worker only ever saves time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,23 +41,58 @@ _MODULE = "kvonce_pipeline.orchestration.schema_worker"
 
 
 class SchemaWorkerError(RuntimeError):
-    """The worker could not answer; the caller checks in its own process instead."""
+    """The worker could not answer; the caller does that part in its own process instead."""
 
 
 class SchemaWorker:
-    """The parent's handle: start it on the collected file, then :meth:`collected`,
-    :meth:`request_projection`, :meth:`projection`; :meth:`close` in every case."""
+    """The parent's handle. Build with :meth:`check` or :meth:`collect`; then (for ``collect``)
+    :meth:`copy`, then :meth:`collected`, :meth:`request_projection`, :meth:`projection`;
+    :meth:`close` in every case."""
 
-    def __init__(self, collected: Path) -> None:
+    def __init__(self, *args: str) -> None:
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
-        self._process = subprocess.Popen([sys.executable, "-m", _MODULE, str(collected)],
+        self._process = subprocess.Popen([sys.executable, "-m", _MODULE, *args],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self._copying = args[0] == "collect"
+        self._copy: Any = None
         self._collected: Any = None
+
+    @classmethod
+    def check(cls, collected: Path) -> "SchemaWorker":
+        """Check ``collected`` (already written)."""
+        return cls("check", str(collected))
+
+    @classmethod
+    def collect(cls, source: Path, destination: Path, hint: str) -> "SchemaWorker":
+        """Collect ``source`` into ``destination`` first (``collect.collect_payload``), then check the copy."""
+        return cls("collect", str(source), str(destination), hint)
+
+    def copy(self) -> Any:
+        """The :class:`~kvonce_pipeline.collect.Collected` copy (waits for it). Raises the collecting's
+        ``InputError`` or ``OutputError`` as collecting in this process would."""
+        from ..collect import Collected
+        from ..errors import InputError, OutputError
+        from ..reader import InputFormat
+
+        if self._copy is None:
+            assert self._copying, "a worker started with check() makes no copy"
+            answer = self._answer()
+            if "inputError" in answer:
+                failed = answer["inputError"]
+                raise InputError(failed["source"], failed["message"], where=failed["where"])
+            if "outputError" in answer:
+                raise OutputError(answer["outputError"])
+            fields = answer["collected"]
+            self._copy = Collected(Path(fields["source"]), Path(fields["path"]), InputFormat(fields["format"]),
+                                   fields["compressed"], fields["converted"], fields["sha256"], fields["size"])
+        return self._copy
 
     def collected(self) -> Any:
         """The :class:`~kvonce_pipeline.schemas.CollectedOutcome` (waits for it; read once, then cached)."""
         from ..schemas import CollectedOutcome, SchemaOutcome
 
+        if self._copying:
+            self.copy()
         if self._collected is None:
             answer = self._answer()
             self._collected = CollectedOutcome(answer["spans"], answer["kvonce_spans"],
@@ -61,7 +106,7 @@ class SchemaWorker:
         try:
             self._process.stdin.write(orjson.dumps({"projection": str(path), "stats": stats}) + b"\n")
             self._process.stdin.close()
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: closed already
             raise SchemaWorkerError(f"the schema worker stopped: {error}; {self._stderr_tail()}") from None
 
     def projection(self) -> Any:
@@ -71,7 +116,9 @@ class SchemaWorker:
         return SchemaOutcome(**self._answer()["outcome"])
 
     def close(self) -> None:
-        """End the worker whatever state it is in (it exits at the end of its stdin)."""
+        """End the worker whatever state it is in (it exits at the end of its stdin). Idempotent."""
+        if self._stderr.closed:
+            return
         try:
             if self._process.stdin is not None and not self._process.stdin.closed:
                 self._process.stdin.close()
@@ -88,6 +135,8 @@ class SchemaWorker:
 
     def _answer(self) -> dict[str, Any]:
         assert self._process.stdout is not None
+        if self._process.stdout.closed:
+            raise SchemaWorkerError("the schema worker was closed")
         line = self._process.stdout.readline()
         if not line:
             code = self._process.wait()
@@ -120,7 +169,30 @@ def _release_memory() -> None:
         pass
 
 
-def _worker(collected: Path) -> int:
+def _collect(source: Path, destination: Path, hint: str) -> bool:
+    """Collect as the step would; True when the copy is there to check."""
+    from ..collect import collect_payload
+    from ..errors import InputError, OutputError
+    from ..limits import Limits
+
+    try:
+        copy = collect_payload(source, destination, format=hint, limits=Limits.from_env())
+    except InputError as error:
+        _send({"inputError": error.to_json()})
+        return False
+    except OutputError as error:
+        _send({"outputError": str(error)})
+        return False
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which collects itself
+        _send({"error": f"{type(error).__name__}: {error}"})
+        return False
+    _send({"collected": {"source": str(copy.source), "path": str(copy.path), "format": copy.format.value,
+                         "compressed": copy.compressed, "converted": copy.converted, "sha256": copy.sha256,
+                         "size": copy.size}})
+    return True
+
+
+def _check(collected: Path) -> None:
     import gc
 
     gc.disable()  # no reference cycles here; a collection would walk a million span structs
@@ -132,24 +204,29 @@ def _worker(collected: Path) -> int:
                "outcome": dataclasses.asdict(result.outcome)})
     except Exception as error:  # noqa: BLE001 - reported to the parent, which checks itself
         _send({"error": f"{type(error).__name__}: {error}"})
-        return 0
+        return
     _release_memory()
     request = sys.stdin.buffer.readline()
     if not request:
-        return 0
+        return
     try:
         asked = orjson.loads(request)
         outcome = schemas.check_projection_file(Path(asked["projection"]), asked["stats"])
         _send({"outcome": dataclasses.asdict(outcome)})
     except Exception as error:  # noqa: BLE001 - reported to the parent, which checks itself
         _send({"error": f"{type(error).__name__}: {error}"})
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "collect":
+        if _collect(Path(argv[1]), Path(argv[2]), argv[3]):
+            _check(Path(argv[2]))
+    else:
+        _check(Path(argv[1]))
     return 0
 
 
 if __name__ == "__main__":
+    code = main(sys.argv[1:])
     sys.stdout.flush()
-    code = _worker(Path(sys.argv[1]))
-    sys.stdout.flush()
-    import os
-
     os._exit(code)  # the decoded tables need no freeing: the process ends here
