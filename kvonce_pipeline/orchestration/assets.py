@@ -12,15 +12,16 @@ collected document for its span table, and the events file twice more): 96 s aga
 (the UI still draws the chain), their code versions and their metadata; each materialization
 carries its artifact's path, sha256 and counts, with the sha256 as its data version.
 
-Pandera checks stay blocking. Their tables are built from what the pass already has (event
-columns gathered while the events stream past) or by cheap typed decoding, and the two that need
-a whole file (the collected spans, the per-key projection) run in a worker process on the second
-core while the pass runs (:mod:`kvonce_pipeline.orchestration.schema_worker`) when the input is
-large enough for the pass to be parallel; small inputs are checked in process.
+Pandera checks stay blocking: a failed check fails the step (and the run, and ``dagster job
+execute``) after all four materializations are recorded. Their tables are built from what the
+pass already has (the decoded event list) or by cheap typed decoding. When the input is large
+enough for the pass to be parallel, the work that needs only files runs in low-priority worker
+processes beside it (:mod:`kvonce_pipeline.orchestration.schema_worker`): the collected copy of
+a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
+check, and the per-key check once the projection is written. Small inputs do it all in process.
 """
 
 
-import contextlib
 import hashlib
 import inspect
 import time
@@ -213,6 +214,13 @@ class _SchemaChecks:
                 self._stop_worker()
         return schemas.check_projection_file(*self._projection)
 
+    def retarget(self, collected: Path) -> None:
+        """Check ``collected`` instead, in this process (the worker was reading the source, and the
+        copy turned out to be a rewrite of it)."""
+        self._stop_worker()
+        self._path = collected
+        self._collected = None
+
     def close(self) -> None:
         self._stop_worker()
 
@@ -243,6 +251,7 @@ class _Clock:
 class _Pass:
     """What the one pass produced, for the four materializations."""
 
+    collected: collect.Collected
     trace_summary: dict[str, Any]
     artifacts: stages.ArtifactsResult
     validation: stages.ValidationResult
@@ -326,7 +335,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
         collecting = _Collecting(source, out_dir / artifacts.COLLECTED, settings, use_worker=use_parallel)
     except InputError as error:
         raise _input_failure(error, out_dir, hooks, context, settings) from None
-    checks = _SchemaChecks(out_dir / artifacts.COLLECTED, collecting.worker)
+    checks = _SchemaChecks(collecting.read_path, SchemaWorker.check(collecting.read_path) if use_parallel else None)
     try:
         try:
             done = _one_pass(context, settings, out_dir, source, collecting, checks, hooks, use_parallel, clock)
@@ -338,12 +347,14 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
                 collected = collecting.result()
             except InputError as collect_error:
                 raise _input_failure(collect_error, out_dir, hooks, context, settings) from None
+            finally:
+                collecting.close()
             spans = _collected_or_none(checks)
             unusable = None if spans is None else hooks.check_collected(source, spans.spans, spans.kvonce_spans)
             if spans is not None and unusable is None:
                 yield _collected_result(context, settings, keys, hooks, source, collected, spans)
             raise _input_failure(unusable or error, out_dir, hooks, context, settings) from None
-        collected = collecting.result()
+        collected = done.collected
         try:
             spans = checks.collected()
         except orjson.JSONDecodeError as exc:  # the pass read it, so this is not expected
@@ -352,6 +363,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
         clock.lap("collected check (wait)")
     finally:
         checks.close()
+        collecting.close()
     context.log.info(f"step timings: {clock}")
     unusable = hooks.check_collected(source, spans.spans, spans.kvonce_spans)
     if unusable is not None:
@@ -361,16 +373,16 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
 
 
 class _Collecting:
-    """``collect.collect_payload``, in the schema worker while the pass decodes the source, when safe.
+    """``collect.collect_payload``, in a worker process while the pass reads the source, when safe.
 
-    A spec OTLP/JSON payload is copied byte for byte, so decoding the source gives the events of
-    the copy; and the copy of hundreds of megabytes (scanned for names to normalize, hashed,
-    fsynced) needs nothing from the pass. So when the pass is parallel (a large input) and the
-    payload is an uncompressed OTLP/JSON document, the schema worker makes the copy on the second
-    core (then checks it) while this process decodes the source; the copy is awaited before the
-    writers start. If it turns out to be a rewrite (a lenient document put in spec form), the pass
-    decodes the copy instead: the events always come from what the copy holds. Any other payload
-    is collected first, here, and the copy is read.
+    A spec OTLP/JSON payload is copied byte for byte, so its source has the copy's events; and
+    the copy of hundreds of megabytes (scanned for names to normalize, hashed, fsynced: about 3 s
+    of CPU and more of disk on the 1M trace) needs nothing from the pass. So when the pass is
+    parallel (a large input) and the payload is an uncompressed OTLP/JSON document, a worker
+    makes the copy at low priority while this process decodes the source and writes the
+    artifacts; :func:`_one_pass` then takes the copy, and if it is a rewrite after all (a lenient
+    document put in spec form) it runs again on the copy: the events always come from what the
+    copy holds. Any other payload is collected first, here, and the pass reads the copy.
     """
 
     def __init__(self, source: Path, destination: Path, settings: KvonceSettings, use_worker: bool) -> None:
@@ -379,17 +391,17 @@ class _Collecting:
         self._settings = settings
         self._result: collect.Collected | None = None
         self._error: InputError | OutputError | None = None
-        self.worker: SchemaWorker | None = None
+        self._worker: SchemaWorker | None = None
         detected, compressed = reader.detect_format(source, hint=settings.input_format, limits=settings.limits())
+        #: as ``collect_payload`` detects them (the same call), known before the copy is done
+        self.format, self.compressed = detected, compressed
         self.in_background = use_worker and detected is reader.InputFormat.OTLP_JSON and not compressed
         if self.in_background:
-            self.worker = SchemaWorker.collect(source, destination, settings.input_format)
-            self.read_path = source
+            self._worker = SchemaWorker.collect(source, destination, settings.input_format)
+            self.read_path, self.read_hint = source, settings.input_format
         else:
             self._result = self._copy()
-            self.read_path = self._result.path
-            if use_worker:
-                self.worker = SchemaWorker.check(self._result.path)
+            self.read_path, self.read_hint = self._result.path, "auto"
 
     def _copy(self) -> collect.Collected:
         return collect.collect_payload(self.source, self._destination, format=self._settings.input_format,
@@ -400,17 +412,24 @@ class _Collecting:
         if self._error is not None:
             raise self._error
         if self._result is None:
-            assert self.worker is not None
+            assert self._worker is not None
             try:
                 try:
-                    self._result = self.worker.copy()
+                    self._result = self._worker.copy()
                 except SchemaWorkerError:  # only time is lost: collect here
-                    self.worker.close()
+                    self.close()
                     self._result = self._copy()
             except (InputError, OutputError) as error:
                 self._error = error
                 raise
+            finally:
+                self.close()
         return self._result
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
 
 def _collected_or_none(checks: _SchemaChecks) -> schemas.CollectedOutcome | None:
@@ -420,49 +439,20 @@ def _collected_or_none(checks: _SchemaChecks) -> schemas.CollectedOutcome | None
         return None
 
 
-def _decoded(stack: contextlib.ExitStack, collecting: _Collecting, checks: _SchemaChecks,
-             settings: KvonceSettings, out_dir: Path) -> tuple[reader.TraceStream, collect.Collected]:
-    """The trace of the collected payload, opened (decoded, for a document) on ``stack``, and the copy.
+@dataclass
+class _Read:
+    """One pass over one file: what it wrote and what the checks read from it."""
 
-    While the copy is written on a thread this decodes the source; once the copy is done it is
-    what counts: its error (if collecting failed) comes first, as it did when collecting came
-    first, and if it is not the source's bytes the copy is decoded instead.
-    """
-    def open_trace(path: Path, hint: str) -> reader.TraceStream:
-        return stack.enter_context(reader.open_trace(path, format=hint, limits=settings.limits(),
-                                                     spill_dir=out_dir, sort_on_disk=True))
-
-    if not collecting.in_background:
-        return open_trace(collecting.read_path, "auto"), collecting.result()
-    first = contextlib.ExitStack()
-    try:
-        trace: reader.TraceStream | None = first.enter_context(reader.open_trace(
-            collecting.source, format=settings.input_format, limits=settings.limits(), spill_dir=out_dir,
-            sort_on_disk=True))
-        failure: InputError | None = None
-    except InputError as error:
-        trace, failure = None, error
-    try:
-        collected = collecting.result()
-    except BaseException:
-        first.close()
-        raise
-    if collected.converted:  # a rewrite, not a copy: its events are the ones to judge
-        first.close()
-        return open_trace(collected.path, "auto"), collected
-    stack.enter_context(first)
-    if failure is not None:
-        raise failure
-    assert trace is not None
-    return trace, collected
+    trace_summary: dict[str, Any]
+    written: stages.ArtifactsResult
+    observer: EventObserver | None
+    listed: list[events.Event] | None
+    columns: stages.EventColumns | None
 
 
-def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, source: Path,
-              collecting: _Collecting, checks: _SchemaChecks, hooks: ConformanceHooks,
-              use_parallel: bool, clock: _Clock) -> _Pass:
-    """The CLI's pass (:func:`kvonce_pipeline.conformance.run_conformance`) over the collected payload
-    (its source while the copy is written, when that is a byte copy: see :class:`_Collecting`),
-    then the checks that need what it wrote.
+def _write_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, path: Path, hint: str,
+                collecting: _Collecting, hooks: ConformanceHooks, use_parallel: bool, clock: _Clock) -> _Read:
+    """Decode ``path`` and write every artifact, as the CLI does (:func:`conformance.run_conformance`).
 
     The events reach ``write_artifacts`` as the CLI hands them over: the reader's list when the
     document was held whole (always, for a collected payload: a single OTLP/JSON document), which
@@ -470,22 +460,22 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
     then read that list; from a stream they are taps on the way into the writers instead.
     """
     observer = hooks.observer(context, settings)
-    progress: stages.ProgressCallback | None = None
     columns: stages.EventColumns | None = None
-    with contextlib.ExitStack() as stack:
-        trace, collected = _decoded(stack, collecting, checks, settings, out_dir)
-        clock.lap("collect and decode")
+    with reader.open_trace(path, format=hint, limits=settings.limits(), spill_dir=out_dir,
+                           sort_on_disk=True) as trace:
+        clock.lap("decode")
+        progress = log_progress(context.log)  # its rates count from here, where the writing starts
 
         def report_progress(stage: str, done: int, total: int | None) -> None:
             """As the CLI reports it, to the run's log at most every ten seconds."""
             fraction = trace.fraction() if trace.fraction is not None else None
-            assert progress is not None
             progress(stage, done, total if total is not None else int(done / fraction) if fraction else None)
 
         def input_summary() -> dict[str, Any]:
-            """As the four steps recorded it: the source as given, the events as read from the copy."""
+            """As the four steps recorded it: the source as given, its format, the events as read."""
             read = trace.summary()
-            return {"source": str(source), "format": collected.format.value, "compressed": collected.compressed,
+            return {"source": str(collecting.source), "format": collecting.format.value,
+                    "compressed": collecting.compressed,
                     "events": read["events"], "spans": read["spans"], "skippedSpans": read["skippedSpans"],
                     "reordered": read["reordered"], "warnings": read["warnings"]}
 
@@ -504,12 +494,41 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
             stream = columns.tap(trace.events)
             if observer is not None:
                 stream = _observed(stream, observer)
-        context.log.info(f"collected and decoded {collected.size:,} bytes; writing the artifacts")
-        progress = log_progress(context.log)  # its rates count from here, where the writing starts
+        context.log.info(f"decoded {path}; writing the artifacts")
         written = stages.write_artifacts(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
                                          input_summary=input_summary, progress=report_progress,
                                          parallel=use_parallel)
     clock.lap("pass")
+    return _Read(trace.summary(), written, observer, listed, columns)
+
+
+def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path, source: Path,
+              collecting: _Collecting, checks: _SchemaChecks, hooks: ConformanceHooks,
+              use_parallel: bool, clock: _Clock) -> _Pass:
+    """The CLI's pass over the collected payload, then the checks that need what it wrote.
+
+    The pass reads the source while a worker copies it, when that copy is a byte copy (see
+    :class:`_Collecting`); the copy's own error, if collecting fails, comes first, as it did
+    when collecting came first, and a copy that is a rewrite is read again by a second pass.
+    """
+    path, hint = collecting.read_path, collecting.read_hint
+    while True:
+        try:
+            read = _write_pass(context, settings, out_dir, path, hint, collecting, hooks, use_parallel, clock)
+        except InputError:
+            collected = collecting.result()  # raises the copy's error first
+            if path == collected.path or not collected.converted:
+                raise
+        else:
+            collected = collecting.result()
+            if path == collected.path or not collected.converted:
+                break
+        path, hint = collected.path, "auto"  # a rewrite, not a copy: its events are the ones to judge
+        checks.retarget(collected.path)
+    clock.lap("copy (wait)")
+    written, listed, columns = read.written, read.listed, read.columns
+    trace_summary, read_observer = read.trace_summary, read.observer
+    del read
     stats = written.projection.projection["stats"]
     in_memory = "perKey" in written.projection.projection
     if not in_memory:
@@ -523,7 +542,7 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
             assert columns is not None
             frame = schemas.event_columns_frame(columns.times, columns.types, columns.keys, columns.trace_ids,
                                                 columns.actors)
-        del columns, listed, stream
+        del columns, listed
         events_outcome = schemas.check_frame(schemas.events_schema, frame)
         del frame
         clock.lap("events check")
@@ -533,8 +552,8 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
         else:
             projection_outcome = checks.projection()
         clock.lap("projection check (wait)")
-    judged = hooks.judge(context, settings, out_dir, written.validation, observer, projection_stats=stats)
-    return _Pass(trace.summary(), written, judged, events_outcome, projection_outcome)
+    judged = hooks.judge(context, settings, out_dir, written.validation, read_observer, projection_stats=stats)
+    return _Pass(collected, trace_summary, written, judged, events_outcome, projection_outcome)
 
 
 def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],

@@ -1,27 +1,29 @@
-"""The collected copy and two Pandera checks on the second core, while the step's pass uses the first.
+"""Work the Dagster step needs only files for, in worker processes beside the step's one pass.
 
-The one-pass writer keeps one core busy decoding and writing; its projection child
-(:mod:`kvonce_pipeline.parallel`) leaves the second one idle until the writing starts. The
-Dagster step has three jobs the CLI does not, each only needing files:
+The one-pass writer keeps one core busy decoding and writing; its forked children use the
+second core for parts of the run. The Dagster step has three jobs the CLI does not, each needing
+only files:
 
 * the collected copy (``collect.collect_payload``): for a spec OTLP/JSON payload a byte copy of
-  hundreds of megabytes, scanned for names to normalize, hashed and fsynced (about 3 s on the 1M
-  trace). The step decodes the source meanwhile: the same bytes;
-* the ``collected_schema`` check: the copy's spans decoded again and checked (about 4 s);
+  hundreds of megabytes, scanned for names to normalize, hashed and fsynced (about 3 s of CPU
+  and more of disk on the 1M trace), while the step decodes the source: the same bytes;
+* the ``collected_schema`` check: the document's spans decoded again and checked (about 4 s);
 * the ``projection_schema`` check, once the pass has written ``kvonce-projection.json``: the
-  worker is already running with pandas and Pandera imported and checks the per-key table while
-  the step checks the events in its own process.
+  checking worker is already running with pandas and Pandera imported and checks the per-key
+  table while the step checks the events in its own process.
 
-Like the projection worker it is a fresh interpreter (``python -m``; no fork of a large parent,
-no Dagster import). Modes and protocol (one JSON line per answer on stdout):
+The workers run at low priority (``nice`` 10): the pass and its children come first, the workers
+take what CPU is left, and the step waits for them only at the end. Like the projection worker
+each is a fresh interpreter (``python -m``; no fork of a large parent, no Dagster import). Modes
+and protocol (one JSON line per answer on stdout):
 
-* ``collect SOURCE DESTINATION FORMAT``: first ``{"collected": {...}}`` (or ``{"inputError": ...}``
-  / ``{"outputError": ...}``, after which it exits), then as ``check DESTINATION``;
-* ``check COLLECTED``: ``{"spans": ..., "kvonce_spans": ..., "outcome": {...}}``, then one request
-  line on stdin (``{"projection": path, "stats": {...}}``) answered by ``{"outcome": {...}}``, or
-  the end of stdin, on which it exits.
+* ``collect SOURCE DESTINATION FORMAT``: ``{"collected": {...}}``, ``{"inputError": ...}`` or
+  ``{"outputError": ...}``, then it exits;
+* ``check PATH``: ``{"spans": ..., "kvonce_spans": ..., "outcome": {...}}``, then one request line
+  on stdin (``{"projection": path, "stats": {...}}``) answered by ``{"outcome": {...}}``, or the
+  end of stdin, on which it exits.
 
-Any other failure comes back as ``{"error": ...}`` and the parent does that part itself: the
+Any other failure comes back as ``{"error": ...}`` and the parent does that part itself: a
 worker only ever saves time.
 """
 
@@ -45,9 +47,8 @@ class SchemaWorkerError(RuntimeError):
 
 
 class SchemaWorker:
-    """The parent's handle. Build with :meth:`check` or :meth:`collect`; then (for ``collect``)
-    :meth:`copy`, then :meth:`collected`, :meth:`request_projection`, :meth:`projection`;
-    :meth:`close` in every case."""
+    """The parent's handle. Build with :meth:`collect` (then :meth:`copy`) or :meth:`check` (then
+    :meth:`collected`, :meth:`request_projection`, :meth:`projection`); :meth:`close` in every case."""
 
     def __init__(self, *args: str) -> None:
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
@@ -58,13 +59,13 @@ class SchemaWorker:
         self._collected: Any = None
 
     @classmethod
-    def check(cls, collected: Path) -> "SchemaWorker":
-        """Check ``collected`` (already written)."""
-        return cls("check", str(collected))
+    def check(cls, document: Path) -> "SchemaWorker":
+        """Check the spans of ``document`` (the collected copy, or the source it is a byte copy of)."""
+        return cls("check", str(document))
 
     @classmethod
     def collect(cls, source: Path, destination: Path, hint: str) -> "SchemaWorker":
-        """Collect ``source`` into ``destination`` first (``collect.collect_payload``), then check the copy."""
+        """Collect ``source`` into ``destination`` (``collect.collect_payload``); answers :meth:`copy`."""
         return cls("collect", str(source), str(destination), hint)
 
     def copy(self) -> Any:
@@ -91,8 +92,7 @@ class SchemaWorker:
         """The :class:`~kvonce_pipeline.schemas.CollectedOutcome` (waits for it; read once, then cached)."""
         from ..schemas import CollectedOutcome, SchemaOutcome
 
-        if self._copying:
-            self.copy()
+        assert not self._copying, "a worker started with collect() makes no checks"
         if self._collected is None:
             answer = self._answer()
             self._collected = CollectedOutcome(answer["spans"], answer["kvonce_spans"],
@@ -169,8 +169,8 @@ def _release_memory() -> None:
         pass
 
 
-def _collect(source: Path, destination: Path, hint: str) -> bool:
-    """Collect as the step would; True when the copy is there to check."""
+def _collect(source: Path, destination: Path, hint: str) -> None:
+    """Collect as the step would, and say how it went."""
     from ..collect import collect_payload
     from ..errors import InputError, OutputError
     from ..limits import Limits
@@ -179,17 +179,16 @@ def _collect(source: Path, destination: Path, hint: str) -> bool:
         copy = collect_payload(source, destination, format=hint, limits=Limits.from_env())
     except InputError as error:
         _send({"inputError": error.to_json()})
-        return False
+        return
     except OutputError as error:
         _send({"outputError": str(error)})
-        return False
+        return
     except Exception as error:  # noqa: BLE001 - reported to the parent, which collects itself
         _send({"error": f"{type(error).__name__}: {error}"})
-        return False
+        return
     _send({"collected": {"source": str(copy.source), "path": str(copy.path), "format": copy.format.value,
                          "compressed": copy.compressed, "converted": copy.converted, "sha256": copy.sha256,
                          "size": copy.size}})
-    return True
 
 
 def _check(collected: Path) -> None:
@@ -218,9 +217,12 @@ def _check(collected: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        os.nice(10)  # after the pass and its children: the step waits for this only at its end
+    except OSError:
+        pass
     if argv[0] == "collect":
-        if _collect(Path(argv[1]), Path(argv[2]), argv[3]):
-            _check(Path(argv[2]))
+        _collect(Path(argv[1]), Path(argv[2]), argv[3])
     else:
         _check(Path(argv[1]))
     return 0
