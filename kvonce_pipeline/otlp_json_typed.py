@@ -33,7 +33,6 @@ from msgspec.structs import astuple
 from .events import MAX_TIME_NS, Event
 from .mapping import ATTR_CONTEXT_PREFIX, DecodeStats, resource_fallbacks, span_to_event
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
-from .parallel import ChildWalkFailed, walk_in_two
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------
 
@@ -219,37 +218,24 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
         return None
     if request.resource_spans is not UNSET or request.resourceSpans is UNSET:
         return None  # snake_case, or not a trace request: the general path reads or names it
-    decoder = TypedAnyValueDecoder(max_depth)
-    resources = request.resourceSpans
-    free = keep is None
-
-    def walk(start: int, stop: int, walked: DecodeStats) -> list[Event]:
-        events, spans, skipped = _walk(resources, start, stop, decoder, free=free)
-        walked.spans += spans
-        walked.skipped_spans += skipped
-        return events
-
-    own = DecodeStats()
     try:
-        events = walk_in_two([sum(len(scope.spans) for scope in resource.scopeSpans) for resource in resources],
-                             walk, own)
-    except (_GiveUp, ValueError, TypeError, RecursionError, ChildWalkFailed):
+        events, spans, skipped = _walk(request.resourceSpans, TypedAnyValueDecoder(max_depth), free=keep is None)
+    except (_GiveUp, ValueError, TypeError, RecursionError):
         return None
-    stats.spans += own.spans
-    stats.skipped_spans += own.skipped_spans
+    stats.spans += spans
+    stats.skipped_spans += skipped
     if keep is not None:
         keep.append(request)
     return events
 
 
-def _walk(resources: list[ResourceSpans], start: int, stop: int, decoder: TypedAnyValueDecoder, *,
+def _walk(resources: list[ResourceSpans], decoder: TypedAnyValueDecoder, *,
           free: bool) -> tuple[list[Event], int, int]:
-    """The events of resources ``[start, stop)``, and how many spans were seen and skipped."""
+    """The events of the resources, and how many spans were seen and skipped."""
     events: list[Event] = []
     append = events.append
     spans_seen = skipped = 0
-    for r in range(start, stop):
-        resource_spans = resources[r]
+    for r, resource_spans in enumerate(resources):
         if resource_spans.scope_spans is not UNSET or resource_spans.instrumentationLibrarySpans is not UNSET:
             raise _GiveUp
         resource = resource_spans.resource

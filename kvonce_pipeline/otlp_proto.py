@@ -161,13 +161,10 @@ def iter_message_events(
     decoder: ProtoAnyValueDecoder,
     resource_offset: int = 0,
     where_prefix: str = "",
-    resources: Any = None,
 ) -> Iterator[Event]:
-    """The events of ``message`` in document order (of ``resources``, a slice of its resources
-    numbered from ``resource_offset``, when given)."""
     where = where_prefix + "request"
     try:
-        for r_local, resource_spans in enumerate(message.resource_spans if resources is None else resources):
+        for r_local, resource_spans in enumerate(message.resource_spans):
             r = resource_offset + r_local
             where = f"{where_prefix}resource r{r}"
             fallbacks = resource_fallbacks(

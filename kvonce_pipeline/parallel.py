@@ -25,17 +25,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import msgspec
 import orjson
 
 from .atomic import TEMP_SUFFIX
-from .errors import InputError, OutputError
-from .events import Event
-from .mapping import DecodeStats
+from .errors import OutputError
 
 END = b"\x00end\n"
 
@@ -277,101 +273,6 @@ class ForkedProjection:
         except FileNotFoundError:
             pass
         sweep_stale_temps(self.out_dir, self.staged.name)  # the child's own temporary, if it was killed
-
-
-#: Below this many spans a second walker is not worth its fork (a few milliseconds and page copies).
-SPLIT_WALK_MIN_SPANS = 200_000
-
-
-class ChildWalkFailed(RuntimeError):
-    """The second walker met something other than an input error (the caller decides what that means)."""
-
-
-class _WalkResult(msgspec.Struct, omit_defaults=True):
-    events: Optional[list[Event]] = None
-    stats: Optional[DecodeStats] = None
-    input_error: Optional[tuple[str, str, Optional[str]]] = None
-    failed: Optional[str] = None
-
-
-def walk_in_two(span_counts: Sequence[int], walk: Callable[[int, int, DecodeStats], list[Event]],
-                stats: DecodeStats) -> list[Event]:
-    """``walk(0, n, stats)``, with the second half of the resources walked by a forked child.
-
-    Mapping a decoded document's spans to events is the longest serial part of a run on a whole
-    document (about 4 s at 1M spans). ``walk(start, stop, stats)`` maps resources
-    ``[start, stop)`` (numbering them globally) and returns their events in document order; the
-    child does the second half on the other core and sends its events back as msgpack, which
-    costs a fraction of the walk. The result is exactly ``walk(0, n, stats)``'s, errors included:
-    an error in the first half is raised as it would be (the child is stopped); one in the second
-    half, only after the first half is clean; the stats are summed. Small documents, and systems
-    without a safe ``fork``, are walked in one go.
-    """
-    count, total = len(span_counts), sum(span_counts)
-    if total < SPLIT_WALK_MIN_SPANS or count < 2 or not can_fork() or (os.cpu_count() or 1) < 2:
-        return walk(0, count, stats)
-    mid, seen = 0, 0
-    while mid < count and seen < total / 2:
-        seen += span_counts[mid]
-        mid += 1
-    if mid >= count:
-        return walk(0, count, stats)
-    encoder = msgspec.msgpack.Encoder()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the second half, then leave without running the parent's cleanups
-        os.close(read_fd)
-        code = 1
-        try:
-            own = DecodeStats()
-            payload = encoder.encode(_WalkResult(events=walk(mid, count, own), stats=own))
-            code = 0
-        except InputError as error:
-            payload = encoder.encode(_WalkResult(input_error=(error.source, error.message, error.where)))
-        except BaseException as error:  # noqa: BLE001 - reported to the parent
-            payload = encoder.encode(_WalkResult(failed=f"{type(error).__name__}: {error}"))
-        finally:
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(write_fd, view):]
-            finally:
-                os._exit(code)
-    os.close(write_fd)
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # the child never blocks on a full pipe while the parent walks
-        while chunk := os.read(read_fd, 1 << 20):
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=drain, name="second walker", daemon=True)
-    reader.start()
-    try:
-        first = walk(0, mid, stats)
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        reader.join()
-        os.close(read_fd)
-        os.waitpid(pid, 0)
-        raise
-    reader.join()
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    if not chunks:
-        raise ChildWalkFailed("the second walker died without a word")
-    result = msgspec.msgpack.decode(b"".join(chunks), type=_WalkResult)
-    if result.input_error is not None:
-        source, message, where = result.input_error
-        raise InputError(source, message, where=where)
-    if result.failed is not None or result.events is None or result.stats is None:
-        raise ChildWalkFailed(result.failed or "the second walker sent nothing")
-    stats.spans += result.stats.spans
-    stats.skipped_spans += result.stats.skipped_spans
-    stats.map_value_uses += result.stats.map_value_uses
-    for warning in result.stats.warnings:
-        stats.warn_once(warning)
-    first += result.events
-    return first
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from .ndjson import iter_lines, iter_ndjson_events, loads_line
 from .otlp_json import AnyValueDecoder, count_resources, iter_request_events
 from .otlp_json_typed import decode_document
 from .otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
-from .parallel import ChildWalkFailed, walk_in_two
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -353,19 +352,9 @@ def _document_events(blob: bytes, source: str, stats: DecodeStats,
 
 
 def _message_events(message: Any, source: str, stats: DecodeStats, limits: Limits) -> list[Event]:
-    """The events of one protobuf message as a list, the second half walked on the other core."""
-    decoder = ProtoAnyValueDecoder(limits.max_context_depth)
-    resources = message.resource_spans
-
-    def walk(start: int, stop: int, walked: DecodeStats) -> list[Event]:
-        return list(iter_message_events(message, source=source, stats=walked, decoder=decoder,
-                                        resource_offset=start, resources=resources[start:stop]))
-
-    try:
-        return walk_in_two([sum(len(scope.spans) for scope in resource.scope_spans) for resource in resources],
-                           walk, stats)
-    except ChildWalkFailed as error:
-        raise RuntimeError(f"{source}: decoding failed: {error}") from None
+    """The events of one protobuf message, as a list (held whole anyway; a forked child can share it)."""
+    return list(iter_message_events(message, source=source, stats=stats,
+                                    decoder=ProtoAnyValueDecoder(limits.max_context_depth)))
 
 
 def events_time_ordered(events: list[Event]) -> bool:
