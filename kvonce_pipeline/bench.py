@@ -115,7 +115,7 @@ def _pss_kb(pid: int) -> int:
 
 
 class _TreeSampler(threading.Thread):
-    """Samples the process tree's summed memory every 100 ms: a worker's memory counts too."""
+    """Samples the process tree's summed memory every 500 ms: a worker's memory counts too."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -124,7 +124,7 @@ class _TreeSampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.wait(0.1):
+        while not self.stop.wait(0.5):  # smaps_rollup walks page tables: not too often
             self.peak_kb = max(self.peak_kb, _tree_rss_kb(self.pid))
 
 
