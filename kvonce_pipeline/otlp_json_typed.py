@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -41,9 +41,15 @@ class _Strict(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """An AnyValue and its parts: any field outside the spec sends the document to the general path."""
 
 
+#: Integers msgspec may decode here (its bounds stop at int64): wider literals, which orjson (the
+#: general path) reads as uint64, as a float or not at all, make the typed path give up.
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_UInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class AnyValue(_Strict):
     stringValue: Union[str, UnsetType] = UNSET
-    intValue: Union[int, str, UnsetType] = UNSET
+    intValue: Union[_Int64, str, UnsetType] = UNSET
     boolValue: Union[bool, UnsetType] = UNSET
     doubleValue: Union[float, str, UnsetType] = UNSET
     bytesValue: Union[str, UnsetType] = UNSET
@@ -67,7 +73,7 @@ class ArrayValue(_Strict):
 class Span(msgspec.Struct, gc=False):
     traceId: str = ""
     spanId: str = ""
-    startTimeUnixNano: Union[int, str, UnsetType] = UNSET
+    startTimeUnixNano: Union[_UInt64, str, UnsetType] = UNSET
     attributes: list[KeyValue] = []
     # the general path's other spellings: present means "not for this path"
     trace_id: Any = UNSET
