@@ -9,13 +9,14 @@ over whole columns:
 * text columns use pandas' ``string`` dtype, whose type is checked once per column (Pandera's
   ``str`` on an ``object`` column calls ``isinstance`` per value);
 * fixed-form text (hex ids, ISO timestamps) is checked by :func:`matches_form`, which joins the
-  column into one buffer and tests every character against a lookup table with numpy, instead of
-  ``str.match``'s one regular-expression call per value;
+  column into one buffer and compares it with the form at once (or, when something fails, tests
+  every character against lookup tables with numpy), instead of ``str.match``'s one regular
+  expression call per value;
 * the tables are built without walking Python objects per row where the data allows: the
   collected document's spans are decoded by msgspec into small typed structs
   (:func:`collected_spans_frame`), the projection's per-key table likewise
   (:func:`per_key_frame_from_file`), and event timestamps are formatted per distinct second
-  (:func:`event_columns_frame`).
+  (:func:`iso_ms`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ _BLOCK = 262_144
 
 def _translation(form: str) -> tuple[bytes, bytes] | None:
     """For :func:`_all_match`: a ``bytes.translate`` table that turns each class's characters into
-    one marker byte (digits ``\x01``, hex digits ``\x02``), and ``form`` in those markers; None
+    one marker byte (byte 1 for digits, byte 2 for hex digits), and ``form`` in those markers; None
     for a form with both classes (a digit would belong to both)."""
     if "d" in form and "x" in form:
         return None

@@ -112,7 +112,6 @@ class DropHooks(ConformanceHooks):
     def lineage(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
                 asset_name: str) -> dict[str, Any]:
         source = self._source_fields(context, settings)
-        name = asset_name
         out: dict[str, Any] = {
             "partition": context.partition_key,
             "source_file": source["name"] or "",
@@ -120,7 +119,8 @@ class DropHooks(ConformanceHooks):
             "source_bytes": source["bytes"] or 0,
             "source_arrived_at": source["arrivedAt"] or "",
             "run_id": context.run_id,
-            "code_version": self.code_version(name, CODE_VERSIONS[name]) if name in CODE_VERSIONS else "",
+            "code_version": self.code_version(asset_name, CODE_VERSIONS[asset_name])
+            if asset_name in CODE_VERSIONS else "",
         }
         if source["path"]:
             out["source_path"] = dg.MetadataValue.path(source["path"])
