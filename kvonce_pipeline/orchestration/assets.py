@@ -508,8 +508,9 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
     """The CLI's pass over the collected payload, then the checks that need what it wrote.
 
     The pass reads the source while a worker copies it, when that copy is a byte copy (see
-    :class:`_Collecting`); the copy's own error, if collecting fails, comes first, as it did
-    when collecting came first, and a copy that is a rewrite is read again by a second pass.
+    :class:`_Collecting`); the copy is awaited after the events check (the step has nothing
+    else to do by then). The copy's own error, if collecting fails, comes first, as it did when
+    collecting came first, and a copy that is a rewrite is read again by a second pass.
     """
     path, hint = collecting.read_path, collecting.read_hint
     while True:
@@ -520,40 +521,46 @@ def _one_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out_d
             if path == collected.path or not collected.converted:
                 raise
         else:
+            written = read.written
+            stats = written.projection.projection["stats"]
+            in_memory = "perKey" in written.projection.projection
+            if not in_memory:  # the worker checks the per-key table while this process checks the events
+                checks.request_projection(written.projection.projection_file.path, stats)
+            events_outcome = _events_outcome(read)
+            clock.lap("events check")
             collected = collecting.result()
+            clock.lap("copy (wait)")
             if path == collected.path or not collected.converted:
                 break
         path, hint = collected.path, "auto"  # a rewrite, not a copy: its events are the ones to judge
         checks.retarget(collected.path)
-    clock.lap("copy (wait)")
-    written, listed, columns = read.written, read.listed, read.columns
-    trace_summary, read_observer = read.trace_summary, read.observer
-    del read
-    stats = written.projection.projection["stats"]
-    in_memory = "perKey" in written.projection.projection
-    if not in_memory:
-        checks.request_projection(written.projection.projection_file.path, stats)
+    if in_memory:
+        with stages.gc_paused():
+            projection_outcome = schemas.check_frame(schemas.projection_schema(stats),
+                                                     schemas.per_key_frame(written.projection.projection))
+    else:
+        projection_outcome = checks.projection()
+    clock.lap("projection check (wait)")
+    judged = hooks.judge(context, settings, out_dir, written.validation, read.observer, projection_stats=stats)
+    return _Pass(collected, read.trace_summary, written, judged, events_outcome, projection_outcome)
+
+
+def _events_outcome(read: _Read) -> schemas.SchemaOutcome:
+    """The ``events_schema`` check of the pass's events (their columns; the list is let go after)."""
     with stages.gc_paused():
-        if listed is not None:
+        if read.listed is not None:
+            listed = read.listed
             frame = schemas.event_columns_frame([e.time_unix_nano for e in listed], [e.type for e in listed],
                                                 [e.key for e in listed], [e.trace_id for e in listed],
                                                 [e.actor for e in listed])
+            del listed
         else:
-            assert columns is not None
+            assert read.columns is not None
+            columns = read.columns
             frame = schemas.event_columns_frame(columns.times, columns.types, columns.keys, columns.trace_ids,
                                                 columns.actors)
-        del columns, listed
-        events_outcome = schemas.check_frame(schemas.events_schema, frame)
-        del frame
-        clock.lap("events check")
-        if in_memory:
-            projection_outcome = schemas.check_frame(schemas.projection_schema(stats),
-                                                     schemas.per_key_frame(written.projection.projection))
-        else:
-            projection_outcome = checks.projection()
-        clock.lap("projection check (wait)")
-    judged = hooks.judge(context, settings, out_dir, written.validation, read_observer, projection_stats=stats)
-    return _Pass(collected, trace_summary, written, judged, events_outcome, projection_outcome)
+        read.listed = read.columns = None
+        return schemas.check_frame(schemas.events_schema, frame)
 
 
 def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],
