@@ -68,16 +68,7 @@ class ProjectionWorker:
 
     def abort(self) -> None:
         """The parent failed: close the pipe without the end marker; the worker discards its files."""
-        try:
-            if self._process.stdin is not None and not self._process.stdin.closed:
-                self._process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        close_and_wait(self._process, timeout=30)
 
     def _stderr(self) -> str:
         try:
@@ -85,6 +76,20 @@ class ProjectionWorker:
             return self._process.stderr.read().decode(errors="replace")[-2000:]
         except (OSError, ValueError):
             return ""
+
+
+def close_and_wait(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """End a worker that stops at the end of its stdin: close it, wait, kill after ``timeout`` s."""
+    try:
+        if process.stdin is not None and not process.stdin.closed:
+            process.stdin.close()
+    except OSError:
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class _Incomplete(Exception):

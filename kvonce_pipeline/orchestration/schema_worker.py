@@ -39,6 +39,8 @@ from typing import IO, Any
 
 import orjson
 
+from ..parallel import close_and_wait
+
 _MODULE = "kvonce_pipeline.orchestration.schema_worker"
 
 
@@ -119,16 +121,7 @@ class SchemaWorker:
         """End the worker whatever state it is in (it exits at the end of its stdin). Idempotent."""
         if self._stderr.closed:
             return
-        try:
-            if self._process.stdin is not None and not self._process.stdin.closed:
-                self._process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        close_and_wait(self._process, timeout=5)
         if self._process.stdout is not None:
             self._process.stdout.close()
         self._stderr.close()
