@@ -196,7 +196,7 @@ def child_stages(path: str, out_dir: str) -> None:
 
     from .events import format_timestamp
     from .ndjson import encode_lines, event_line
-    from .projection import ProjectionBuilder
+    from .projection import ProjectionBuilder, StateSequence
     from .reader import OutOfOrder, open_trace
     from .validation import Validator
 
@@ -220,7 +220,14 @@ def child_stages(path: str, out_dir: str) -> None:
 
     started = time.perf_counter()
     builder = ProjectionBuilder()
-    state_lines = [dumps(builder.entry(i, e, s, builder.fold(e, s))) for i, (e, s) in enumerate(zip(events, stamps))]
+    per_key, sequence = builder.per_key_fold.fold, StateSequence(builder.states)
+    state_chunks = []
+    for i, (e, s) in enumerate(zip(events, stamps)):
+        per_key(e, s)
+        sequence.add(i, e, s)
+        if not (i + 1) % 4096:
+            state_chunks.append(sequence.take())
+    state_chunks.append(sequence.close())
     projection = dumps(builder.result())
     timings["projection"] = time.perf_counter() - started
 
@@ -233,8 +240,6 @@ def child_stages(path: str, out_dir: str) -> None:
 
     started = time.perf_counter()
     target = Path(out_dir) / "bench-stage-write.tmp"
-    state_chunks = [b"\n,".join(state_lines[start:start + 4096]) + b"\n,"
-                    for start in range(0, len(state_lines), 4096)]
     with open(target, "wb", buffering=1024 * 1024) as handle:
         for chunks in (event_lines, state_chunks):
             digest = hashlib.sha256()

@@ -99,19 +99,16 @@ class _Incomplete(Exception):
 def _worker(out_dir: Path) -> int:
     from . import artifacts
     from .events import Event
-    from .projection import ProjectionBuilder
+    from .projection import ProjectionBuilder, StateSequence
     from .stages import BATCH, BackgroundWriter, _write_projection_file
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     builder = ProjectionBuilder()
-    fold, entry, dumps, loads = builder.fold, builder.entry, orjson.dumps, orjson.loads
+    per_key, sequence, loads = builder.per_key_fold.fold, StateSequence(builder.states), orjson.loads
     stdin = sys.stdin.buffer
     finished = False
     try:
         with BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as states:
-            states.write(b"[")
-            separator = b"\n"
-            buffer: list[bytes] = []
             index = 0
             for line in stdin:
                 if line == END:
@@ -120,17 +117,14 @@ def _worker(out_dir: Path) -> int:
                 obj = loads(line)
                 event = Event(None, obj["type"], obj["key"], obj.get("value"), obj.get("reason"), obj.get("context"))
                 stamp = obj["timestamp"]
-                buffer.append(dumps(entry(index, event, stamp, fold(event, stamp))))
+                per_key(event, stamp)
+                sequence.add(index, event, stamp)
                 index += 1
-                if len(buffer) >= BATCH:
-                    states.write(separator + b"\n,".join(buffer))
-                    separator = b"\n,"
-                    buffer.clear()
+                if not index % BATCH:
+                    states.write(sequence.take())
             if not finished:
                 raise _Incomplete
-            if buffer:
-                states.write(separator + b"\n,".join(buffer))
-            states.write(b"\n]\n")
+            states.write(sequence.close())
     except _Incomplete:
         return 3
     result = _write_projection_file(builder, out_dir, states.written)

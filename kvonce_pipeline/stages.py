@@ -24,7 +24,7 @@ from .errors import OutputError
 from .events import Event, format_timestamp
 from .limits import Limits
 from .ndjson import EventLine, dump_events, encode_lines, event_line, iter_ndjson_events
-from .projection import PerKeyFold, ProjectionBuilder, StateFold
+from .projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
 from .reader import TraceRead
 from .summary import render_summary
 from .validation import DEFAULT_MAX_RETRIES, Validator
@@ -177,23 +177,17 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
                      progress: ProgressCallback | None = None) -> ProjectionResult:
     """Fold events into the projection, streaming the state sequence as a JSON array."""
     builder = ProjectionBuilder()
-    fold, entry, dumps = builder.fold, builder.entry, orjson.dumps
+    per_key, sequence = builder.per_key_fold.fold, StateSequence(builder.states)
     with BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as states:
-        states.write(b"[")
-        separator = b"\n"
-        buffer: list[bytes] = []
         for index, event in enumerate(events):
             stamp = event.timestamp
-            buffer.append(dumps(entry(index, event, stamp, fold(event, stamp))))
-            if len(buffer) >= BATCH:
-                states.write(separator + b"\n,".join(buffer))
-                separator = b"\n,"
-                buffer.clear()
+            per_key(event, stamp)
+            sequence.add(index, event, stamp)
+            if not (index + 1) % BATCH:
+                states.write(sequence.take())
                 if progress is not None:
                     progress("projection", index + 1, None)
-        if buffer:
-            states.write(separator + b"\n,".join(buffer))
-        states.write(b"\n]\n")
+        states.write(sequence.close())
     result = _write_projection_file(builder, out_dir, states.written)
     builder.restore_lists()
     return result
@@ -357,7 +351,7 @@ def _write_artifacts_forked(
         child.publish()
 
     try:
-        events_file, state_file = _write_events_and_states(events, out_dir, StateFold(), None, progress,
+        events_file, state_file = _write_events_and_states(events, out_dir, StateFold(), None, None, progress,
                                                            total or len(events), before_publish=child_done)
     except BaseException:
         child.abort()
@@ -447,7 +441,8 @@ def _write_artifacts(
 ) -> ArtifactsResult:
     builder = ProjectionBuilder()
     validator = Validator(max_retries=max_retries, strict=strict)
-    events_file, state_file = _write_events_and_states(events, out_dir, builder, validator, progress, total)
+    events_file, state_file = _write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
+                                                         validator, progress, total)
     projection = _write_projection_file(builder, out_dir, state_file)
     summary = input_summary() if callable(input_summary) else input_summary
     report = validator.report(input_summary=summary)
@@ -455,43 +450,41 @@ def _write_artifacts(
     return ArtifactsResult(events_file, projection, validation)
 
 
-def _write_events_and_states(events: Iterable[Event], out_dir: Path, builder: ProjectionBuilder | StateFold,
-                             validator: Validator | None, progress: ProgressCallback | None,
-                             total: int | None, *,
+def _write_events_and_states(events: Iterable[Event], out_dir: Path, states: StateFold,
+                             per_key: PerKeyFold | None, validator: Validator | None,
+                             progress: ProgressCallback | None, total: int | None, *,
                              before_publish: Callable[[], None] | None = None) -> tuple[Written, Written]:
     """The one pass: events file, state sequence and the validator, each timestamp formatted once.
 
-    ``validator`` None: the verdict is made elsewhere (the forked child's half).
-    ``before_publish`` runs after the last event, before either file is renamed into place.
+    ``per_key`` and ``validator`` None: the per-key projection and the verdict are made
+    elsewhere (the forked child's half). ``before_publish`` runs after the last event, before
+    either file is renamed into place.
     """
-    fold, entry = builder.fold, builder.entry
+    sequence = StateSequence(states)
+    add_state = sequence.add
+    fold = per_key.fold if per_key is not None else _ignore
     observe = validator.observe if validator is not None else _ignore
-    dumps, stamp_of = orjson.dumps, format_timestamp
+    stamp_of = format_timestamp
     index = -1
     with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out, \
             BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as state_out:
-        state_out.write(b"[")
-        separator = b"\n"
         lines: list[EventLine] = []
-        states: list[bytes] = []
         for index, event in enumerate(events):
             time_ns = event.time_unix_nano
             stamp = None if time_ns is None else stamp_of(time_ns)
             lines.append(event_line(event, stamp))
-            states.append(dumps(entry(index, event, stamp, fold(event, stamp))))
+            add_state(index, event, stamp)
+            fold(event, stamp)
             observe(index, event)
             if len(lines) >= BATCH:
                 event_out.write(encode_lines(lines))
-                state_out.write(separator + b"\n,".join(states))
-                separator = b"\n,"
+                state_out.write(sequence.take())
                 lines.clear()
-                states.clear()
                 if progress is not None:
                     progress("write", index + 1, total)
         if lines:
             event_out.write(encode_lines(lines))
-            state_out.write(separator + b"\n,".join(states))
-        state_out.write(b"\n]\n")
+        state_out.write(sequence.close())
         if before_publish is not None:
             before_publish()
     if progress is not None:
@@ -499,8 +492,8 @@ def _write_events_and_states(events: Iterable[Event], out_dir: Path, builder: Pr
     return event_out.written, state_out.written
 
 
-def _ignore(index: int, event: Event) -> None:
-    """No verdict in this pass."""
+def _ignore(first: Any, second: Any) -> None:
+    """No per-key fold or verdict in this pass."""
 
 
 def write_report_files(report: dict[str, Any], out_dir: Path,
