@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,18 +38,57 @@ from .errors import OutputError
 TEMP_SUFFIX = ".tmp"
 
 
+#: Written bytes after which the kernel is asked to start writing them out (see _start_writeback).
+WRITEBACK_BYTES = 32 * 1024 * 1024
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux's ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` through ctypes, or None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    function.restype = ctypes.c_int
+
+    def start(fd: int, offset: int, length: int) -> None:
+        function(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE: start writing, do not wait
+
+    return start
+
+
+_start_writeback = _load_sync_file_range()
+
+
 class _HashingWriter:
-    """A file wrapper that hashes what passes through, so checksums cost no second read."""
+    """A file wrapper that hashes what passes through, so checksums cost no second read.
+
+    Every :data:`WRITEBACK_BYTES` it asks the kernel to start writing the new range to disk
+    (without waiting): the fsync before the rename then waits only for the last range, instead
+    of for the whole file (about a second for the 1M-event run's 760 MB of artifacts). The
+    request is advisory; where it is missing or fails, the fsync does all the work as before.
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
         self.size = 0
+        self._synced = 0
 
     def write(self, data: bytes) -> int:
         self._hash.update(data)
         self.size += len(data)
-        return self._raw.write(data)
+        written = self._raw.write(data)
+        if self.size - self._synced >= WRITEBACK_BYTES and _start_writeback is not None:
+            self._raw.flush()
+            _start_writeback(self._raw.fileno(), self._synced, self.size - self._synced)
+            self._synced = self.size
+        return written
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import InputError, OutputError
 from .events import Event
 from .limits import Limits
+from .parallel import FedProjection
 from .reader import SORT_RUN_EVENTS, OutOfOrder, open_trace, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error
 from .validation import DEFAULT_MAX_RETRIES
@@ -99,23 +100,34 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
 
 def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
               progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
-    with open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
-                    sort_on_disk=sort_on_disk, run_events=options.sort_run_events) as trace:
-        report_progress = None
-        if progress is not None:
-            def report_progress(stage: str, done: int, total: int | None) -> None:
-                fraction = trace.fraction() if trace.fraction is not None else None
-                estimate = int(done / fraction) if fraction else None
-                progress(stage, done, total if total is not None else estimate)
+    parallel = use_parallel(input_path, options.parallel)
+    fed = FedProjection(out, max_retries=options.max_retries, strict=options.strict) if parallel else None
+    try:
+        with open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
+                        sort_on_disk=sort_on_disk, run_events=options.sort_run_events,
+                        tap=fed.tap if fed is not None else None) as trace:
+            report_progress = None
+            if progress is not None:
+                def report_progress(stage: str, done: int, total: int | None) -> None:
+                    fraction = trace.fraction() if trace.fraction is not None else None
+                    estimate = int(done / fraction) if fraction else None
+                    progress(stage, done, total if total is not None else estimate)
 
-        events = trace.events
-        if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
-            events, trace.count = trace.listed, len(trace.listed)
-            if not events:
-                next(trace.events, None)  # raises "no kvonce events", naming the spans seen
-        result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
-                                 input_summary=trace.summary, progress=report_progress,
-                                 parallel=use_parallel(input_path, options.parallel)).validation
+            events = trace.events
+            if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
+                events, trace.count = trace.listed, len(trace.listed)
+                if not events:
+                    next(trace.events, None)  # raises "no kvonce events", naming the spans seen
+            if fed is not None and not (trace.listed is not None and fed.complete(len(trace.listed))):
+                fed.abort()  # not fed this very list (a stream, a sorted or re-decoded document)
+                fed = None
+            result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
+                                     input_summary=trace.summary, progress=report_progress,
+                                     parallel=parallel, fed=fed).validation
+    except BaseException:
+        if fed is not None:
+            fed.abort()
+        raise
     return ConformanceResult(result.valid, result.report, out)
 
 

@@ -61,6 +61,15 @@ Raw = TypeVar("Raw")
 Decode = Callable[[Any, str], Any]
 
 
+#: ``tap(start, events)``: called by the whole-document decoders with each run of new events in
+#: document order (``start`` is the first one's index), while the rest is still being decoded,
+#: so a consumer on another core can begin. A call whose ``start`` is not where the previous
+#: run ended means the decoder started over; the decoder's result is what counts.
+Tap = Callable[[int, list[Any]], None]
+#: Events per tap call, at least (a resource's spans are never split).
+TAP_EVENTS = 4096
+
+
 @dataclass
 class DecodeStats:
     """What a decoder saw besides events; it ends up in the validation report's summary."""

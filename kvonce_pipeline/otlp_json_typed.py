@@ -31,7 +31,7 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
 from .events import MAX_TIME_NS, Event
-from .mapping import ATTR_CONTEXT_PREFIX, DecodeStats, resource_fallbacks, span_to_event
+from .mapping import ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, Tap, resource_fallbacks, span_to_event
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------
@@ -205,63 +205,184 @@ def _attr_map(attributes: list[KeyValue]) -> dict[str, AnyValue]:
 
 
 def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
-                    keep: list[Any] | None = None) -> list[Event] | None:
+                    keep: list[Any] | None = None, tap: Tap | None = None) -> list[Event] | None:
     """The events of one OTLP/JSON document in document order, or ``None`` for the general path.
 
     ``stats`` is only updated when events are returned. Nothing here raises for bad input: an
     input the general path would reject returns ``None``, so that path can name the problem.
     Freeing the decoded structs takes over a second at 1M spans; a caller that will end the
     process soon passes ``keep`` to have them parked there instead of freed as the walk goes.
+    ``tap(start, events)`` sees the events as the walk makes them (see :data:`Tap`); when this
+    returns ``None`` the events tapped so far are void.
+
+    A large document is decoded a chunk of resources at a time (:func:`_chunk_bounds`), so the
+    first events reach ``tap`` after a few megabytes instead of after the whole decode.
     """
     if not blob.isascii():
         try:  # msgspec does not check the UTF-8 of members it skips; orjson refuses the document
             blob.decode()
         except UnicodeDecodeError:
             return None
+    decoder = TypedAnyValueDecoder(max_depth)
+    bounds = _chunk_bounds(blob)
+    walk = _Walk(decoder, free=keep is None, tap=tap)
     try:
-        request = _DECODER.decode(blob)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
-        return None
-    if request.resource_spans is not UNSET or request.resourceSpans is UNSET:
-        return None  # snake_case, or not a trace request: the general path reads or names it
-    try:
-        events, spans, skipped = _walk(request.resourceSpans, TypedAnyValueDecoder(max_depth), free=keep is None)
+        if bounds is not None:
+            try:
+                decode_chunk = _ChunkDecoder()
+                for start, end in bounds:
+                    resources = decode_chunk(blob, start, end)
+                    walk.resources(resources)
+                    if keep is not None:
+                        keep.append(resources)
+            except _NotChunks:
+                walk = _Walk(decoder, free=keep is None, tap=tap)  # starts over: ``tap`` sees index 0 again
+                bounds = None
+        if bounds is None:
+            try:
+                request = _DECODER.decode(blob)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+                return None
+            if request.resource_spans is not UNSET or request.resourceSpans is UNSET:
+                return None  # snake_case, or not a trace request: the general path reads or names it
+            walk.resources(request.resourceSpans)
+            if keep is not None:
+                keep.append(request)
+        walk.finish()
     except (_GiveUp, ValueError, TypeError, RecursionError):
         return None
-    stats.spans += spans
-    stats.skipped_spans += skipped
-    if keep is not None:
-        keep.append(request)
-    return events
+    stats.spans += walk.spans_seen
+    stats.skipped_spans += walk.skipped
+    return walk.events
 
 
-def _walk(resources: list[ResourceSpans], decoder: TypedAnyValueDecoder, *,
-          free: bool) -> tuple[list[Event], int, int]:
-    """The events of the resources, and how many spans were seen and skipped."""
-    events: list[Event] = []
-    append = events.append
-    spans_seen = skipped = 0
-    for r, resource_spans in enumerate(resources):
-        if resource_spans.scope_spans is not UNSET or resource_spans.instrumentationLibrarySpans is not UNSET:
-            raise _GiveUp
-        resource = resource_spans.resource
-        fallbacks = resource_fallbacks(_attr_map(resource.attributes) if resource is not UNSET else {}, decoder)
-        actor = fallbacks.actor or "unknown"
-        for s, scope_spans in enumerate(resource_spans.scopeSpans):
-            spans = scope_spans.spans
-            spans_seen += len(spans)
-            prefix = f"span r{r}/s{s}/p"
-            for p, span in enumerate(spans):
-                event = _fast_event(span, decoder, actor, prefix, p)
-                if event is None:
-                    event = _general_event(span, decoder, fallbacks, (r, s, p), prefix)
+# --- large documents in chunks -----------------------------------------------------------------
+
+#: The document form that may be decoded in chunks: one member, the resources' array.
+_HEAD, _TAIL = b'{"resourceSpans":[', b"]}"
+#: Where a resource may start after a comma: the likely cut points, each proved by decoding.
+_CUT = b'},{"resource":{'
+_JSON_SPACE = b" \t\n\r"
+#: Chunk sizes: a small first one so the events start flowing at once, then larger ones.
+FIRST_CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
+
+_CHUNK_DECODER = msgspec.json.Decoder(list[ResourceSpans])
+
+
+class _NotChunks(Exception):
+    """A cut was not between two resources after all: decode the document whole."""
+
+
+def _chunk_bounds(blob: bytes) -> list[tuple[int, int]] | None:
+    """``(start, end)`` of runs of whole resources in ``{"resourceSpans":[...]}``, or None.
+
+    Each run is decoded as a JSON array of its own (:func:`_decode_chunk`). That is exact: the
+    runs start at the array's first element and right after a cut comma, and a run decodes as
+    an array only if its cut comma stands between two elements of the outer array (a cut inside
+    an element or a string leaves that run unbalanced or unterminated, and the document is then
+    decoded whole). So the runs' arrays, in order, are the document's ``resourceSpans``, and
+    with the head and tail checked byte for byte the document has no other member.
+    """
+    if len(blob) < FIRST_CHUNK_BYTES + CHUNK_BYTES:
+        return None
+    first = 0
+    while first < len(blob) and blob[first] in _JSON_SPACE:
+        first += 1
+    last = len(blob)
+    while last > first and blob[last - 1] in _JSON_SPACE:
+        last -= 1
+    last -= len(_TAIL)
+    if not blob.startswith(_HEAD, first) or not blob.startswith(_TAIL, last):
+        return None
+    bounds: list[tuple[int, int]] = []
+    start = first + len(_HEAD)
+    target = start + FIRST_CHUNK_BYTES
+    while target < last - CHUNK_BYTES // 2:
+        cut = blob.find(_CUT, target, last)
+        if cut < 0:
+            break
+        bounds.append((start, cut + 1))  # up to the closing brace of the resource before the comma
+        start = cut + 2
+        target = start + CHUNK_BYTES
+    if not bounds:
+        return None
+    bounds.append((start, last))
+    return bounds
+
+
+class _ChunkDecoder:
+    """Decodes runs of the document as arrays, through one reused buffer.
+
+    A run is copied between ``[`` and ``]`` into the buffer, which grows to the largest run and
+    is then reused: a fresh bytes object per run would cost its page faults again every time.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def __call__(self, blob: bytes, start: int, end: int) -> list[ResourceSpans]:
+        size = end - start
+        buffer = self._buffer
+        if len(buffer) < size + 2:
+            buffer.extend(bytes(size + 2 - len(buffer)))
+        buffer[0] = 0x5B  # [
+        buffer[1:size + 1] = memoryview(blob)[start:end]
+        buffer[size + 1] = 0x5D  # ]
+        with memoryview(buffer)[:size + 2] as run:
+            try:
+                resources = _CHUNK_DECODER.decode(run)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+                raise _NotChunks from None
+        if not resources:
+            raise _NotChunks  # an empty run: "[,]" is no array
+        return resources
+
+
+class _Walk:
+    """The events of the resources, in the order given, and how many spans were seen and skipped."""
+
+    def __init__(self, decoder: TypedAnyValueDecoder, *, free: bool, tap: Tap | None) -> None:
+        self.decoder = decoder
+        self.free = free
+        self.tap = tap
+        self.events: list[Event] = []
+        self.spans_seen = self.skipped = self._tapped = self._resources = 0
+
+    def resources(self, resources: list[ResourceSpans]) -> None:
+        decoder, tap, events = self.decoder, self.tap, self.events
+        append = events.append
+        first = self._resources
+        self._resources += len(resources)
+        for i, resource_spans in enumerate(resources):
+            r = first + i
+            if resource_spans.scope_spans is not UNSET or resource_spans.instrumentationLibrarySpans is not UNSET:
+                raise _GiveUp
+            resource = resource_spans.resource
+            fallbacks = resource_fallbacks(_attr_map(resource.attributes) if resource is not UNSET else {}, decoder)
+            actor = fallbacks.actor or "unknown"
+            for s, scope_spans in enumerate(resource_spans.scopeSpans):
+                spans = scope_spans.spans
+                self.spans_seen += len(spans)
+                prefix = f"span r{r}/s{s}/p"
+                for p, span in enumerate(spans):
+                    event = _fast_event(span, decoder, actor, prefix, p)
                     if event is None:
-                        skipped += 1
-                        continue
-                append(event)
-        if free:
-            resources[r] = None  # type: ignore[call-overload]  # hand the memory over to the events
-    return events, spans_seen, skipped
+                        event = _general_event(span, decoder, fallbacks, (r, s, p), prefix)
+                        if event is None:
+                            self.skipped += 1
+                            continue
+                    append(event)
+            if tap is not None and len(events) - self._tapped >= TAP_EVENTS:
+                tap(self._tapped, events[self._tapped:])
+                self._tapped = len(events)
+            if self.free:
+                resources[i] = None  # type: ignore[call-overload]  # hand the memory over to the events
+
+    def finish(self) -> None:
+        if self.tap is not None and len(self.events) > self._tapped:
+            self.tap(self._tapped, self.events[self._tapped:])
+            self._tapped = len(self.events)
 
 
 _TYPE, _KEY, _VALUE, _REASON, _CONTEXT = (f"kvonce.event.{name}" for name in ("type", "key", "value", "reason",

@@ -38,7 +38,7 @@ from .atomic import private_folder_name, sweep_stale_folders
 from .errors import InputError
 from .events import Event
 from .limits import Limits
-from .mapping import DecodeStats
+from .mapping import TAP_EVENTS, DecodeStats, Tap
 from .ndjson import iter_lines, iter_ndjson_events, loads_line
 from .otlp_json import AnyValueDecoder, count_resources, iter_request_events
 from .otlp_json_typed import decode_document
@@ -320,8 +320,8 @@ def park_until_exit() -> None:
     _park_until_exit = True
 
 
-def _document_events(blob: bytes, source: str, stats: DecodeStats,
-                     limits: Limits) -> tuple[list[Event] | Iterator[Event], bool, Any]:
+def _document_events(blob: bytes, source: str, stats: DecodeStats, limits: Limits,
+                     tap: Tap | None = None) -> tuple[list[Event] | Iterator[Event], bool, Any]:
     """The events of one OTLP/JSON document in document order: ``(events, in time order, fraction)``.
 
     The typed decoder (:mod:`kvonce_pipeline.otlp_json_typed`) reads spec documents at less than
@@ -335,7 +335,7 @@ def _document_events(blob: bytes, source: str, stats: DecodeStats,
     gc.disable()
     try:
         listed = decode_document(blob, stats=stats, max_depth=limits.max_context_depth,
-                                 keep=_PARKED if _park_until_exit else None)
+                                 keep=_PARKED if _park_until_exit else None, tap=tap)
     finally:
         if enabled:
             gc.enable()
@@ -351,10 +351,23 @@ def _document_events(blob: bytes, source: str, stats: DecodeStats,
     return events, ordered, lambda: min(1.0, stats.spans / spans) if spans else 1.0
 
 
-def _message_events(message: Any, source: str, stats: DecodeStats, limits: Limits) -> list[Event]:
+def _message_events(message: Any, source: str, stats: DecodeStats, limits: Limits,
+                    tap: Tap | None = None) -> list[Event]:
     """The events of one protobuf message, as a list (held whole anyway; a forked child can share it)."""
-    return list(iter_message_events(message, source=source, stats=stats,
-                                    decoder=ProtoAnyValueDecoder(limits.max_context_depth)))
+    events = iter_message_events(message, source=source, stats=stats,
+                                 decoder=ProtoAnyValueDecoder(limits.max_context_depth))
+    if tap is None:
+        return list(events)
+    listed: list[Event] = []
+    append, tapped = listed.append, 0
+    for event in events:
+        append(event)
+        if len(listed) - tapped >= TAP_EVENTS:
+            tap(tapped, listed[tapped:])
+            tapped = len(listed)
+    if len(listed) > tapped:
+        tap(tapped, listed[tapped:])
+    return listed
 
 
 def events_time_ordered(events: list[Event]) -> bool:
@@ -609,7 +622,7 @@ def _counted(stream: TraceStream, events: Iterable[Event], source: str) -> Itera
 @contextmanager
 def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Limits | None = None,
                spill_dir: Path | None = None, sort_on_disk: bool = False,
-               run_events: int = SORT_RUN_EVENTS) -> Iterator[TraceStream]:
+               run_events: int = SORT_RUN_EVENTS, tap: Tap | None = None) -> Iterator[TraceStream]:
     """Open a trace for one pass over its events in time order, holding as few as the input allows.
 
     * JSON Lines, NDJSON and length-delimited protobuf are decoded as they are read. Without
@@ -620,6 +633,7 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
     * A single OTLP/JSON document or protobuf message must be parsed whole. When its spans
       are already in time order it is streamed and consumed as it goes (its memory is handed
       over to the events); otherwise the events are collected and sorted as :func:`read_trace` does.
+      ``tap`` sees its events in document order while they are decoded (:data:`~kvonce_pipeline.mapping.Tap`).
     """
     limits = limits or Limits()
     stats = DecodeStats()
@@ -650,12 +664,12 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
         with open_payload(path, limits) as (payload, _):
             blob = payload.read()
         if detected is InputFormat.OTLP_JSON:
-            events, ordered, fraction = _document_events(blob, source, stats, limits)
+            events, ordered, fraction = _document_events(blob, source, stats, limits, tap)
             del blob
         else:
             message = parse_request(blob, source=source)
             del blob
-            events = _message_events(message, source, stats, limits)
+            events = _message_events(message, source, stats, limits, tap)
             ordered = events_time_ordered(events)
             fraction = None
             del message

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from .projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
 from .reader import TraceRead
 from .summary import render_summary
 from .validation import DEFAULT_MAX_RETRIES, Validator
+
+if TYPE_CHECKING:
+    from .parallel import FedProjection
 
 
 #: ``progress(stage, done, total)``: called every :data:`BATCH` events (``total`` None if unknown).
@@ -188,37 +191,59 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
                 if progress is not None:
                     progress("projection", index + 1, None)
         states.write(sequence.close())
-    result = _write_projection_file(builder, out_dir, states.written)
-    builder.restore_lists()
-    return result
+    return _write_projection_file(builder.per_key_fold, out_dir, states.written)
 
 
 def project_per_key(events: Iterable[Event], path: Path, validator: Validator,
-                    input_summary: dict[str, Any] | None) -> bytes:
+                    input_summary: dict[str, Any] | None, *, states_path: Path | None = None) -> bytes:
     """``kvonce-projection.json`` (written to ``path``) and the verdict for ``events``, as JSON for the parent.
 
-    The other half of :func:`_write_artifacts_forked`, run in the forked child.
+    The other half of :func:`_write_artifacts_forked` (run in the forked child) and of
+    :func:`_write_artifacts_fed` (run in the fed worker, which also writes the state sequence
+    to ``states_path``).
     """
     per_key = PerKeyFold(share=False)  # the events hold their contexts anyway
     fold, observe, stamp_of = per_key.fold, validator.observe, format_timestamp
-    for index, event in enumerate(events):
-        time_ns = event.time_unix_nano
-        fold(event, None if time_ns is None else stamp_of(time_ns))
-        observe(index, event)
-    projection, written = _projection_file(per_key, path)
-    return orjson.dumps({"stats": projection["stats"], "report": validator.report(input_summary=input_summary),
-                         "projection": {"sha256": written.sha256, "size": written.size}})
+    if states_path is None:
+        for index, event in enumerate(events):
+            time_ns = event.time_unix_nano
+            fold(event, None if time_ns is None else stamp_of(time_ns))
+            observe(index, event)
+        state_file = None
+    else:
+        sequence = StateSequence(StateFold())
+        add_state = sequence.add
+        with BackgroundWriter(states_path) as states:
+            for index, event in enumerate(events):
+                time_ns = event.time_unix_nano
+                stamp = None if time_ns is None else stamp_of(time_ns)
+                add_state(index, event, stamp)
+                fold(event, stamp)
+                observe(index, event)
+                if not (index + 1) % BATCH:
+                    states.write(sequence.take())
+            states.write(sequence.close())
+        state_file = states.written
+    projection, written = _projection_file(per_key, path, entries=False)
+    outcome: dict[str, Any] = {"stats": projection["stats"], "report": validator.report(input_summary=input_summary),
+                               "projection": {"sha256": written.sha256, "size": written.size}}
+    if state_file is not None:
+        outcome["state"] = {"sha256": state_file.sha256, "size": state_file.size}
+    return orjson.dumps(outcome)
 
 
-def _write_projection_file(builder: ProjectionBuilder, out_dir: Path, state_file: Written) -> ProjectionResult:
-    return ProjectionResult(*_projection_file(builder, out_dir / artifacts.PROJECTION), state_file)
+def _write_projection_file(folded: PerKeyFold, out_dir: Path, state_file: Written) -> ProjectionResult:
+    return ProjectionResult(*_projection_file(folded, out_dir / artifacts.PROJECTION), state_file)
 
 
-def _projection_file(folded: ProjectionBuilder | PerKeyFold, projection_path: Path) -> tuple[dict[str, Any], Written]:
-    projection = folded.result(state_sequence_path=artifacts.STATE_SEQUENCE)
+def _projection_file(folded: PerKeyFold, projection_path: Path, *,
+                     entries: bool = True) -> tuple[dict[str, Any], Written]:
+    """Write ``kvonce-projection.json``; returns the projection (only its stats without ``entries``)."""
+    data, stats = folded.encoded(state_sequence_path=artifacts.STATE_SEQUENCE, indent=folded.event_count < 10_000)
     with atomic_writer(projection_path) as out:
-        out.write(orjson.dumps(projection, option=orjson.OPT_INDENT_2 if folded.event_count < 10_000 else 0))
+        out.write(data)
         out.write(b"\n")
+    projection = folded.result(state_sequence_path=artifacts.STATE_SEQUENCE) if entries else {"stats": stats}
     return projection, Written(projection_path, out.hexdigest(), out.size)
 
 
@@ -270,6 +295,7 @@ def write_artifacts(
     progress: ProgressCallback | None = None,
     total: int | None = None,
     parallel: bool = False,
+    fed: "FedProjection | None" = None,
 ) -> ArtifactsResult:
     """Events, projection, state sequence and validation in one pass over ``events``.
 
@@ -282,8 +308,13 @@ def write_artifacts(
 
     ``parallel=True`` moves the projection to a worker process on the second core
     (:mod:`kvonce_pipeline.parallel`); the files are the same, but the returned projection then
-    holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that).
+    holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that). ``fed`` is a
+    :class:`~kvonce_pipeline.parallel.FedProjection` that was sent exactly ``events`` (a list)
+    while they were decoded: it makes the projection and the verdict, this process the rest.
     """
+    if fed is not None:
+        with gc_paused():
+            return _write_artifacts_fed(events, out_dir, fed, input_summary, progress, total)
     write = _write_artifacts
     if parallel:
         from .parallel import can_fork
@@ -360,16 +391,40 @@ def _write_artifacts_forked(
     return _with_worker_projection(outcome, events_file, outcome["report"], out_dir)
 
 
-def _write_events_and_observe(events: Iterable[Event], out_dir: Path, validator: Validator,
+def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection",
+                         input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+                         progress: ProgressCallback | None, total: int | None) -> ArtifactsResult:
+    """The events file here; the state sequence, the projection and the verdict are the fed worker's."""
+    summary = input_summary() if callable(input_summary) else input_summary
+    outcome: dict[str, Any] = {}
+
+    def fed_done() -> None:  # before the events file is renamed: if the worker failed, nothing is
+        outcome.update(fed.finish())
+        fed.publish()
+
+    try:
+        events_file = _write_events_and_observe(events, out_dir, None, progress, total or len(events),
+                                                before_publish=fed_done)
+    except BaseException:
+        fed.abort()
+        raise
+    report = outcome["report"]
+    if summary is not None:
+        report["summary"]["input"] = summary  # the worker's report has all but this, the parent's part
+    return _with_worker_projection(outcome, events_file, report, out_dir)
+
+
+def _write_events_and_observe(events: Iterable[Event], out_dir: Path, validator: Validator | None,
                               progress: ProgressCallback | None, total: int | None, *,
                               also: Callable[[bytes], None] | None = None,
                               before_publish: Callable[[], None] | None = None) -> Written:
-    """``kvonce-events.ndjson`` and the validator's pass, while the projection is made elsewhere.
+    """``kvonce-events.ndjson`` and the validator's pass (unless None), while the projection is made elsewhere.
 
     ``also`` gets every chunk of NDJSON lines too (the pipe to a projection worker);
     ``before_publish`` runs after the last chunk, before the events file is renamed into place.
     """
-    observe, stamp_of = validator.observe, format_timestamp
+    observe = validator.observe if validator is not None else _ignore
+    stamp_of = format_timestamp
     index = -1
     with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out:
         lines: list[EventLine] = []
@@ -443,7 +498,7 @@ def _write_artifacts(
     validator = Validator(max_retries=max_retries, strict=strict)
     events_file, state_file = _write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
                                                          validator, progress, total)
-    projection = _write_projection_file(builder, out_dir, state_file)
+    projection = _write_projection_file(builder.per_key_fold, out_dir, state_file)
     summary = input_summary() if callable(input_summary) else input_summary
     report = validator.report(input_summary=summary)
     validation = ValidationResult(report, *write_report_files(report, out_dir, projection.projection["stats"]))

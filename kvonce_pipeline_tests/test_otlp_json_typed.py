@@ -30,17 +30,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline import reader
+from kvonce_pipeline import otlp_json_typed, reader
 from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.events import EVENT_TYPES, MAX_TIME_NS, Event
 from kvonce_pipeline.generate import GenerateOptions, generate
@@ -1219,3 +1221,108 @@ def test_overflowing_number_in_a_skipped_member_falls_back(literal: bytes) -> No
     with pytest.raises(orjson.JSONDecodeError, match="infinity"):
         orjson.loads(blob)
     assert decode_document(blob, stats=DecodeStats(), max_depth=64) is None
+
+
+# --- 5. large documents decoded a chunk of resources at a time ---------------------------------------
+
+CHUNKED_EXAMPLES = 250
+
+
+@contextmanager
+def _tiny_chunks() -> Iterator[None]:
+    """Every ``},{"resource":{`` becomes a cut: the chunked decoder on documents of a few hundred bytes."""
+    with mock.patch.object(otlp_json_typed, "FIRST_CHUNK_BYTES", 1), mock.patch.object(otlp_json_typed,
+                                                                                      "CHUNK_BYTES", 1):
+        yield
+
+
+def _answer(blob: bytes, max_depth: int) -> Any:
+    got = decode_document(blob, stats=(stats := DecodeStats()), max_depth=max_depth)
+    return None if got is None else ([event_form(e) for e in got], stats)
+
+
+@settings(max_examples=CHUNKED_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=documents(resource_counts=(1, 2, 3, 5)), keep=st.booleans())
+def test_chunked_decoding_answers_as_the_whole_document(case: tuple[bytes, int], keep: bool) -> None:
+    """Cut at every candidate, the typed path still gives None or exactly the general path, and the
+    same answer as without cutting (whole-document decoding)."""
+    blob, max_depth = case
+    whole = _answer(blob, max_depth)
+    with _tiny_chunks():
+        chunked = otlp_json_typed._chunk_bounds(blob)
+        event("cut into " + ("no chunks" if chunked is None else "1 chunk" if len(chunked) == 1 else "chunks"))
+        assert_contract(blob, max_depth, keep=keep)
+        assert _answer(blob, max_depth) == whole
+
+
+def _resource(n: int, *, extra: Any = None) -> dict[str, Any]:
+    span = _span(startTimeUnixNano=str(BASE_NS + n))
+    span["attributes"] = [span["attributes"][0], {"key": "kvonce.event.key", "value": {"stringValue": f"k{n}"}},
+                          *span["attributes"][2:]]
+    if extra is not None:
+        span["x-extra"] = extra
+    return {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": f"svc-{n}"}}]},
+            "scopeSpans": [{"spans": [span]}]}
+
+
+def _compact(*resources: Any, tail: bytes = b"") -> bytes:
+    return b'{"resourceSpans":[' + b",".join(orjson.dumps(r) for r in resources) + b"]" + tail + b"}"
+
+
+def test_generated_documents_are_cut_and_read_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    generate(path, GenerateOptions(events=3000, keys=900, violations=0.03, batch_spans=40, seed=11))
+    blob = path.read_bytes()
+    whole = _answer(blob, 64)
+    assert whole is not None
+    calls: list[tuple[int, int, int]] = []
+    decoded: list[int] = []
+    real = otlp_json_typed._ChunkDecoder.__call__
+
+    def counting(self: Any, *args: Any) -> Any:
+        decoded.append(1)
+        return real(self, *args)
+
+    def tap(start: int, events: list[Event]) -> None:
+        calls.append((start, len(events), len(decoded)))  # noqa: B023 - read at call time, on purpose
+
+    with _tiny_chunks(), mock.patch.object(otlp_json_typed._ChunkDecoder, "__call__", counting), \
+            mock.patch.object(otlp_json_typed, "TAP_EVENTS", 1):
+        bounds = otlp_json_typed._chunk_bounds(blob)
+        assert bounds is not None and len(bounds) == 3000 // 40, "a cut between every two resources"
+        got = decode_document(blob, stats=(stats := DecodeStats()), max_depth=64, tap=tap)
+    assert got is not None and ([event_form(e) for e in got], stats) == whole
+    assert calls[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:]))
+    assert calls[-1][0] + calls[-1][1] == len(got), "the tap saw every event once, in order"
+    assert calls[0][2] < len(bounds), "the first events were tapped before the last chunk was decoded"
+
+
+@pytest.mark.parametrize(("blob", "why"), [
+    (_compact(_resource(1), _resource(2, extra=[{"a": 1}, {"resource": {"b": 2}}]), _resource(3)),
+     "a cut candidate inside a span's unknown member"),
+    (_compact(_resource(1), _resource(2), tail=b',"resourceSpans":[' + orjson.dumps(_resource(3)) + b"]"),
+     "the member twice: the last one counts"),
+    (_compact(_resource(1), _resource(2), tail=b',"x":1'), "another member after the array"),
+    (b" \n" + _compact(_resource(1), _resource(2)) + b"\r\n", "JSON white space around"),
+    (b"\x0c" + _compact(_resource(1), _resource(2)), "white space JSON does not allow"),
+    (_compact(_resource(1), _resource(2)).replace(b'},{"resource"', b'},,{"resource"'), "an empty element"),
+    (_compact(_resource(1), _resource(2)).replace(b'"k2"', b'"k2\\"},{\\"resource\\":{"'),
+     "the cut's bytes escaped inside a string"),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_cuts_that_are_not_between_resources(blob: bytes, why: str) -> None:
+    whole = _answer(blob, 64)
+    with _tiny_chunks():
+        assert_contract(blob, 64)
+        assert _answer(blob, 64) == whole, why
+
+
+def test_a_failed_cut_starts_the_tap_over(tmp_path: Path) -> None:
+    """A run that turns out not to be whole resources sends the walk back to the start: the tap
+    sees index 0 again (the fed projection then knows its feed is void)."""
+    blob = _compact(_resource(1), _resource(2), _resource(3, extra=[{"a": 1}, {"resource": {"b": 2}}]), _resource(4))
+    calls: list[int] = []
+    with _tiny_chunks(), mock.patch.object(otlp_json_typed, "TAP_EVENTS", 1):
+        got = decode_document(blob, stats=DecodeStats(), max_depth=64, tap=lambda start, events: calls.append(start))
+    assert got is not None and len(got) == 4
+    assert calls.count(0) == 2 and calls[-4:] == [0, 1, 2, 3]

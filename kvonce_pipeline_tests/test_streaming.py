@@ -176,30 +176,123 @@ def test_projection_worker_discards_its_files_when_the_parent_fails(tmp_path: Pa
     assert leftovers == [], "no artifact and no temporary file is left behind"
 
 
-@pytest.mark.parametrize("violations", [0.0, 0.02])
-def test_forked_projection_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 violations: float) -> None:
-    """A whole OTLP document takes the forked path (per-key file and verdict in the child); its
-    artifacts and report are the sequential pass's, byte for byte."""
+def _count_helpers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count which helper made the projection: the fed worker (finished) or the forked child (made)."""
     from kvonce_pipeline import parallel
 
-    forks: list[int] = []
-    real = parallel.ForkedProjection
+    used = {"fed": 0, "fork": 0}
+    real_fork, real_finish = parallel.ForkedProjection, parallel.FedProjection.finish
 
-    class Counting(real):  # the real class; only counts that it was used
+    class CountingFork(real_fork):  # the real class; only counts that it was used
         def __init__(self, *args, **kwargs) -> None:
-            forks.append(1)
+            used["fork"] += 1
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(parallel, "ForkedProjection", Counting)
+    def counting_finish(self: parallel.FedProjection) -> dict:
+        used["fed"] += 1
+        return real_finish(self)
+
+    monkeypatch.setattr(parallel, "ForkedProjection", CountingFork)
+    monkeypatch.setattr(parallel.FedProjection, "finish", counting_finish)
+    return used
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*"))
+
+
+@pytest.mark.parametrize("violations", [0.0, 0.02])
+def test_fed_projection_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              violations: float) -> None:
+    """A whole OTLP document in time order feeds a worker while it is decoded (state sequence,
+    per-key file and verdict there); its artifacts and report are the sequential pass's, byte for byte."""
+    used = _count_helpers(monkeypatch)
     path = _document(tmp_path, GenerateOptions(events=9000, keys=3000, format="otlp-json", violations=violations))
     sequential = run_conformance(path, tmp_path / "one", ConformanceOptions(parallel=False))
-    assert forks == []
-    forked = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
-    assert forks == [1], "the in-memory document went through the forked child"
-    assert sequential.report == forked.report
-    assert forked.valid == (violations == 0.0)
+    assert used == {"fed": 0, "fork": 0}
+    fed = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
+    assert used == {"fed": 1, "fork": 0}, "the document in time order went to the fed worker"
+    assert sequential.report == fed.report
+    assert fed.valid == (violations == 0.0)
     _same_artifacts(tmp_path / "one", tmp_path / "two")
+    assert _leftovers(tmp_path / "two") == []
+
+
+@pytest.mark.parametrize("form", ["otlp-json", "otlp-proto"])
+def test_document_out_of_time_order_takes_the_forked_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           form: str) -> None:
+    """Spans out of time order void the feed (the list is sorted after decoding): the worker is
+    stopped and the forked child makes the projection of the sorted list, with the same bytes."""
+    import orjson
+
+    from kvonce_pipeline.otlp_render import events_to_request, request_to_message
+
+    used = _count_helpers(monkeypatch)
+    events = reader.read_trace(_generated(tmp_path)).events
+    random.Random(5).shuffle(events)
+    path = tmp_path / f"shuffled.{form}"
+    request = events_to_request(events)
+    if form == "otlp-json":
+        path.write_bytes(orjson.dumps(request, option=orjson.OPT_INDENT_2))
+    else:
+        path.write_bytes(request_to_message(request).SerializeToString())
+    sequential = run_conformance(path, tmp_path / "one", ConformanceOptions(parallel=False))
+    forked = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
+    assert used == {"fed": 0, "fork": 1}
+    assert sequential.report == forked.report
+    _same_artifacts(tmp_path / "one", tmp_path / "two")
+    assert _leftovers(tmp_path / "two") == []
+
+
+def test_protobuf_document_feeds_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    used = _count_helpers(monkeypatch)
+    path = tmp_path / "t.pb"
+    generate(path, GenerateOptions(events=7000, keys=2000, format="otlp-proto", violations=0.02))
+    sequential = run_conformance(path, tmp_path / "one", ConformanceOptions(parallel=False))
+    fed = run_conformance(path, tmp_path / "two", ConformanceOptions(parallel=True))
+    assert used == {"fed": 1, "fork": 0}
+    assert sequential.report == fed.report
+    _same_artifacts(tmp_path / "one", tmp_path / "two")
+
+
+def test_fed_worker_stopped_when_the_input_fails_late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last span is unusable: the worker was already fed thousands of events; the run fails
+    naming the span, the worker is stopped, and nothing but the input-error report is left."""
+    import orjson
+
+    from kvonce_pipeline import parallel
+
+    aborted: list[parallel.FedProjection] = []
+    real_abort = parallel.FedProjection.abort
+
+    def spying_abort(self: parallel.FedProjection) -> None:
+        real_abort(self)
+        aborted.append(self)
+
+    monkeypatch.setattr(parallel.FedProjection, "abort", spying_abort)
+    path = _generated(tmp_path)
+    document = orjson.loads(path.read_bytes())
+    last = document["resourceSpans"][-1]["scopeSpans"][-1]["spans"][-1]
+    last["attributes"].append({"key": "kvonce.event.key", "value": {"stringValue": "twice"}})
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="kvonce.event.key"):
+        run_conformance(path, out, ConformanceOptions(parallel=True))
+    assert aborted and all(fed._process is None for fed in aborted), "the worker was started and stopped"
+    assert aborted[0].sent >= 4096, "the worker had been fed before the input failed"
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["kvonce-summary.md", "kvonce-validation.json"]
+
+
+def test_fed_worker_failure_is_named(tmp_path: Path) -> None:
+    from kvonce_pipeline.errors import OutputError
+
+    path = _generated(tmp_path)
+    out = tmp_path / "out"
+    (out / "kvonce-projection.json").mkdir(parents=True)  # the projection cannot be put there
+    with pytest.raises(OutputError, match="kvonce-projection.json"):
+        run_conformance(path, out, ConformanceOptions(parallel=True))
+    assert not (out / "kvonce-events.ndjson").exists(), "the events were not published beside a failed worker"
+    assert _leftovers(out) == []
 
 
 def test_forked_projection_failure_in_the_parent_leaves_nothing(tmp_path: Path) -> None:
