@@ -21,7 +21,7 @@ from .errors import InputError, OutputError
 from .events import Event
 from .limits import Limits
 from .parallel import FedProjection
-from .reader import SORT_RUN_EVENTS, OutOfOrder, open_trace, read_trace
+from .reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error
 from .validation import DEFAULT_MAX_RETRIES
 
@@ -101,11 +101,15 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
 def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
               progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
     parallel = use_parallel(input_path, options.parallel)
-    fed = FedProjection(out, max_retries=options.max_retries, strict=options.strict) if parallel else None
+    fed = None
+    detected = detect_format(input_path, hint=options.format, limits=options.limits)
+    if parallel and detected[0] not in STREAMABLE:
+        fed = FedProjection(out)
+        fed.start()  # the worker's interpreter starts while the document is read
     try:
         with open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
                         sort_on_disk=sort_on_disk, run_events=options.sort_run_events,
-                        tap=fed.tap if fed is not None else None) as trace:
+                        tap=fed.tap if fed is not None else None, detected=detected) as trace:
             report_progress = None
             if progress is not None:
                 def report_progress(stage: str, done: int, total: int | None) -> None:
@@ -118,12 +122,13 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
                 events, trace.count = trace.listed, len(trace.listed)
                 if not events:
                     next(trace.events, None)  # raises "no kvonce events", naming the spans seen
-            if fed is not None and not (trace.listed is not None and fed.complete(len(trace.listed))):
+            if fed is not None and not (trace.listed is not None and fed.seal(len(trace.listed))):
                 fed.abort()  # not fed this very list (a stream, a sorted or re-decoded document)
                 fed = None
             result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
                                      input_summary=trace.summary, progress=report_progress,
                                      parallel=parallel, fed=fed).validation
+            park(trace.listed)  # a million events take most of a second to free: not before exit
     except BaseException:
         if fed is not None:
             fed.abort()

@@ -33,6 +33,7 @@ import orjson
 
 from .atomic import TEMP_SUFFIX
 from .errors import OutputError
+from .events import format_timestamp
 
 END = b"\x00end\n"
 
@@ -223,7 +224,7 @@ def _outcome(output: bytes, exit_code: int, what: str) -> dict[str, Any]:
     outcome = orjson.loads(output) if output else {}
     if "outputError" in outcome:
         raise OutputError(outcome["outputError"])
-    if exit_code != 0 or "report" not in outcome:
+    if exit_code != 0 or "stats" not in outcome:
         detail = outcome.get("error") or f"exit status {exit_code}"
         raise RuntimeError(f"the projection {what} failed: {detail}")
     return outcome
@@ -299,35 +300,36 @@ class ForkedProjection(_StagedProjection):
         self._sweep()
 
 class WireEvent(msgspec.Struct, array_like=True, gc=False):
-    """What the fed worker needs of an :class:`~kvonce_pipeline.events.Event` (the same attribute
-    names, so the folds and the validator take it as one), sent as a msgpack array."""
+    """What the fed worker's folds read of an :class:`~kvonce_pipeline.events.Event` (the same
+    attribute names, so they take it as one) and its formatted timestamp, sent as a msgpack array."""
 
-    time_unix_nano: Any
+    stamp: Any
     type: Any
     key: Any
     value: Any
     reason: Any
     context: Any
-    origin: Any
 
 
 class FedProjection(_StagedProjection):
-    """``kvonce-projection.json`` and the verdict from a worker fed the events while they are decoded.
+    """The state sequence and ``kvonce-projection.json`` from a worker fed the events while they are decoded.
 
     For a whole OTLP document the decoder's walk over the spans is the longest serial step. This
-    worker, a fresh interpreter started at the first :meth:`tap`, receives each run of events the
-    walk makes (msgpack, a few fields each) and folds the per-key projection and the verdict
-    while the walk goes on; the parent writes the events and the state sequence. Forking once
-    the document is decoded (:class:`ForkedProjection`) cannot start before the walk ends, and
-    it costs both sides copy-on-write faults: every object either touches shares a page with
-    the other (measured 435,000 faults, about 2 s of the parent's pass on the 1M-event trace).
+    worker, a fresh interpreter (started by :meth:`start`, or at the first :meth:`tap`), receives
+    each run of events the walk makes (msgpack: the fields the folds read, and the formatted
+    timestamp) and folds the state sequence and the per-key projection while the walk goes on;
+    the parent writes the events file and makes the verdict. Forking once the document is
+    decoded (:class:`ForkedProjection`) cannot start before the walk ends, and it costs both
+    sides copy-on-write faults: every object either touches shares a page with the other
+    (measured 435,000 faults, about 2 s of the parent's pass on the 1M-event trace).
 
     The tap sees events in document order. When they are not in time order, or the decoder
     starts over (the typed decoder gave up), the feed is void: :meth:`complete` says so and
     the caller aborts this worker and makes the projection from the final list the usual way.
+    Both files wait under temporary names until the parent publishes them with its own.
     """
 
-    def __init__(self, out_dir: Path, *, max_retries: int, strict: bool) -> None:
+    def __init__(self, out_dir: Path) -> None:
         import queue
 
         from . import artifacts
@@ -336,7 +338,6 @@ class FedProjection(_StagedProjection):
         state_target = out_dir / artifacts.STATE_SEQUENCE
         self.state_target = state_target
         self.staged_states = state_target.parent / f".{state_target.name}.{os.getpid()}.fed{TEMP_SUFFIX}"
-        self._settings = (max_retries, strict)
         self._process: subprocess.Popen[bytes] | None = None
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -345,6 +346,8 @@ class FedProjection(_StagedProjection):
         self.sent = 0
         self._last_time = 0
         self.void = False
+        #: The formatted timestamp of every event sent, in order (the events file uses them too).
+        self.stamps: list[str | None] = []
 
     def tap(self, start: int, events: list[Any]) -> None:
         """Take a run of events from the decoder (:data:`kvonce_pipeline.mapping.Tap`)."""
@@ -354,34 +357,43 @@ class FedProjection(_StagedProjection):
             self.void = True  # the decoder started over
             return
         last = self._last_time
+        stamps = self.stamps
+        mark = len(stamps)
+        stamp_of = format_timestamp
         for event in events:
             time_ns = event.time_unix_nano
-            if time_ns is not None:
-                if time_ns < last:
-                    self.void = True  # out of time order: the final list is sorted first
-                    return
-                last = time_ns
+            if time_ns is None:
+                stamps.append(None)
+                continue
+            if time_ns < last:
+                self.void = True  # out of time order: the final list is sorted first
+                return
+            last = time_ns
+            stamps.append(stamp_of(time_ns))
         self._last_time = last
         try:
-            payload = self._encode([(e.time_unix_nano, e.type, e.key, e.value, e.reason, e.context, e.origin)
-                                    for e in events])
+            payload = self._encode([(stamp, e.type, e.key, e.value, e.reason, e.context)
+                                    for stamp, e in zip(stamps[mark:], events)])
         except Exception:  # noqa: BLE001 - a value msgpack cannot carry: the usual way is exact
             self.void = True
             return
         if self._process is None:
-            self._start()
+            self.start()
         self._queue.put(len(payload).to_bytes(4, "little") + payload)
         self.sent += len(events)
 
-    def complete(self, count: int) -> bool:
-        """Has the worker been sent exactly the ``count`` events of the final list, in order?"""
-        return not self.void and self._process is not None and self.sent == count and self._error is None
-
-    def finish(self) -> dict[str, Any]:
-        """Send the end, wait for the worker; its result (stats, report, projection file)."""
-        assert self._process is not None and self._thread is not None and self._process.stdout is not None
+    def seal(self, count: int) -> bool:
+        """If the worker was sent exactly the ``count`` events of the final list, in order, tell it
+        the feed is over (it finishes while the parent writes) and return True; else False."""
+        if self.void or self._process is None or self.sent != count or self._error is not None:
+            return False
         self._queue.put(bytes(4))  # a frame of length 0: the end
         self._queue.put(None)
+        return True
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the worker (after :meth:`seal`); its result (stats, files)."""
+        assert self._process is not None and self._thread is not None and self._process.stdout is not None
         self._thread.join()
         output = self._process.stdout.read()
         code = self._process.wait()
@@ -429,14 +441,17 @@ class FedProjection(_StagedProjection):
         sweep_stale_temps(self.staged_states.parent, self.staged_states.name)
         super()._sweep()
 
-    def _start(self) -> None:
-        max_retries, strict = self._settings
+    def start(self) -> None:
+        """Start the worker now (otherwise the first :meth:`tap` does)."""
+        if self._process is not None:
+            return
         self.staged_states.parent.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "kvonce_pipeline.parallel", "--fed", str(self.staged), str(self.staged_states),
-             str(max_retries), "strict" if strict else "lenient"],
+            [sys.executable, "-m", "kvonce_pipeline.parallel", "--fed", str(self.staged), str(self.staged_states)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )
+        assert self._process.stdin is not None
+        _widen_pipe(self._process.stdin.fileno())
         self._thread = threading.Thread(target=self._feed, name="projection feed", daemon=True)
         self._thread.start()
 
@@ -458,10 +473,24 @@ class FedProjection(_StagedProjection):
             pass
 
 
-def _fed_worker(staged: Path, staged_states: Path, max_retries: int, strict: bool) -> int:
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Give a pipe a megabyte of buffer (Linux; elsewhere, or beyond the system's limit, keep it).
+
+    With the default 64 KiB the feeding thread blocks every 64 KiB and must then win the GIL
+    back from the walk, which holds it for up to the 5 ms switch interval: measured, that held
+    the fed worker to about half its speed on the 1M-event trace.
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _fed_worker(staged: Path, staged_states: Path) -> int:
     """The fed worker: frames of :class:`WireEvent` arrays on stdin, its result as JSON on stdout."""
     from .stages import project_per_key
-    from .validation import Validator
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     decode = msgspec.msgpack.Decoder(list[WireEvent]).decode
@@ -481,8 +510,7 @@ def _fed_worker(staged: Path, staged_states: Path, max_retries: int, strict: boo
             yield from decode(frame)
 
     try:
-        payload = project_per_key(events(), staged, Validator(max_retries=max_retries, strict=strict), None,
-                                  states_path=staged_states)
+        payload = project_per_key(events(), staged, None, None, states_path=staged_states, stamped=True)
     except _Incomplete:
         return 3  # the parent went away: nothing was written
     except OutputError as error:
@@ -494,5 +522,5 @@ def _fed_worker(staged: Path, staged_states: Path, max_retries: int, strict: boo
 
 if __name__ == "__main__":
     if sys.argv[1] == "--fed":
-        sys.exit(_fed_worker(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "strict"))
+        sys.exit(_fed_worker(Path(sys.argv[2]), Path(sys.argv[3])))
     sys.exit(_worker(Path(sys.argv[1])))

@@ -320,6 +320,13 @@ def park_until_exit() -> None:
     _park_until_exit = True
 
 
+def park(value: Any) -> None:
+    """Keep ``value`` (a decoded document's events, say) to the end of the process, if
+    :func:`park_until_exit` was called; otherwise do nothing and let it be freed."""
+    if _park_until_exit:
+        _PARKED.append(value)
+
+
 def _document_events(blob: bytes, source: str, stats: DecodeStats, limits: Limits,
                      tap: Tap | None = None) -> tuple[list[Event] | Iterator[Event], bool, Any]:
     """The events of one OTLP/JSON document in document order: ``(events, in time order, fraction)``.
@@ -622,7 +629,8 @@ def _counted(stream: TraceStream, events: Iterable[Event], source: str) -> Itera
 @contextmanager
 def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Limits | None = None,
                spill_dir: Path | None = None, sort_on_disk: bool = False,
-               run_events: int = SORT_RUN_EVENTS, tap: Tap | None = None) -> Iterator[TraceStream]:
+               run_events: int = SORT_RUN_EVENTS, tap: Tap | None = None,
+               detected: tuple[InputFormat, bool] | None = None) -> Iterator[TraceStream]:
     """Open a trace for one pass over its events in time order, holding as few as the input allows.
 
     * JSON Lines, NDJSON and length-delimited protobuf are decoded as they are read. Without
@@ -634,11 +642,13 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
       are already in time order it is streamed and consumed as it goes (its memory is handed
       over to the events); otherwise the events are collected and sorted as :func:`read_trace` does.
       ``tap`` sees its events in document order while they are decoded (:data:`~kvonce_pipeline.mapping.Tap`).
+
+    ``detected`` is :func:`detect_format`'s answer for this path, when the caller has it already.
     """
     limits = limits or Limits()
     stats = DecodeStats()
     source = str(path)
-    detected, compressed = detect_format(path, hint=format, limits=limits)
+    detected, compressed = detected or detect_format(path, hint=format, limits=limits)
     stream = TraceStream(source, detected, compressed, iter(()), stats)
     enabled = gc.isenabled()
     gc.disable()
