@@ -300,33 +300,39 @@ class ForkedProjection(_StagedProjection):
         self._sweep()
 
 class WireEvent(msgspec.Struct, array_like=True, gc=False):
-    """What the fed worker's folds read of an :class:`~kvonce_pipeline.events.Event` (the same
-    attribute names, so they take it as one) and its formatted timestamp, sent as a msgpack array."""
+    """An :class:`~kvonce_pipeline.events.Event` on its way to the fed worker (the same attribute
+    names, so the writers and folds take it as one) with its formatted timestamp, as a msgpack array."""
 
     stamp: Any
+    time_unix_nano: Any
     type: Any
     key: Any
     value: Any
     reason: Any
     context: Any
+    trace_id: Any
+    span_id: Any
+    actor: Any
+    origin: Any
 
 
 class FedProjection(_StagedProjection):
-    """The state sequence and ``kvonce-projection.json`` from a worker fed the events while they are decoded.
+    """The events file, the state sequence and ``kvonce-projection.json`` from a worker fed the
+    events while they are decoded.
 
     For a whole OTLP document the decoder's walk over the spans is the longest serial step. This
     worker, a fresh interpreter (started by :meth:`start`, or at the first :meth:`tap`), receives
-    each run of events the walk makes (msgpack: the fields the folds read, and the formatted
-    timestamp) and folds the state sequence and the per-key projection while the walk goes on;
-    the parent writes the events file and makes the verdict. Forking once the document is
-    decoded (:class:`ForkedProjection`) cannot start before the walk ends, and it costs both
-    sides copy-on-write faults: every object either touches shares a page with the other
-    (measured 435,000 faults, about 2 s of the parent's pass on the 1M-event trace).
+    each run of events the walk makes (msgpack, with the formatted timestamp) and writes the
+    three large files while the walk goes on; when the list is final (:meth:`seal`) the parent
+    makes the verdict, then publishes all files. Forking once the document is decoded
+    (:class:`ForkedProjection`) cannot start before the walk ends, and it costs both sides
+    copy-on-write faults: every object either touches shares a page with the other (measured
+    435,000 faults, about 2 s of the parent's pass on the 1M-event trace).
 
     The tap sees events in document order. When they are not in time order, or the decoder
-    starts over (the typed decoder gave up), the feed is void: :meth:`complete` says so and
-    the caller aborts this worker and makes the projection from the final list the usual way.
-    Both files wait under temporary names until the parent publishes them with its own.
+    starts over (the typed decoder gave up), the feed is void: :meth:`seal` says so and the
+    caller aborts this worker and writes the files from the final list the usual way. The files
+    wait under temporary names until :meth:`publish`.
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -335,9 +341,10 @@ class FedProjection(_StagedProjection):
         from . import artifacts
 
         self._stage(out_dir, "fed")
-        state_target = out_dir / artifacts.STATE_SEQUENCE
-        self.state_target = state_target
-        self.staged_states = state_target.parent / f".{state_target.name}.{os.getpid()}.fed{TEMP_SUFFIX}"
+        #: ``(staged, target)`` of the events file and the state sequence (the projection's are
+        #: ``staged`` and ``target``).
+        self._others = [(target.parent / f".{target.name}.{os.getpid()}.fed{TEMP_SUFFIX}", target)
+                        for target in (out_dir / artifacts.STATE_SEQUENCE, out_dir / artifacts.EVENTS)]
         self._process: subprocess.Popen[bytes] | None = None
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -346,8 +353,6 @@ class FedProjection(_StagedProjection):
         self.sent = 0
         self._last_time = 0
         self.void = False
-        #: The formatted timestamp of every event sent, in order (the events file uses them too).
-        self.stamps: list[str | None] = []
 
     def tap(self, start: int, events: list[Any]) -> None:
         """Take a run of events from the decoder (:data:`kvonce_pipeline.mapping.Tap`)."""
@@ -357,8 +362,7 @@ class FedProjection(_StagedProjection):
             self.void = True  # the decoder started over
             return
         last = self._last_time
-        stamps = self.stamps
-        mark = len(stamps)
+        stamps: list[str | None] = []
         stamp_of = format_timestamp
         for event in events:
             time_ns = event.time_unix_nano
@@ -372,8 +376,8 @@ class FedProjection(_StagedProjection):
             stamps.append(stamp_of(time_ns))
         self._last_time = last
         try:
-            payload = self._encode([(stamp, e.type, e.key, e.value, e.reason, e.context)
-                                    for stamp, e in zip(stamps[mark:], events)])
+            payload = self._encode([(stamp, e.time_unix_nano, e.type, e.key, e.value, e.reason, e.context,
+                                     e.trace_id, e.span_id, e.actor, e.origin) for stamp, e in zip(stamps, events)])
         except Exception:  # noqa: BLE001 - a value msgpack cannot carry: the usual way is exact
             self.void = True
             return
@@ -421,33 +425,37 @@ class FedProjection(_StagedProjection):
         self._sweep()
 
     def publish(self) -> None:
-        """Put both files in place: the state sequence, then the projection (which names it)."""
+        """Put the files in place: the state sequence, the projection (which names it), the events."""
         from .atomic import fsync_directory
 
-        try:
-            os.replace(self.staged_states, self.state_target)
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.state_target}: {exc.strerror or exc}") from exc
-        fsync_directory(self.state_target.parent)
-        super().publish()
+        (states, state_target), (events, events_target) = self._others
+        for staged, target in ((states, state_target), (self.staged, self.target), (events, events_target)):
+            try:
+                os.replace(staged, target)
+            except OSError as exc:
+                raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            fsync_directory(target.parent)
 
     def _sweep(self) -> None:
         from .atomic import sweep_stale_temps
 
-        try:
-            self.staged_states.unlink()
-        except FileNotFoundError:
-            pass
-        sweep_stale_temps(self.staged_states.parent, self.staged_states.name)
+        for staged, _ in self._others:
+            try:
+                staged.unlink()
+            except FileNotFoundError:
+                pass
+            sweep_stale_temps(staged.parent, staged.name)
         super()._sweep()
 
     def start(self) -> None:
         """Start the worker now (otherwise the first :meth:`tap` does)."""
         if self._process is not None:
             return
-        self.staged_states.parent.mkdir(parents=True, exist_ok=True)
+        for staged, _ in self._others:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+        (states, _), (events, _) = self._others
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "kvonce_pipeline.parallel", "--fed", str(self.staged), str(self.staged_states)],
+            [sys.executable, "-m", "kvonce_pipeline.parallel", "--fed", str(events), str(states), str(self.staged)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )
         assert self._process.stdin is not None
@@ -488,9 +496,9 @@ def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def _fed_worker(staged: Path, staged_states: Path) -> int:
+def _fed_worker(events_path: Path, states_path: Path, projection_path: Path) -> int:
     """The fed worker: frames of :class:`WireEvent` arrays on stdin, its result as JSON on stdout."""
-    from .stages import project_per_key
+    from .stages import write_fed_files
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     decode = msgspec.msgpack.Decoder(list[WireEvent]).decode
@@ -510,7 +518,7 @@ def _fed_worker(staged: Path, staged_states: Path) -> int:
             yield from decode(frame)
 
     try:
-        payload = project_per_key(events(), staged, None, None, states_path=staged_states, stamped=True)
+        payload = write_fed_files(events(), events_path, states_path, projection_path)
     except _Incomplete:
         return 3  # the parent went away: nothing was written
     except OutputError as error:
@@ -522,5 +530,5 @@ def _fed_worker(staged: Path, staged_states: Path) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--fed":
-        sys.exit(_fed_worker(Path(sys.argv[2]), Path(sys.argv[3])))
+        sys.exit(_fed_worker(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])))
     sys.exit(_worker(Path(sys.argv[1])))

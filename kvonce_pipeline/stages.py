@@ -194,50 +194,35 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
     return _write_projection_file(builder.per_key_fold, out_dir, states.written)
 
 
-def project_per_key(events: Iterable[Event], path: Path, validator: Validator | None,
-                    input_summary: dict[str, Any] | None, *, states_path: Path | None = None,
-                    stamped: bool = False) -> bytes:
+def project_per_key(events: Iterable[Event], path: Path, validator: Validator,
+                    input_summary: dict[str, Any] | None) -> bytes:
     """``kvonce-projection.json`` (written to ``path``) and the verdict for ``events``, as JSON for the parent.
 
-    The other half of :func:`_write_artifacts_forked` (run in the forked child) and of
-    :func:`_write_artifacts_fed` (run in the fed worker, which writes the state sequence to
-    ``states_path`` instead of the verdict: ``validator`` None). ``stamped``: the events carry
-    their formatted timestamp as ``stamp``.
+    The other half of :func:`_write_artifacts_forked`, run in the forked child.
     """
     per_key = PerKeyFold(share=False)  # the events hold their contexts anyway
-    fold, stamp_of = per_key.fold, format_timestamp
-    observe = validator.observe if validator is not None else _ignore
-    if states_path is None:
-        for index, event in enumerate(events):
-            time_ns = event.time_unix_nano
-            fold(event, None if time_ns is None else stamp_of(time_ns))
-            observe(index, event)
-        state_file = None
-    else:
-        sequence = StateSequence(StateFold())
-        add_state = sequence.add
-        with BackgroundWriter(states_path) as states:
-            for index, event in enumerate(events):
-                if stamped:
-                    stamp = event.stamp  # type: ignore[attr-defined]
-                else:
-                    time_ns = event.time_unix_nano
-                    stamp = None if time_ns is None else stamp_of(time_ns)
-                add_state(index, event, stamp)
-                fold(event, stamp)
-                observe(index, event)
-                if not (index + 1) % BATCH:
-                    states.write(sequence.take())
-            states.write(sequence.close())
-        state_file = states.written
+    fold, observe, stamp_of = per_key.fold, validator.observe, format_timestamp
+    for index, event in enumerate(events):
+        time_ns = event.time_unix_nano
+        fold(event, None if time_ns is None else stamp_of(time_ns))
+        observe(index, event)
     projection, written = _projection_file(per_key, path, entries=False)
-    outcome: dict[str, Any] = {"stats": projection["stats"],
-                               "projection": {"sha256": written.sha256, "size": written.size}}
-    if validator is not None:
-        outcome["report"] = validator.report(input_summary=input_summary)
-    if state_file is not None:
-        outcome["state"] = {"sha256": state_file.sha256, "size": state_file.size}
-    return orjson.dumps(outcome)
+    return orjson.dumps({"stats": projection["stats"], "report": validator.report(input_summary=input_summary),
+                         "projection": {"sha256": written.sha256, "size": written.size}})
+
+
+def write_fed_files(events: Iterable[Any], events_path: Path, states_path: Path, projection_path: Path) -> bytes:
+    """The fed worker's pass (:class:`~kvonce_pipeline.parallel.FedProjection`): the events file,
+    the state sequence and ``kvonce-projection.json`` of stamped events, under the given (staged)
+    names; what the parent needs of them, as JSON."""
+    per_key = PerKeyFold(share=False)  # each context arrived once: nothing to share
+    events_file, state_file = _write_events_and_states(events, projection_path.parent, StateFold(), per_key, None,
+                                                       None, None, paths=(events_path, states_path), stamped=True)
+    projection, written = _projection_file(per_key, projection_path, entries=False)
+    return orjson.dumps({"stats": projection["stats"],
+                         "events": {"sha256": events_file.sha256, "size": events_file.size},
+                         "state": {"sha256": state_file.sha256, "size": state_file.size},
+                         "projection": {"sha256": written.sha256, "size": written.size}})
 
 
 def _write_projection_file(folded: PerKeyFold, out_dir: Path, state_file: Written) -> ProjectionResult:
@@ -403,52 +388,48 @@ def _write_artifacts_forked(
 def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection", *, max_retries: int,
                          strict: bool, input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
                          progress: ProgressCallback | None, total: int | None) -> ArtifactsResult:
-    """The events file and the verdict here; the state sequence and the projection are the fed worker's.
+    """The verdict here; the events file, the state sequence and the projection are the fed worker's.
 
-    The worker was fed while the document was decoded; the verdict is made here, in the pass
-    that writes the events, which would otherwise wait for the worker (measured: it keeps the
-    two processes' shares of the 1M-event run within about a second of each other).
+    The worker was fed while the document was decoded and sealed when its list was final; it
+    finishes its files while this process makes the verdict (the split that kept the two
+    processes' shares of the 1M-event run closest). All files are published together, here.
     """
     validator = Validator(max_retries=max_retries, strict=strict)
-    outcome: dict[str, Any] = {}
-
-    def fed_done() -> None:  # before the events file is renamed: if the worker failed, nothing is
-        outcome.update(fed.finish())
-        fed.publish()
-
+    observe = validator.observe
+    total = total or len(events)
     try:
-        events_file = _write_events_and_observe(events, out_dir, validator, progress, total or len(events),
-                                                before_publish=fed_done, stamps=fed.stamps)
+        for index, event in enumerate(events):
+            observe(index, event)
+            if progress is not None and not (index + 1) % BATCH:
+                progress("write", index + 1, total)
+        outcome = fed.finish()
+        fed.publish()
     except BaseException:
         fed.abort()
         raise
+    if progress is not None:
+        progress("write", len(events), total)
+    events_file = Written(out_dir / artifacts.EVENTS, outcome["events"]["sha256"], outcome["events"]["size"])
     summary = input_summary() if callable(input_summary) else input_summary
     return _with_worker_projection(outcome, events_file, validator.report(input_summary=summary), out_dir)
 
 
-def _write_events_and_observe(events: Iterable[Event], out_dir: Path, validator: Validator | None,
+def _write_events_and_observe(events: Iterable[Event], out_dir: Path, validator: Validator,
                               progress: ProgressCallback | None, total: int | None, *,
                               also: Callable[[bytes], None] | None = None,
-                              before_publish: Callable[[], None] | None = None,
-                              stamps: list[str | None] | None = None) -> Written:
-    """``kvonce-events.ndjson`` and the validator's pass (unless None), while the projection is made elsewhere.
+                              before_publish: Callable[[], None] | None = None) -> Written:
+    """``kvonce-events.ndjson`` and the validator's pass, while the projection is made elsewhere.
 
     ``also`` gets every chunk of NDJSON lines too (the pipe to a projection worker);
     ``before_publish`` runs after the last chunk, before the events file is renamed into place.
-    ``stamps``: the events' formatted timestamps, when they were formatted already.
     """
-    observe = validator.observe if validator is not None else _ignore
-    stamp_of = format_timestamp
+    observe, stamp_of = validator.observe, format_timestamp
     index = -1
     with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out:
         lines: list[EventLine] = []
         for index, event in enumerate(events):
-            if stamps is not None:
-                stamp = stamps[index]
-            else:
-                time_ns = event.time_unix_nano
-                stamp = None if time_ns is None else stamp_of(time_ns)
-            lines.append(event_line(event, stamp))
+            time_ns = event.time_unix_nano
+            lines.append(event_line(event, None if time_ns is None else stamp_of(time_ns)))
             observe(index, event)
             if len(lines) >= BATCH:
                 chunk = encode_lines(lines)
@@ -526,25 +507,32 @@ def _write_artifacts(
 def _write_events_and_states(events: Iterable[Event], out_dir: Path, states: StateFold,
                              per_key: PerKeyFold | None, validator: Validator | None,
                              progress: ProgressCallback | None, total: int | None, *,
-                             before_publish: Callable[[], None] | None = None) -> tuple[Written, Written]:
+                             before_publish: Callable[[], None] | None = None,
+                             paths: tuple[Path, Path] | None = None,
+                             stamped: bool = False) -> tuple[Written, Written]:
     """The one pass: events file, state sequence and the validator, each timestamp formatted once.
 
     ``per_key`` and ``validator`` None: the per-key projection and the verdict are made
     elsewhere (the forked child's half). ``before_publish`` runs after the last event, before
-    either file is renamed into place.
+    either file is renamed into place. ``paths``: where the events file and the state sequence
+    go instead of ``out_dir`` (the fed worker's staged names). ``stamped``: the events carry
+    their formatted timestamp as ``stamp``.
     """
     sequence = StateSequence(states)
     add_state = sequence.add
     fold = per_key.fold if per_key is not None else _ignore
     observe = validator.observe if validator is not None else _ignore
     stamp_of = format_timestamp
+    events_path, states_path = paths or (out_dir / artifacts.EVENTS, out_dir / artifacts.STATE_SEQUENCE)
     index = -1
-    with BackgroundWriter(out_dir / artifacts.EVENTS) as event_out, \
-            BackgroundWriter(out_dir / artifacts.STATE_SEQUENCE) as state_out:
+    with BackgroundWriter(events_path) as event_out, BackgroundWriter(states_path) as state_out:
         lines: list[EventLine] = []
         for index, event in enumerate(events):
-            time_ns = event.time_unix_nano
-            stamp = None if time_ns is None else stamp_of(time_ns)
+            if stamped:
+                stamp = event.stamp  # type: ignore[attr-defined]
+            else:
+                time_ns = event.time_unix_nano
+                stamp = None if time_ns is None else stamp_of(time_ns)
             lines.append(event_line(event, stamp))
             add_state(index, event, stamp)
             fold(event, stamp)
