@@ -20,6 +20,7 @@ from typing import Any
 from .errors import InputError, OutputError
 from .events import Event
 from .limits import Limits
+from .mapping import Tap
 from .parallel import FedProjection
 from .reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error
@@ -98,41 +99,75 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
         raise
 
 
+class WholeDocumentFeed:
+    """The fed worker of one pass (:class:`~kvonce_pipeline.parallel.FedProjection`), when there is one.
+
+    Only a whole document on two cores gets one (streams have the pipe worker); it is started
+    before the document is read. Pass :attr:`tap` and :attr:`detected` to ``open_trace``, then
+    :meth:`handoff` the reader's list to ``write_artifacts``. Made with :func:`whole_document_feed`,
+    which stops the worker if the pass fails.
+    """
+
+    def __init__(self, input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool) -> None:
+        self.detected = detect_format(input_path, hint=format, limits=limits)
+        self._fed: FedProjection | None = None
+        if parallel and self.detected[0] not in STREAMABLE:
+            self._fed = FedProjection(out)
+            self._fed.start()  # the worker's interpreter starts while the document is read
+
+    @property
+    def tap(self) -> Tap | None:
+        return self._fed.tap if self._fed is not None else None
+
+    def handoff(self, listed: list[Event] | None) -> FedProjection | None:
+        """The worker, sealed, if it was fed exactly ``listed``; otherwise it is stopped and None
+        (a stream, a document sorted or decoded again after the tap saw it)."""
+        fed = self._fed
+        if fed is not None and not (listed is not None and fed.seal(len(listed))):
+            self.abort()
+        return self._fed
+
+    def abort(self) -> None:
+        if self._fed is not None:
+            self._fed.abort()
+            self._fed = None
+
+
+@contextmanager
+def whole_document_feed(input_path: str | Path, out: Path, *, format: str, limits: Limits,
+                        parallel: bool) -> Iterator[WholeDocumentFeed]:
+    feed = WholeDocumentFeed(input_path, out, format=format, limits=limits, parallel=parallel)
+    try:
+        yield feed
+    except BaseException:
+        feed.abort()
+        raise
+
+
 def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
               progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
     parallel = use_parallel(input_path, options.parallel)
-    fed = None
-    detected = detect_format(input_path, hint=options.format, limits=options.limits)
-    if parallel and detected[0] not in STREAMABLE:
-        fed = FedProjection(out)
-        fed.start()  # the worker's interpreter starts while the document is read
-    try:
-        with open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
-                        sort_on_disk=sort_on_disk, run_events=options.sort_run_events,
-                        tap=fed.tap if fed is not None else None, detected=detected) as trace:
-            report_progress = None
-            if progress is not None:
-                def report_progress(stage: str, done: int, total: int | None) -> None:
-                    fraction = trace.fraction() if trace.fraction is not None else None
-                    estimate = int(done / fraction) if fraction else None
-                    progress(stage, done, total if total is not None else estimate)
+    with whole_document_feed(input_path, out, format=options.format, limits=options.limits,
+                             parallel=parallel) as feed, \
+            open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
+                       sort_on_disk=sort_on_disk, run_events=options.sort_run_events,
+                       tap=feed.tap, detected=feed.detected) as trace:
+        report_progress = None
+        if progress is not None:
+            def report_progress(stage: str, done: int, total: int | None) -> None:
+                fraction = trace.fraction() if trace.fraction is not None else None
+                estimate = int(done / fraction) if fraction else None
+                progress(stage, done, total if total is not None else estimate)
 
-            events = trace.events
-            if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
-                events, trace.count = trace.listed, len(trace.listed)
-                if not events:
-                    next(trace.events, None)  # raises "no kvonce events", naming the spans seen
-            if fed is not None and not (trace.listed is not None and fed.seal(len(trace.listed))):
-                fed.abort()  # not fed this very list (a stream, a sorted or re-decoded document)
-                fed = None
-            result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
-                                     input_summary=trace.summary, progress=report_progress,
-                                     parallel=parallel, fed=fed).validation
-            park(trace.listed)  # a million events take most of a second to free: not before exit
-    except BaseException:
-        if fed is not None:
-            fed.abort()
-        raise
+        events = trace.events
+        if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
+            events, trace.count = trace.listed, len(trace.listed)
+            if not events:
+                next(trace.events, None)  # raises "no kvonce events", naming the spans seen
+        result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
+                                 input_summary=trace.summary, progress=report_progress,
+                                 parallel=parallel, fed=feed.handoff(trace.listed)).validation
+        park(trace.listed)  # a million events take most of a second to free: not before exit
     return ConformanceResult(result.valid, result.report, out)
 
 

@@ -1,20 +1,27 @@
-"""The projection on the second core: a forked child, or a worker process fed the events file's bytes.
+"""The second core: the helpers that write part of a run's artifacts in another process.
 
-When the events are already in memory (a whole OTLP document, decoded at once) the parent forks
-(:class:`ForkedProjection`): the child sees the same list copy-on-write, so nothing is sent,
-parsed or pickled, and it writes the projection files while the parent writes the events and
-the verdict. Streamed inputs have no list to share; for them, and where ``fork`` is not safe to
-use (not Linux), the projection runs in a fresh interpreter (:class:`ProjectionWorker`):
+* :class:`FedProjection` (a whole OTLP document, the usual case for big inputs): a fresh
+  interpreter, started before the document is read, receives the events over a pipe while the
+  decoder makes them (msgpack frames from the reader's tap, :data:`kvonce_pipeline.mapping.Tap`)
+  and writes the events file, the state sequence and the per-key projection; the parent makes
+  the verdict and publishes everything. Measured on the 1M-event trace it overlaps the files with
+  the decoding, which no helper started after the decoding can.
+* :class:`ForkedProjection`: when the feed is void (the document was out of time order and had to
+  be sorted first), a forked child shares the final list copy-on-write and folds the per-key
+  projection and the verdict while the parent writes the events and the state sequence.
+* :class:`ProjectionWorker`: for streamed inputs (NDJSON, JSON Lines, length-delimited
+  protobuf), and where ``fork`` is not safe (not Linux), a fresh interpreter reads the NDJSON
+  lines the parent writes to ``kvonce-events.ndjson`` anyway, from a pipe, and writes the state
+  sequence and the projection itself.
 
-Profiling the one-pass writer on a 1M-event trace put the projection (fold, state entry, JSON)
-at about 40% of the pass, and it needs nothing from the other stages but the events. The worker
-is a fresh interpreter (no fork of a multi-gigabyte parent, no pickle) that reads the NDJSON
-lines the parent writes to ``kvonce-events.ndjson`` anyway, from a pipe, and writes the state
-sequence and the projection itself, byte for byte what :func:`kvonce_pipeline.stages.write_projection`
-writes (the tests compare). Its result (stats, sha256 and sizes) comes back as one JSON line.
+Every helper's files are byte for byte what the sequential pass writes (the tests compare). The
+fed worker's and the forked child's wait under temporary names until the parent, its own part
+done, publishes them; the stream worker renames its two files itself once the parent has sent
+the end of the events.
 
-Protocol on the worker's stdin: NDJSON event lines, then the line ``\\x00end``. A pipe that
-closes without it (the parent failed) makes the worker discard its temporary files.
+Protocol on the stream worker's stdin: NDJSON event lines, then the line ``\\x00end``; on the fed
+worker's: frames of a 4-byte little-endian length and a msgpack array of :class:`WireEvent`,
+then a frame of length 0. A pipe that closes without the end makes either discard its files.
 """
 
 from __future__ import annotations

@@ -379,6 +379,31 @@ def test_the_projection_schema_still_catches_inconsistent_counts(tmp_path: Path)
 # --- collecting while the source is decoded -------------------------------------------------------
 
 
+def test_a_whole_document_feeds_the_worker_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document held whole (several lines, so not JSON Lines) goes to the fed worker in the step
+    too; the files are the sequential CLI pass's, byte for byte."""
+    from kvonce_pipeline import parallel
+
+    finished: list[int] = []
+    real_finish = parallel.FedProjection.finish
+
+    def counting_finish(self: parallel.FedProjection) -> dict[str, Any]:
+        finished.append(self.sent)
+        return real_finish(self)
+
+    monkeypatch.setattr(parallel.FedProjection, "finish", counting_finish)
+    payload = tmp_path / "trace.json"
+    generate(payload, GenerateOptions(events=6000, keys=2000, violations=0.01, batch_spans=500))
+    payload.write_bytes(orjson.dumps(orjson.loads(payload.read_bytes()), option=orjson.OPT_INDENT_2))
+    result = materialize(build_conformance_assets(parallel=True), payload, tmp_path / "dagster")
+    assert finished == [6000], "the step's pass was fed while the document was decoded"
+    assert [m.asset_key.to_user_string() for m in result.get_asset_materialization_events()] == list(ASSET_NAMES)
+    run_conformance(payload, tmp_path / "cli", ConformanceOptions(parallel=False))
+    for name in (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE):
+        assert (tmp_path / "dagster" / "trace" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "dagster" / "trace").rglob(".*")) == []
+
+
 def test_a_lenient_document_is_judged_from_its_rewritten_copy(sample_otlp: Path, tmp_path: Path) -> None:
     """snake_case names: the copy is a rewrite, not the source's bytes, so the pass reads the copy."""
     payload = tmp_path / "snake.json"

@@ -455,14 +455,17 @@ def _write_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out
     """Decode ``path`` and write every artifact, as the CLI does (:func:`conformance.run_conformance`).
 
     The events reach ``write_artifacts`` as the CLI hands them over: the reader's list when the
-    document was held whole (always, for a collected payload: a single OTLP/JSON document), which
-    a forked projection child can share. The ``events_schema`` columns and the variant's observer
+    document was held whole (always, for a collected payload: a single OTLP/JSON document), with
+    the worker that was fed them while they were decoded (or a forked projection child that
+    shares the list, when the feed was void). The ``events_schema`` columns and the variant's observer
     then read that list; from a stream they are taps on the way into the writers instead.
     """
     observer = hooks.observer(context, settings)
     columns: stages.EventColumns | None = None
-    with reader.open_trace(path, format=hint, limits=settings.limits(), spill_dir=out_dir,
-                           sort_on_disk=True) as trace:
+    limits = settings.limits()
+    with conformance.whole_document_feed(path, out_dir, format=hint, limits=limits, parallel=use_parallel) as feed, \
+            reader.open_trace(path, format=hint, limits=limits, spill_dir=out_dir, sort_on_disk=True,
+                              tap=feed.tap, detected=feed.detected) as trace:
         clock.lap("decode")
         progress = log_progress(context.log)  # its rates count from here, where the writing starts
 
@@ -497,7 +500,7 @@ def _write_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out
         context.log.info(f"decoded {path}; writing the artifacts")
         written = stages.write_artifacts(stream, out_dir, max_retries=settings.max_retries, strict=settings.strict,
                                          input_summary=input_summary, progress=report_progress,
-                                         parallel=use_parallel)
+                                         parallel=use_parallel, fed=feed.handoff(listed))
     clock.lap("pass")
     return _Read(trace.summary(), written, observer, listed, columns)
 
