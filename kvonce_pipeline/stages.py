@@ -303,7 +303,8 @@ def write_artifacts(
     (:mod:`kvonce_pipeline.parallel`); the files are the same, but the returned projection then
     holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that). ``fed`` is a
     :class:`~kvonce_pipeline.parallel.FedProjection` that was sent exactly ``events`` (a list)
-    while they were decoded: it makes the state sequence and the projection, this process the rest.
+    while they were decoded: it writes the events file, the state sequence and the projection, and
+    this process makes the verdict.
     """
     if fed is not None:
         with gc_paused():
