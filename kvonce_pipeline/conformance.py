@@ -108,8 +108,10 @@ class WholeDocumentFeed:
     which stops the worker if the pass fails.
     """
 
-    def __init__(self, input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool) -> None:
+    def __init__(self, input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool,
+                 progress: ProgressCallback | None = None) -> None:
         self.detected = detect_format(input_path, hint=format, limits=limits)
+        self._progress = progress
         self._fed: FedProjection | None = None
         if parallel and self.detected[0] not in STREAMABLE:
             self._fed = FedProjection(out)
@@ -117,7 +119,17 @@ class WholeDocumentFeed:
 
     @property
     def tap(self) -> Tap | None:
-        return self._fed.tap if self._fed is not None else None
+        """The decoder's tap; it also reports progress (``decode``), the fed run's longest stage."""
+        fed, progress = self._fed, self._progress
+        if fed is None or progress is None:
+            return fed.tap if fed is not None else None
+
+        def tap(start: int, events: list[Event]) -> None:
+            fed.tap(start, events)
+            if not fed.void:
+                progress("decode", fed.sent, None)
+
+        return tap
 
     def handoff(self, listed: list[Event] | None) -> FedProjection | None:
         """The worker, sealed, if it was fed exactly ``listed``; otherwise it is stopped and None
@@ -134,9 +146,9 @@ class WholeDocumentFeed:
 
 
 @contextmanager
-def whole_document_feed(input_path: str | Path, out: Path, *, format: str, limits: Limits,
-                        parallel: bool) -> Iterator[WholeDocumentFeed]:
-    feed = WholeDocumentFeed(input_path, out, format=format, limits=limits, parallel=parallel)
+def whole_document_feed(input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool,
+                        progress: ProgressCallback | None = None) -> Iterator[WholeDocumentFeed]:
+    feed = WholeDocumentFeed(input_path, out, format=format, limits=limits, parallel=parallel, progress=progress)
     try:
         yield feed
     except BaseException:
@@ -148,7 +160,7 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
               progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
     parallel = use_parallel(input_path, options.parallel)
     with whole_document_feed(input_path, out, format=options.format, limits=options.limits,
-                             parallel=parallel) as feed, \
+                             parallel=parallel, progress=progress) as feed, \
             open_trace(input_path, format=options.format, limits=options.limits, spill_dir=out,
                        sort_on_disk=sort_on_disk, run_events=options.sort_run_events,
                        tap=feed.tap, detected=feed.detected) as trace:

@@ -397,19 +397,16 @@ def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection
     """
     validator = Validator(max_retries=max_retries, strict=strict)
     observe = validator.observe
-    total = total or len(events)
     try:
-        for index, event in enumerate(events):
+        for index, event in enumerate(events):  # a second or so: progress came with the decoding
             observe(index, event)
-            if progress is not None and not (index + 1) % BATCH:
-                progress("write", index + 1, total)
         outcome = fed.finish()
         fed.publish()
     except BaseException:
         fed.abort()
         raise
     if progress is not None:
-        progress("write", len(events), total)
+        progress("write", len(events), total or len(events))
     events_file = Written(out_dir / artifacts.EVENTS, outcome["events"]["sha256"], outcome["events"]["size"])
     summary = input_summary() if callable(input_summary) else input_summary
     return _with_worker_projection(outcome, events_file, validator.report(input_summary=summary), out_dir)

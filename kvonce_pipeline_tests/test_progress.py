@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from kvonce_pipeline.cli import main
-from kvonce_pipeline.conformance import run_conformance
+from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.generate import GenerateOptions, generate
 from kvonce_pipeline.progress import ConsoleProgress, describe, log_progress
 from kvonce_pipeline.stages import BATCH
@@ -75,6 +75,22 @@ def test_the_pipeline_reports_per_batch_not_per_event(tmp_path: Path) -> None:
     run_conformance(path, tmp_path / "out", progress=lambda *args: calls.append(args))
     assert 3 <= len(calls) <= 5  # one per batch, one at the end: the cost is per batch
     assert calls[-1][1] == 3 * BATCH + 17
+    assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
+
+
+def test_a_fed_document_reports_while_it_is_decoded(tmp_path: Path) -> None:
+    """A whole document on two cores: progress comes from the decoder's tap (the longest stage),
+    once per run of events, then once at the end; the counts only grow."""
+    import orjson
+
+    path = tmp_path / "t.json"
+    generate(path, GenerateOptions(events=5 * BATCH + 17, keys=900, batch_spans=BATCH // 2))
+    path.write_bytes(orjson.dumps(orjson.loads(path.read_bytes()), option=orjson.OPT_INDENT_2))  # a document
+    calls: list[tuple[str, int, int | None]] = []
+    run_conformance(path, tmp_path / "out", ConformanceOptions(parallel=True),
+                    progress=lambda *args: calls.append(args))
+    assert [stage for stage, _, _ in calls[:-1]] == ["decode"] * (len(calls) - 1) and 3 <= len(calls) <= 7
+    assert calls[-1] == ("write", 5 * BATCH + 17, 5 * BATCH + 17)
     assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
 
 
