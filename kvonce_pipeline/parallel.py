@@ -491,9 +491,10 @@ class FedProjection(_StagedProjection):
 def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
     """Give a pipe a megabyte of buffer (Linux; elsewhere, or beyond the system's limit, keep it).
 
-    With the default 64 KiB the feeding thread blocks every 64 KiB and must then win the GIL
-    back from the walk, which holds it for up to the 5 ms switch interval: measured, that held
-    the fed worker to about half its speed on the 1M-event trace.
+    With the default 64 KiB the feeding thread blocks within every frame and must then win the
+    GIL back from the walk (up to the 5 ms switch interval) to go on; a megabyte holds a few
+    frames. A margin, not a measured gain: on the 1M-event trace the worker's real stall was
+    waiting for the end of the feed (now sent as soon as the list is final, :meth:`FedProjection.seal`).
     """
     try:
         import fcntl
