@@ -102,6 +102,11 @@ class DropHooks(ConformanceHooks):
         return {"name": found.name, "path": str(found.path), "sha256": found.sha256, "bytes": found.size,
                 "arrivedAt": found.arrived_at}
 
+    def payload_name(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path) -> str:
+        """The dropped file as the user put it in the drop folder (the step found it by content)."""
+        fields = self._source_fields(context, settings)
+        return str(fields["path"] or fields["name"] or source)
+
     def check_collected(self, source: Path, spans: int, kvonce_spans: int) -> InputError | None:
         """A dropped payload without kvonce spans is unusable, and its error must name the file."""
         if kvonce_spans:
