@@ -10,6 +10,7 @@ two-core machine; the deadline leaves room for a loaded one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from kvonce_pipeline.envelope import ENVELOPE
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 
+pytestmark = pytest.mark.e2e
 DEADLINE_S = 100
 VALID = (b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"alpha","value":"v1"}\n'
          b'{"timestamp":"2025-10-04T06:00:01.000Z","type":"retry","key":"beta"}\n'
@@ -45,11 +47,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _key(name: str, data: bytes) -> str:
+def key_for(name: str, data: bytes) -> str:
     return drops.partition_key_for(name, hashlib.sha256(data).hexdigest())
 
 
-def _drop(folder: Path, name: str, data: bytes) -> None:
+def drop(folder: Path, name: str, data: bytes) -> None:
     """Drop the way the collector does: a temporary dot-name, then one rename."""
     tmp = folder / f".{name}.x1.tmp"
     tmp.write_bytes(data)
@@ -96,14 +98,17 @@ class Dagit:
         return data["sensorOrError"]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
+@contextlib.contextmanager
+def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = ()) -> Iterator[tuple[Dagit, Path, Path]]:
+    """``dagster dev`` on 127.0.0.1 and a free port, with a temporary ``DAGSTER_HOME``, drop folder and
+    reports folder (``payloads`` are dropped before it starts); its whole process group is stopped
+    on the way out, whatever happened."""
     home, drop_dir, reports = tmp_path / "home", tmp_path / "drops", tmp_path / "reports"
     for folder in (home, drop_dir, reports):
         folder.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    _drop(drop_dir, "first.ndjson", VALID)
-    _drop(drop_dir, "broken.ndjson", BROKEN)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    for name, data in payloads:
+        drop(drop_dir, name, data)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
            "DAGSTER_HOME": str(home), "KVONCE_DROP_DIR": str(drop_dir), "KVONCE_REPORTS_DIR": str(reports),
@@ -132,7 +137,13 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
         log.close()
 
 
-def _wait(dagit: Dagit, what: str, deadline: float, check) -> Any:
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
+    with running_dagster_dev(tmp_path, [("first.ndjson", VALID), ("broken.ndjson", BROKEN)]) as running:
+        yield running
+
+
+def wait_for(dagit: Dagit, what: str, deadline: float, check) -> Any:
     while time.monotonic() < deadline:
         value = check()
         if value:
@@ -141,7 +152,7 @@ def _wait(dagit: Dagit, what: str, deadline: float, check) -> Any:
     raise AssertionError(f"timed out waiting for {what}; dagster dev's log ends:\n{dagit.log_tail()}")
 
 
-def _finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
+def finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
     done = {r["partition"] for r in runs if r["status"] in ("SUCCESS", "FAILURE")}
     return keys <= done
 
@@ -149,21 +160,21 @@ def _finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
 def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev) -> None:
     dagit, drop_dir, reports = dagster_dev
     deadline = time.monotonic() + DEADLINE_S
-    _wait(dagit, "the webserver", deadline, dagit.up)
-    sensor = _wait(dagit, "the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
+    wait_for(dagit, "the webserver", deadline, dagit.up)
+    sensor = wait_for(dagit, "the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
     assert sensor["status"] == "RUNNING"  # running by default, nobody switched it on
 
-    first, broken = _key("first.ndjson", VALID), _key("broken.ndjson", BROKEN)
-    _wait(dagit, "the first two runs", deadline, lambda: _finished(dagit.drop_runs(), {first, broken}))
-    _drop(drop_dir, "late.ndjson", LATE)  # arrives while everything runs
-    late = _key("late.ndjson", LATE)
-    _wait(dagit, "the late payload's run", deadline, lambda: _finished(dagit.drop_runs(), {first, broken, late}))
+    first, broken = key_for("first.ndjson", VALID), key_for("broken.ndjson", BROKEN)
+    wait_for(dagit, "the first two runs", deadline, lambda: finished(dagit.drop_runs(), {first, broken}))
+    drop(drop_dir, "late.ndjson", LATE)  # arrives while everything runs
+    late = key_for("late.ndjson", LATE)
+    wait_for(dagit, "the late payload's run", deadline, lambda: finished(dagit.drop_runs(), {first, broken, late}))
     for key in (first, broken, late):
         assert (reports / "trace" / key / ENVELOPE).is_file(), key
 
     # Let the sensor tick again after the last run: nothing may be launched twice.
     last_run_tick = max(t["timestamp"] for t in dagit.sensor()["sensorState"]["ticks"] if t["runIds"])
-    _wait(dagit, "a later tick", deadline, lambda: any(
+    wait_for(dagit, "a later tick", deadline, lambda: any(
         t["timestamp"] > last_run_tick and t["status"] in ("SKIPPED", "SUCCESS")
         for t in dagit.sensor()["sensorState"]["ticks"]))
     runs = dagit.drop_runs()
@@ -187,4 +198,4 @@ def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev) ->
         except (FileNotFoundError, ValueError):
             return set()
 
-    assert _wait(dagit, "the store", deadline, lambda: store_partitions() >= {first, late})
+    assert wait_for(dagit, "the store", deadline, lambda: store_partitions() >= {first, late})
