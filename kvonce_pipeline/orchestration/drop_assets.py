@@ -225,6 +225,9 @@ drop_assets = build_conformance_assets(
     hooks=drop_hooks,
 )
 DROP_VALIDATION_KEY = dg.AssetKey([PREFIX, "kvonce_validation"])
+#: Materialized for every payload that was judged, valid or not (its key facts are written by then):
+#: the store's trigger. The validation asset is not, since a violation is its failed materialization.
+DROP_JUDGED_KEY = dg.AssetKey([PREFIX, "kvonce_projection"])
 STORE_KEY = dg.AssetKey([PREFIX, "kvonce_store"])
 STORE_CODE_VERSION = hashlib.sha256(inspect.getsource(store).encode()).hexdigest()[:12]
 
