@@ -128,6 +128,13 @@ def _unusable(tmp_path: Path, sample_otlp: Path) -> Path:
     return payload
 
 
+def _truncated(tmp_path: Path, sample_otlp: Path) -> Path:
+    """A JSON document cut short: collected byte for byte, it fails in the pass over the copy."""
+    payload = tmp_path / "cut.json"
+    payload.write_text('{"resourceSpans":\n')
+    return payload
+
+
 def _violating(tmp_path: Path, sample_otlp: Path) -> Path:
     payload = tmp_path / "bad.json"
     payload.write_bytes(sample_otlp.read_bytes().replace(b'"retry"', b'"success"', 1))
@@ -139,6 +146,7 @@ def _violating(tmp_path: Path, sample_otlp: Path) -> Path:
     (_violating, 1, r"^[2-9] violations in {payload}:\n\n\| severity \| rule \| key \| event \| where \| message \|\n"
                     r"\|---\|---\|---\|---\|---\|---\|\n\| error \|(.|\n)*\| multiple-success \| beta \| 4 \|"),
     (_unusable, 2, r"^unusable input: {payload}: line 1: field 'key' must be a string\b"),
+    (_truncated, 2, r"^unusable input: {payload}: line 2: not valid JSON .*\(read from its collected copy "),
 ])
 def test_the_run_verdict_reads_the_runs_record_into_the_clis_exit_codes(tmp_path: Path, sample_otlp: Path,
                                                                          make_payload, code: int,

@@ -161,9 +161,15 @@ def _schema_check(name: str, asset_key: dg.AssetKey, outcome: schemas.SchemaOutc
 
 def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = NO_HOOKS,
                    context: dg.AssetExecutionContext | None = None,
-                   settings: KvonceSettings | None = None) -> dg.Failure:
+                   settings: KvonceSettings | None = None, source: Path | None = None) -> dg.Failure:
     if context is not None and settings is not None:
         error = hooks.explain(context, settings, error)
+    collected = str(out_dir / artifacts.COLLECTED)
+    if source is not None and error.source == collected and str(source) != collected:
+        # The pass read our collected copy (a byte copy, or a rewrite that keeps resources, scopes
+        # and spans in order): name the file the user gave, and the copy the place is counted in.
+        error = InputError(str(source), f"{error.message} (read from its collected copy {collected})",
+                           where=error.where)
     stages.write_input_error(error, out_dir)
     if context is not None and settings is not None:
         hooks.unusable(context, settings, out_dir, error)
@@ -370,14 +376,14 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
             try:
                 collected = collecting.result()
             except InputError as collect_error:
-                raise _input_failure(collect_error, out_dir, hooks, context, settings) from None
+                raise _input_failure(collect_error, out_dir, hooks, context, settings, source) from None
             finally:
                 collecting.close()
             spans = _collected_or_none(checks)
             unusable = None if spans is None else hooks.check_collected(source, spans.spans, spans.kvonce_spans)
             if spans is not None and unusable is None:
                 yield _collected_result(context, settings, keys, hooks, source, collected, spans)
-            raise _input_failure(unusable or error, out_dir, hooks, context, settings) from None
+            raise _input_failure(unusable or error, out_dir, hooks, context, settings, source) from None
         collected = done.collected
         try:
             spans = checks.collected()
@@ -391,7 +397,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
     context.log.info(f"step timings: {clock}")
     unusable = hooks.check_collected(source, spans.spans, spans.kvonce_spans)
     if unusable is not None:
-        raise _input_failure(unusable, out_dir, hooks, context, settings)
+        raise _input_failure(unusable, out_dir, hooks, context, settings, source)
     yield _collected_result(context, settings, keys, hooks, source, collected, spans)
     yield from _stage_results(context, settings, keys, hooks, out_dir, collected, done)
 
