@@ -47,11 +47,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def key_for(name: str, data: bytes) -> str:
+def _key(name: str, data: bytes) -> str:
     return drops.partition_key_for(name, hashlib.sha256(data).hexdigest())
 
 
-def drop(folder: Path, name: str, data: bytes) -> None:
+def _drop(folder: Path, name: str, data: bytes) -> None:
     """Drop the way the collector does: a temporary dot-name, then one rename."""
     tmp = folder / f".{name}.x1.tmp"
     tmp.write_bytes(data)
@@ -99,7 +99,8 @@ class Dagit:
 
 
 @contextlib.contextmanager
-def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = ()) -> Iterator[tuple[Dagit, Path, Path]]:
+def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = (),
+                        ) -> Iterator[tuple[Dagit, Path, Path]]:
     """``dagster dev`` on 127.0.0.1 and a free port, with a temporary ``DAGSTER_HOME``, drop folder and
     reports folder (``payloads`` are dropped before it starts); its whole process group is stopped
     on the way out, whatever happened."""
@@ -108,7 +109,7 @@ def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = 
         folder.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     for name, data in payloads:
-        drop(drop_dir, name, data)
+        _drop(drop_dir, name, data)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
            "DAGSTER_HOME": str(home), "KVONCE_DROP_DIR": str(drop_dir), "KVONCE_REPORTS_DIR": str(reports),
@@ -143,7 +144,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
         yield running
 
 
-def wait_for(dagit: Dagit, what: str, deadline: float, check) -> Any:
+def _wait(dagit: Dagit, what: str, deadline: float, check) -> Any:
     while time.monotonic() < deadline:
         value = check()
         if value:
@@ -152,7 +153,7 @@ def wait_for(dagit: Dagit, what: str, deadline: float, check) -> Any:
     raise AssertionError(f"timed out waiting for {what}; dagster dev's log ends:\n{dagit.log_tail()}")
 
 
-def finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
+def _finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
     done = {r["partition"] for r in runs if r["status"] in ("SUCCESS", "FAILURE")}
     return keys <= done
 
@@ -160,21 +161,21 @@ def finished(runs: list[dict[str, Any]], keys: set[str]) -> bool:
 def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev) -> None:
     dagit, drop_dir, reports = dagster_dev
     deadline = time.monotonic() + DEADLINE_S
-    wait_for(dagit, "the webserver", deadline, dagit.up)
-    sensor = wait_for(dagit, "the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
+    _wait(dagit, "the webserver", deadline, dagit.up)
+    sensor = _wait(dagit, "the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
     assert sensor["status"] == "RUNNING"  # running by default, nobody switched it on
 
-    first, broken = key_for("first.ndjson", VALID), key_for("broken.ndjson", BROKEN)
-    wait_for(dagit, "the first two runs", deadline, lambda: finished(dagit.drop_runs(), {first, broken}))
-    drop(drop_dir, "late.ndjson", LATE)  # arrives while everything runs
-    late = key_for("late.ndjson", LATE)
-    wait_for(dagit, "the late payload's run", deadline, lambda: finished(dagit.drop_runs(), {first, broken, late}))
+    first, broken = _key("first.ndjson", VALID), _key("broken.ndjson", BROKEN)
+    _wait(dagit, "the first two runs", deadline, lambda: _finished(dagit.drop_runs(), {first, broken}))
+    _drop(drop_dir, "late.ndjson", LATE)  # arrives while everything runs
+    late = _key("late.ndjson", LATE)
+    _wait(dagit, "the late payload's run", deadline, lambda: _finished(dagit.drop_runs(), {first, broken, late}))
     for key in (first, broken, late):
         assert (reports / "trace" / key / ENVELOPE).is_file(), key
 
     # Let the sensor tick again after the last run: nothing may be launched twice.
     last_run_tick = max(t["timestamp"] for t in dagit.sensor()["sensorState"]["ticks"] if t["runIds"])
-    wait_for(dagit, "a later tick", deadline, lambda: any(
+    _wait(dagit, "a later tick", deadline, lambda: any(
         t["timestamp"] > last_run_tick and t["status"] in ("SKIPPED", "SUCCESS")
         for t in dagit.sensor()["sensorState"]["ticks"]))
     runs = dagit.drop_runs()
@@ -198,4 +199,4 @@ def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev) ->
         except (FileNotFoundError, ValueError):
             return set()
 
-    assert wait_for(dagit, "the store", deadline, lambda: store_partitions() >= {first, late})
+    assert _wait(dagit, "the store", deadline, lambda: store_partitions() >= {first, late})

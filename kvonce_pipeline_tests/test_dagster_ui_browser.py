@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .test_dagster_dev_e2e import Dagit, drop, finished, key_for, running_dagster_dev, wait_for
+from .test_dagster_dev_e2e import Dagit, _drop, _finished, _key, _wait, running_dagster_dev
 
 pytestmark = pytest.mark.e2e
 
@@ -168,16 +168,16 @@ def test_each_payload_shows_its_own_verdict_on_its_partition(tmp_path: Path, bro
     page = browser_page
     with running_dagster_dev(tmp_path) as (dagit, drop_dir, reports):
         deadline = time.monotonic() + DEADLINE_S
-        wait_for(dagit, "the webserver", deadline, dagit.up)
-        bad, good = key_for("violating.ndjson", VIOLATING), key_for("valid.ndjson", VALID)
-        drop(drop_dir, "violating.ndjson", VIOLATING)
-        wait_for(dagit, "the violating payload's run", deadline, lambda: finished(dagit.drop_runs(), {bad}))
-        drop(drop_dir, "valid.ndjson", VALID)  # after the failure: it must not turn the violation green
-        wait_for(dagit, "the valid payload's run", deadline, lambda: finished(dagit.drop_runs(), {bad, good}))
+        _wait(dagit, "the webserver", deadline, dagit.up)
+        bad, good = _key("violating.ndjson", VIOLATING), _key("valid.ndjson", VALID)
+        _drop(drop_dir, "violating.ndjson", VIOLATING)
+        _wait(dagit, "the violating payload's run", deadline, lambda: _finished(dagit.drop_runs(), {bad}))
+        _drop(drop_dir, "valid.ndjson", VALID)  # after the failure: it must not turn the violation green
+        _wait(dagit, "the valid payload's run", deadline, lambda: _finished(dagit.drop_runs(), {bad, good}))
         assert (_run_of(dagit, bad)["status"], _run_of(dagit, good)["status"]) == ("FAILURE", "SUCCESS")
 
         # The API: the violating partition failed, the valid one is materialized; the check agrees.
-        statuses = wait_for(dagit, "the partition statuses", deadline, lambda: _statuses(dagit))
+        statuses = _wait(dagit, "the partition statuses", deadline, lambda: _statuses(dagit))
         assert statuses["assetPartitionStatuses"] == {"materializedPartitions": [good], "failedPartitions": [bad]}
         check = statuses["assetCheckOrError"]["partitionStatuses"]
         assert check == {"succeededPartitions": [good], "failedPartitions": [bad]}

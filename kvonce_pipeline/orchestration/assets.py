@@ -15,8 +15,9 @@ carries its artifact's path, sha256 and counts, with the sha256 as its data vers
 Pandera checks stay blocking: a failed check fails the step (and the run, and ``dagster job
 execute``) after all four materializations are recorded. A violation fails the step too, but
 with the verdict as its message and without materializing ``kvonce_validation``, so that the
-asset (in the drop graph, the payload's partition) shows failed in the UI (:class:`Violations`). Their tables are built from what the
-pass already has (the decoded event list) or by cheap typed decoding. When the input is large
+asset (in the drop graph, the payload's partition) shows failed in the UI (:class:`Violations`).
+The checks' tables are built from what the pass already has (the decoded event list) or by cheap
+typed decoding. When the input is large
 enough for the pass to be parallel, the work that needs only files runs in low-priority worker
 processes beside it (:mod:`kvonce_pipeline.orchestration.schema_worker`): the collected copy of
 a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
