@@ -19,7 +19,9 @@ from .orchestration.sensors import kvonce_drop_sensor
 conformance_assets = build_conformance_assets()
 
 #: The CI path: ``dagster job execute -m kvonce_pipeline -j kvonce_conformance_job`` exits non-zero
-#: when the payload violates KvOnce (the blocking ``kvonce_conformance`` check fails).
+#: when the payload violates KvOnce (the step fails with the verdict, ``kvonce_validation`` is not
+#: materialized) or is unusable; ``python -m kvonce_pipeline.orchestration.run_verdict`` tells the two
+#: apart afterwards (exit 1 and 2, as ``kvonce conformance``), which ``make run`` does.
 kvonce_conformance_job = dg.define_asset_job(
     "kvonce_conformance_job",
     selection=dg.AssetSelection.assets(*conformance_assets),

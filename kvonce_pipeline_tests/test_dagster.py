@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -119,3 +120,49 @@ def test_dagster_job_execute_exit_code(tmp_path: Path, sample_otlp: Path, valid:
     assert done.returncode == (0 if valid else 1), done.stderr[-3000:]
     report = orjson.loads((tmp_path / "reports" / "trace" / "kvonce-validation.json").read_bytes())
     assert report["valid"] is valid
+
+
+def _unusable(tmp_path: Path, sample_otlp: Path) -> Path:
+    payload = tmp_path / "broken.ndjson"
+    payload.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": 42}\n')
+    return payload
+
+
+def _truncated(tmp_path: Path, sample_otlp: Path) -> Path:
+    """A JSON document cut short: collected byte for byte, it fails in the pass over the copy."""
+    payload = tmp_path / "cut.json"
+    payload.write_text('{"resourceSpans":\n')
+    return payload
+
+
+def _violating(tmp_path: Path, sample_otlp: Path) -> Path:
+    payload = tmp_path / "bad.json"
+    payload.write_bytes(sample_otlp.read_bytes().replace(b'"retry"', b'"success"', 1))
+    return payload
+
+
+@pytest.mark.parametrize(("make_payload", "code", "message"), [
+    (lambda tmp_path, sample: sample, 0, None),
+    (_violating, 1, r"^[2-9] violations in {payload}:\n\n\| severity \| rule \| key \| event \| where \| message \|\n"
+                    r"\|---\|---\|---\|---\|---\|---\|\n\| error \|(.|\n)*\| multiple-success \| beta \| 4 \|"),
+    (_unusable, 2, r"^unusable input: {payload}: line 1: field 'key' must be a string\b"),
+    (_truncated, 2, r"^unusable input: {payload}: line 2: not valid JSON .*\(read from its collected copy "),
+])
+def test_the_run_verdict_reads_the_runs_record_into_the_clis_exit_codes(tmp_path: Path, sample_otlp: Path,
+                                                                         make_payload, code: int,
+                                                                         message: str | None) -> None:
+    """What ``make run`` ends with: the verdict of the run just recorded, not a stack trace, and the
+    exit code of ``kvonce conformance`` (``dagster job execute`` says 1 for both kinds of failure)."""
+    payload = make_payload(tmp_path, sample_otlp)
+    executed = _job_execute(tmp_path, payload)
+    assert executed.returncode == (1 if code else 0), executed.stderr[-3000:]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    done = subprocess.run([str(VENV_BIN / "python"), "-m", "kvonce_pipeline.orchestration.run_verdict",
+                           "--job", "kvonce_conformance_job", "--dagster-exit", str(executed.returncode)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    if message is None:
+        assert done.stdout == ""
+    else:
+        assert re.search(message.format(payload=re.escape(str(payload))), done.stdout), done.stdout
+        assert "Traceback" not in done.stdout + done.stderr and "Stack Trace" not in done.stdout + done.stderr

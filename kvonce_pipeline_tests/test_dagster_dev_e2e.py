@@ -10,6 +10,7 @@ two-core machine; the deadline leaves room for a loaded one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from kvonce_pipeline.envelope import ENVELOPE
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 
+pytestmark = pytest.mark.e2e
 DEADLINE_S = 100
 VALID = (b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"alpha","value":"v1"}\n'
          b'{"timestamp":"2025-10-04T06:00:01.000Z","type":"retry","key":"beta"}\n'
@@ -96,14 +98,18 @@ class Dagit:
         return data["sensorOrError"]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
+@contextlib.contextmanager
+def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = (),
+                        ) -> Iterator[tuple[Dagit, Path, Path]]:
+    """``dagster dev`` on 127.0.0.1 and a free port, with a temporary ``DAGSTER_HOME``, drop folder and
+    reports folder (``payloads`` are dropped before it starts); its whole process group is stopped
+    on the way out, whatever happened."""
     home, drop_dir, reports = tmp_path / "home", tmp_path / "drops", tmp_path / "reports"
     for folder in (home, drop_dir, reports):
         folder.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    _drop(drop_dir, "first.ndjson", VALID)
-    _drop(drop_dir, "broken.ndjson", BROKEN)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    for name, data in payloads:
+        _drop(drop_dir, name, data)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
            "DAGSTER_HOME": str(home), "KVONCE_DROP_DIR": str(drop_dir), "KVONCE_REPORTS_DIR": str(reports),
@@ -130,6 +136,12 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
         except ProcessLookupError:
             pass
         log.close()
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
+    with running_dagster_dev(tmp_path, [("first.ndjson", VALID), ("broken.ndjson", BROKEN)]) as running:
+        yield running
 
 
 def _wait(dagit: Dagit, what: str, deadline: float, check) -> Any:

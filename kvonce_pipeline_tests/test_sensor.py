@@ -373,3 +373,14 @@ def test_a_foreign_partition_key_is_never_used_as_a_folder(instance, settings, r
                          raise_on_error=False)
     assert not run.success
     assert not (reports_dir / "evil").exists() and not (reports_dir / "trace" / "../evil").exists()
+
+
+def test_a_violating_payload_alone_still_asks_for_the_store(instance, settings, drop_dir) -> None:
+    """A violation is the validation asset's failed materialization, so the store's trigger is the
+    projection (materialized for every judged payload), or a last violating drop would never be folded."""
+    data = line(0, "success", "k", value="1") + line(1, "success", "k", value="2")
+    put(drop_dir, "bad.ndjson", data)
+    cursor, [run] = run_tick(instance, settings)
+    assert not run.success
+    after = tick(instance, settings, cursor.cursor)
+    assert [r.job_name for r in after.run_requests or []] == ["kvonce_store_job"]

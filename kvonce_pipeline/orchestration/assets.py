@@ -13,8 +13,11 @@ collected document for its span table, and the events file twice more): 96 s aga
 carries its artifact's path, sha256 and counts, with the sha256 as its data version.
 
 Pandera checks stay blocking: a failed check fails the step (and the run, and ``dagster job
-execute``) after all four materializations are recorded. Their tables are built from what the
-pass already has (the decoded event list) or by cheap typed decoding. When the input is large
+execute``) after all four materializations are recorded. A violation fails the step too, but
+with the verdict as its message and without materializing ``kvonce_validation``, so that the
+asset (in the drop graph, the payload's partition) shows failed in the UI (:class:`Violations`).
+The checks' tables are built from what the pass already has (the decoded event list) or by cheap
+typed decoding. When the input is large
 enough for the pass to be parallel, the work that needs only files runs in low-priority worker
 processes beside it (:mod:`kvonce_pipeline.orchestration.schema_worker`): the collected copy of
 a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
@@ -25,6 +28,7 @@ check, and the per-key check once the projection is written. Small inputs do it 
 import hashlib
 import inspect
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +123,10 @@ class ConformanceHooks:
         returns extra metadata for the validation asset."""
         return {}
 
+    def payload_name(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path) -> str:
+        """How a failed run's message names the payload (the default: the path the step read)."""
+        return str(source)
+
     def explain(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
                 error: InputError) -> InputError:
         """The error as the user should read it (the default: as raised)."""
@@ -154,14 +162,21 @@ def _schema_check(name: str, asset_key: dg.AssetKey, outcome: schemas.SchemaOutc
 
 def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = NO_HOOKS,
                    context: dg.AssetExecutionContext | None = None,
-                   settings: KvonceSettings | None = None) -> dg.Failure:
+                   settings: KvonceSettings | None = None, source: Path | None = None) -> dg.Failure:
     if context is not None and settings is not None:
         error = hooks.explain(context, settings, error)
+    collected = str(out_dir / artifacts.COLLECTED)
+    if source is not None and error.source == collected and str(source) != collected:
+        # The pass read our collected copy (a byte copy, or a rewrite that keeps resources, scopes
+        # and spans in order): name the file the user gave, and the copy the place is counted in.
+        error = InputError(str(source), f"{error.message} (read from its collected copy {collected})",
+                           where=error.where)
     stages.write_input_error(error, out_dir)
     if context is not None and settings is not None:
         hooks.unusable(context, settings, out_dir, error)
     return dg.Failure(description=f"unusable input: {error}",
-                      metadata={"source": error.source, "where": error.where or "", "message": error.message})
+                      metadata={"verdict": "unusable", "source": error.source, "where": error.where or "",
+                                "message": error.message})
 
 
 def _observed(stream: Iterable[events.Event], observer: EventObserver) -> Iterator[events.Event]:
@@ -259,6 +274,33 @@ class _Pass:
     projection_outcome: schemas.SchemaOutcome
 
 
+def _check_specs(keys: dict[str, dg.AssetKey],
+                 partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The five blocking checks; in a partitioned graph each check is partitioned like its asset.
+
+    An unpartitioned check on a partitioned asset records evaluations without a partition, so
+    the UI shows whichever payload ran last as the check's status (a violating payload turned
+    green when a valid one came after it). A partitioned check keeps one status per partition:
+    the Checks tab colours each payload, and the asset's check summary is red while any
+    partition's verdict is. Dagster 1.13 marks ``partitions_def`` on a check spec as a preview;
+    its warning says nothing a user can act on, so it is not shown on every code load.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(name, asset=keys[asset], blocking=True, description=description,
+                              partitions_def=partitions_def)
+            for name, asset, description in (
+                ("collected_schema", COLLECTED,
+                 "Pandera: span ids are hex, times are integers, at least one kvonce span"),
+                ("events_schema", EVENTS, "Pandera: ISO timestamps, time order, trace id and actor set"),
+                ("projection_schema", PROJECTION, "Pandera: per-key counts non-negative and consistent with stats"),
+                ("validation_schema", VALIDATION, "Pandera: known rule ids and severities, indexes in range"),
+                ("kvonce_conformance", VALIDATION, "The verdict: fails (ERROR) when the trace violates KvOnce"),
+            )
+        ]
+
+
 def build_conformance_assets(
     *,
     key_prefix: Sequence[str] = (),
@@ -293,18 +335,7 @@ def build_conformance_assets(
         spec(VALIDATION, [EVENTS, PROJECTION], "json",
              "The verdict and findings (kvonce-validation.json, kvonce-summary.md)."),
     ]
-    check_specs = [
-        dg.AssetCheckSpec("collected_schema", asset=keys[COLLECTED], blocking=True,
-                          description="Pandera: span ids are hex, times are integers, at least one kvonce span"),
-        dg.AssetCheckSpec("events_schema", asset=keys[EVENTS], blocking=True,
-                          description="Pandera: ISO timestamps, time order, trace id and actor set"),
-        dg.AssetCheckSpec("projection_schema", asset=keys[PROJECTION], blocking=True,
-                          description="Pandera: per-key counts non-negative and consistent with stats"),
-        dg.AssetCheckSpec("validation_schema", asset=keys[VALIDATION], blocking=True,
-                          description="Pandera: known rule ids and severities, indexes in range"),
-        dg.AssetCheckSpec("kvonce_conformance", asset=keys[VALIDATION], blocking=True,
-                          description="The verdict: fails (ERROR) when the trace violates KvOnce"),
-    ]
+    check_specs = _check_specs(keys, partitions_def)
 
     @dg.multi_asset(
         name="__".join([*prefix, STEP_NAME]),
@@ -346,14 +377,14 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
             try:
                 collected = collecting.result()
             except InputError as collect_error:
-                raise _input_failure(collect_error, out_dir, hooks, context, settings) from None
+                raise _input_failure(collect_error, out_dir, hooks, context, settings, source) from None
             finally:
                 collecting.close()
             spans = _collected_or_none(checks)
             unusable = None if spans is None else hooks.check_collected(source, spans.spans, spans.kvonce_spans)
             if spans is not None and unusable is None:
                 yield _collected_result(context, settings, keys, hooks, source, collected, spans)
-            raise _input_failure(unusable or error, out_dir, hooks, context, settings) from None
+            raise _input_failure(unusable or error, out_dir, hooks, context, settings, source) from None
         collected = done.collected
         try:
             spans = checks.collected()
@@ -367,7 +398,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
     context.log.info(f"step timings: {clock}")
     unusable = hooks.check_collected(source, spans.spans, spans.kvonce_spans)
     if unusable is not None:
-        raise _input_failure(unusable, out_dir, hooks, context, settings)
+        raise _input_failure(unusable, out_dir, hooks, context, settings, source)
     yield _collected_result(context, settings, keys, hooks, source, collected, spans)
     yield from _stage_results(context, settings, keys, hooks, out_dir, collected, done)
 
@@ -655,24 +686,83 @@ def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, 
                   "by_rule": dg.MetadataValue.json(counts["byRule"]),
                   "findings": dg.MetadataValue.md(findings)},
     )
+    checks = [_schema_check("validation_schema", keys[VALIDATION], outcome), verdict]
+    metadata = {
+        **hooks.lineage(context, settings, VALIDATION),
+        **extra,
+        **_file_metadata(result.validation_file),
+        "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
+        "summary_sha256": result.summary_file.sha256,
+        "valid": report["valid"],
+        "strict": report["strict"],
+        "errors": counts["errors"],
+        "warnings": counts["warnings"],
+        "dagster/row_count": len(report["issues"]),
+        "summary": dg.MetadataValue.md(result.summary_file.path.read_text()),
+    }
+    if not report["valid"]:
+        # The verdict is the failed materialization of this asset (partition), not a report
+        # recorded as materialized with a red check beside it: see :class:`Violations`.
+        yield from checks
+        payload = hooks.payload_name(context, settings, collected.source)
+        raise Violations(report, payload, result.summary_file.path, metadata)
     yield dg.MaterializeResult(
         asset_key=keys[VALIDATION],
-        metadata={
-            **hooks.lineage(context, settings, VALIDATION),
-            **extra,
-            **_file_metadata(result.validation_file),
-            "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
-            "summary_sha256": result.summary_file.sha256,
-            "valid": report["valid"],
-            "strict": report["strict"],
-            "errors": counts["errors"],
-            "warnings": counts["warnings"],
-            "dagster/row_count": len(report["issues"]),
-            "summary": dg.MetadataValue.md(result.summary_file.path.read_text()),
-        },
+        metadata=metadata,
         data_version=dg.DataVersion(result.validation_file.sha256),
-        check_results=[_schema_check("validation_schema", keys[VALIDATION], outcome), verdict],
+        check_results=checks,
     )
+
+
+#: Findings listed in a failed run's message (the summary lists more, the report all of them).
+VERDICT_FINDINGS = 10
+
+
+def _cell(value: Any) -> str:
+    """One Markdown table cell: no pipe, no newline, at most 120 characters."""
+    text = "" if value is None else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+def verdict_message(report: dict[str, Any], payload: str, summary_path: Path) -> str:
+    """``N violations in <payload>:`` and a table of the first findings: what a failed run says first.
+
+    It is the message of the step's failure, so it is what the run page, ``dagster job execute``
+    and ``make run`` show, rather than the framework's "blocking asset check failed" and its stack.
+    """
+    errors = report["summary"]["errors"]
+    issues = report["issues"]
+    lines = [f"{errors} violation{'' if errors == 1 else 's'} in {payload}:", "",
+             "| severity | rule | key | event | where | message |", "|---|---|---|---|---|---|"]
+    for issue in issues[:VERDICT_FINDINGS]:
+        lines.append(f"| {issue['severity']} | {issue['type']} | {_cell(issue.get('key'))} | "
+                     f"{issue.get('eventIndex', '')} | {_cell(issue.get('origin'))} | {_cell(issue['message'])} |")
+    if len(issues) > VERDICT_FINDINGS:
+        lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in {summary_path} "
+                      f"(all of them in {summary_path.with_name(artifacts.VALIDATION)})"]
+    return "\n".join(lines)
+
+
+class Violations(dg.Failure):
+    """The payload violates KvOnce: the step fails with the verdict, and the report is not materialized.
+
+    Why not materialize the report and let the blocking ``kvonce_conformance`` check fail the
+    step, as a check is meant to? Because Dagster 1.13's UI colours a partition only by its
+    materialization: the partitions bar in the lineage, the Partitions tab ("Failed (N)") and
+    the catalog count a partition as failed when the run that planned its materialization
+    failed without recording one (``build_failed_and_in_progress_partition_subset``). Checks are
+    shown beside it (a partitioned check has its own per-partition bar in the Checks tab), not in
+    it. So a violating payload whose report was materialized stayed green on its partition. The
+    report and summary are still written (the envelope and metadata below name them, with
+    their sha256), and the run's failure message is the verdict itself, with the first findings.
+    """
+
+    def __init__(self, report: dict[str, Any], payload: str, summary_path: Path,
+                 metadata: dict[str, Any]) -> None:
+        self.report = report
+        super().__init__(description=verdict_message(report, payload, summary_path),
+                         metadata={"verdict": "violations", **metadata}, allow_retries=False)
 
 
 def stages_sha(path: Path) -> str:

@@ -102,6 +102,11 @@ class DropHooks(ConformanceHooks):
         return {"name": found.name, "path": str(found.path), "sha256": found.sha256, "bytes": found.size,
                 "arrivedAt": found.arrived_at}
 
+    def payload_name(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path) -> str:
+        """The dropped file as the user put it in the drop folder (the step found it by content)."""
+        fields = self._source_fields(context, settings)
+        return str(fields["path"] or fields["name"] or source)
+
     def check_collected(self, source: Path, spans: int, kvonce_spans: int) -> InputError | None:
         """A dropped payload without kvonce spans is unusable, and its error must name the file."""
         if kvonce_spans:
@@ -220,6 +225,9 @@ drop_assets = build_conformance_assets(
     hooks=drop_hooks,
 )
 DROP_VALIDATION_KEY = dg.AssetKey([PREFIX, "kvonce_validation"])
+#: Materialized for every payload that was judged, valid or not (its key facts are written by then):
+#: the store's trigger. The validation asset is not, since a violation is its failed materialization.
+DROP_JUDGED_KEY = dg.AssetKey([PREFIX, "kvonce_projection"])
 STORE_KEY = dg.AssetKey([PREFIX, "kvonce_store"])
 STORE_CODE_VERSION = hashlib.sha256(inspect.getsource(store).encode()).hexdigest()[:12]
 

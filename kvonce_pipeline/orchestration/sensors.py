@@ -24,7 +24,7 @@ import dagster as dg
 import orjson
 
 from .. import drops
-from .drop_assets import (DROP_VALIDATION_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA, drop_partitions,
+from .drop_assets import (DROP_JUDGED_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from .resources import KvonceSettings
 
@@ -59,7 +59,7 @@ def load_cursor(raw: str | None) -> dict[str, Any]:
 
 
 def _latest_validation_storage_id(instance: dg.DagsterInstance) -> int:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=DROP_VALIDATION_KEY), limit=1).records
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=DROP_JUDGED_KEY), limit=1).records
     return records[0].storage_id if records else 0
 
 
