@@ -28,6 +28,16 @@ def trace_dir() -> Path:
     return reports_dir() / "trace"
 
 
+def cli_trace_dir() -> Path:
+    """Where ``kvonce conformance`` writes without ``--output-dir``: ``<reports>/cli/trace``.
+
+    Apart from the Dagster job's ``<reports>/trace`` on purpose: the job records each artifact's
+    path and sha256 in its materializations, and a CLI run over the same folder would leave the UI
+    pointing at other bytes.
+    """
+    return reports_dir() / "cli" / "trace"
+
+
 def drop_dir() -> Path:
     """The drop folder the collector writes and the sensor watches: ``KVONCE_DROP_DIR`` or ``drops/``."""
     configured = os.environ.get("KVONCE_DROP_DIR")

@@ -22,12 +22,15 @@ EXIT_VIOLATIONS = 1
 EXIT_UNUSABLE = 2
 
 
+# Findings printed on stderr; the rest are counted, with the path of the full list.
+SHOWN_FINDINGS = 20
+
 def _add_conformance(sub: argparse._SubParsersAction) -> None:
     from .reader import FORMAT_CHOICES
 
     parser = sub.add_parser("conformance", help="check a trace against the KvOnce spec and write the reports")
     parser.add_argument("--input", required=True, help="trace file: NDJSON, OTLP/JSON, JSON Lines or protobuf (gzip ok)")
-    parser.add_argument("--output-dir", default=None, help="where reports go (default: hermetic-reports/trace)")
+    parser.add_argument("--output-dir", default=None, help="where reports go (default: <reports>/cli/trace, reports = KVONCE_REPORTS_DIR or hermetic-reports; apart from the Dagster job's <reports>/trace)")
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="skip sniffing the format")
     parser.add_argument("--strict", action="store_true", help="warnings (duplicate-before-success, ...) become errors")
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
@@ -37,7 +40,7 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    from .artifacts import trace_dir
+    from .artifacts import cli_trace_dir
     from .conformance import ConformanceOptions, run_conformance
     from .limits import Limits
     from .progress import ConsoleProgress
@@ -45,7 +48,11 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
         return EXIT_UNUSABLE
-    out_dir = Path(args.output_dir) if args.output_dir else trace_dir()
+    out_dir = Path(args.output_dir) if args.output_dir else cli_trace_dir()
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"kvonce: --output-dir {out_dir} is a file, not a folder: give a folder for the reports",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
@@ -56,9 +63,14 @@ def _conformance(args: argparse.Namespace) -> int:
     verdict = "valid" if result.valid else "INVALID"
     print(f"kvonce: {verdict}: {summary['events']} events, {summary['keys']} keys, "
           f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {out_dir}", file=sys.stderr)
-    for issue in result.report["issues"][:20]:
+    issues = result.report["issues"]
+    for issue in issues[:SHOWN_FINDINGS]:
+        span = f" trace={issue['traceId']} span={issue.get('spanId', '')}" if issue.get("traceId") else ""
         print(f"  {issue['severity']}: {issue['type']} key={issue['key']} event={issue['eventIndex']}"
-              f" ({issue.get('origin', '')}): {issue['message']}", file=sys.stderr)
+              f" ({issue.get('origin', '')}){span}: {issue['message']}", file=sys.stderr)
+    if len(issues) > SHOWN_FINDINGS:
+        print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
+              f"the full list is in {out_dir / 'kvonce-validation.json'}", file=sys.stderr)
     return result.exit_code
 
 
@@ -78,6 +90,10 @@ def _convert(args: argparse.Namespace) -> int:
     from .ndjson import dump_events
     from .stages import _timestamped, write_events
 
+    if args.output and Path(args.output).is_dir():
+        print(f"kvonce: --output {args.output} is a folder: give the name of the NDJSON file to write",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     with _ordered_events(args.input, format=args.format, limits=Limits.from_env(),
                          spill_dir=Path(args.output).parent if args.output else None) as events:
         if args.output:

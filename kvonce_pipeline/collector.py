@@ -94,8 +94,25 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         flush_seconds=args.flush_seconds,
         max_body_bytes=max(1, max_body),
         max_context_depth=limits.max_context_depth,
-        token=env.get(TOKEN_ENV) or None,
+        token=bearer_token(env.get(TOKEN_ENV)),
     )
+
+
+def bearer_token(raw: str | None) -> str | None:
+    """The configured token, trimmed: ``export KVONCE_COLLECTOR_TOKEN="$(cat file)"`` keeps a newline.
+
+    A client's ``Authorization`` value is compared after trimming, so an untrimmed configured token
+    could never match and every request would get 401. Blank means no auth; a token with inner
+    white space cannot travel in a bearer header and is refused at start-up.
+    """
+    if raw is None:
+        return None
+    token = raw.strip()
+    if not token:
+        return None
+    if any(char.isspace() for char in token):
+        raise ValueError(f"{TOKEN_ENV} contains white space inside the token: a bearer token cannot carry it")
+    return token
 
 
 def _run(args: argparse.Namespace) -> int:

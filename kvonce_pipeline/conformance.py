@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import artifacts
 from .errors import InputError, OutputError
 from .events import Event
 from .limits import Limits
@@ -93,7 +94,7 @@ def run_conformance(input_path: str | Path, output_dir: str | Path,
             return _streamed(input_path, out, options, progress, sort_on_disk=True)
     except InputError as error:
         try:
-            write_input_error(error, out)
+            write_input_error(error, out, also_remove=(artifacts.COLLECTED,))
         except OutputError as output_error:
             error.add_note(f"no report written: {output_error}")
         raise

@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
     from .artifacts import drop_dir
 
     if args.endpoint:
-        token = os.environ.get("KVONCE_COLLECTOR_TOKEN")
+        token = (os.environ.get("KVONCE_COLLECTOR_TOKEN") or "").strip()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         result = run_scenario(args.endpoint, gzip=args.gzip, headers=headers)
         print(f"kvonce mock: {result.spans_exported} spans delivered to {args.endpoint}", file=sys.stderr)

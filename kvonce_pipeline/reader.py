@@ -60,7 +60,11 @@ class InputFormat(str, Enum):
 
 
 #: What ``--format`` accepts; ``otlp-json`` and ``otlp-proto`` still sniff their sub-layout.
-FORMAT_CHOICES = ("auto", "ndjson", "otlp-json", "otlp-proto")
+FORMAT_CHOICES = ("auto", "ndjson", "otlp-json", "otlp-jsonl", "otlp-proto", "otlp-proto-delimited")
+# Every label a report prints is accepted back by ``--format``. The two framings of a family are
+# told apart by their first bytes anyway, so a label names the family: ``otlp-jsonl`` reads as
+# ``otlp-json`` (a one-line document is both) and ``otlp-proto-delimited`` as ``otlp-proto``.
+_HINT_FAMILY = {"otlp-jsonl": "otlp-json", "otlp-proto-delimited": "otlp-proto"}
 
 
 @dataclass
@@ -149,8 +153,11 @@ def open_payload(path: str | os.PathLike[str], limits: Limits) -> Iterator[tuple
     except OSError as exc:
         raise InputError(str(target), f"cannot read: {exc.strerror or exc}") from None
     with raw:
-        compressed = raw.read(2) == GZIP_MAGIC
-        raw.seek(0)
+        try:  # a path that opens but cannot be read (/proc/self/mem, a bad disk) is an unusable input
+            compressed = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+        except OSError as exc:
+            raise InputError(str(target), f"cannot read: {exc.strerror or exc}") from None
         if compressed:
             inner = gzip.GzipFile(fileobj=raw, mode="rb")
             limited = _LimitedReader(inner, limits.max_decompressed_bytes, str(target), raw=raw,
@@ -166,6 +173,9 @@ def sniff(head: bytes, first_line: bytes, *, source: str, hint: str = "auto") ->
     if not line and not head.strip(b" \t\r\n\xef\xbb\xbf"):
         raise InputError(source, "the file is empty: no kvonce events")
     if hint == "ndjson":
+        if line[:1] in (b"{", b"[") and _REQUEST_START.match(head) and not _whole_json_object(line):
+            raise InputError(source, "this is an OTLP/JSON document (it opens with \"resourceSpans\"), not an "
+                             "NDJSON event log: use --format otlp-json, or auto", where="line 1")
         return InputFormat.NDJSON
     looks_json = line[:1] in (b"{", b"[")
     if hint == "otlp-proto" or (hint == "auto" and not looks_json):
@@ -190,6 +200,13 @@ def sniff(head: bytes, first_line: bytes, *, source: str, hint: str = "auto") ->
     return InputFormat.OTLP_JSON
 
 
+def _whole_json_object(line: bytes) -> bool:
+    try:
+        return type(orjson.loads(line)) is dict
+    except orjson.JSONDecodeError:
+        return False
+
+
 def detect_format(path: str | os.PathLike[str], *, hint: str = "auto",
                   limits: Limits | None = None) -> tuple[InputFormat, bool]:
     """Sniff ``path``; returns ``(format, gzip-compressed)``. Opens and closes the file."""
@@ -197,6 +214,7 @@ def detect_format(path: str | os.PathLike[str], *, hint: str = "auto",
     source = str(path)
     if hint not in FORMAT_CHOICES:
         raise InputError(source, f"unknown format {hint!r}; use one of {', '.join(FORMAT_CHOICES)}")
+    hint = _HINT_FAMILY.get(hint, hint)
     with open_payload(path, limits) as (stream, compressed):
         raw = first_line = stream.readline(limits.max_line_bytes + 1)
         number = 1

@@ -579,19 +579,27 @@ def append_step_summary(text: bytes) -> None:
             handle.write(text + b"\n")
 
 
-def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] | None = None) -> None:
+def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] | None = None,
+                      also_remove: tuple[str, ...] = ()) -> None:
     """An unusable input still gets a report, one that says so: ``valid`` is false.
 
     The earlier run's event, projection and state files describe another input; they are removed
-    (they are ours, in our folder) so that nothing left behind vouches for this one.
+    (they are ours, in our folder) so that nothing left behind vouches for this one, and so is the
+    state sequence's folder when that leaves it empty. ``also_remove``: more of our artifact names
+    that cannot belong to this input (the CLI never writes the collected copy, so one in its folder
+    is another run's).
     """
-    for name in (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE):
+    for name in (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, *also_remove):
         try:
             (out_dir / name).unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:  # read-only folder, a file where the folder should be, permissions
             raise OutputError(f"cannot remove {out_dir / name}: {exc.strerror or exc}") from exc
+    try:
+        (out_dir / artifacts.STATE_SEQUENCE).parent.rmdir()
+    except OSError:  # not there, not empty, or not ours to remove: leave it
+        pass
     report = {
         "schemaVersion": "kvonce-validation/v1",
         "valid": False,

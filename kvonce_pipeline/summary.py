@@ -41,11 +41,27 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
         lines += ["", f"> warning: {_cell(warning)}"]
     issues = report.get("issues", [])
     if issues:
-        lines += ["", "### Findings", "", "| severity | rule | key | event | where | message |",
-                  "|---|---|---|---|---|---|"]
+        by_rule: dict[tuple[str, str], int] = {}
+        for issue in issues:
+            by_rule[(issue["type"], issue["severity"])] = by_rule.get((issue["type"], issue["severity"]), 0) + 1
+        lines += ["", "### Findings by rule", "", "| rule | severity | count |", "|---|---|---:|"]
+        lines += [f"| `{rule}` | {severity} | {count} |"
+                  for (rule, severity), count in sorted(by_rule.items(), key=lambda item: (-item[1], item[0]))]
+        lines += ["", "### Findings", "",
+                  "*event* is the 0-based line index into `kvonce-events.ndjson` (event 0 is line 1); "
+                  "*where* is the place in the input (line, record or span `r<resource>/s<scope>/p<span>`); "
+                  "*trace / span* are the span's ids, to open it in your tracing tool.", "",
+                  "| severity | rule | key | event | where | trace / span | message |",
+                  "|---|---|---|---|---|---|---|"]
         for issue in issues[:MAX_ROWS]:
+            ids = f"{issue['traceId']} / {issue.get('spanId', '')}" if issue.get("traceId") else ""
+            message = issue["message"]
+            first = issue.get("firstWrite")
+            if first and f"event {first['eventIndex']}" not in message:
+                message += f" (first written at event {first['eventIndex']})"
             lines.append(f"| {issue['severity']} | `{issue['type']}` | {_cell(issue.get('key'))} | "
-                         f"{issue['eventIndex']} | {_cell(issue.get('origin'))} | {_cell(issue['message'])} |")
+                         f"{issue['eventIndex']} | {_cell(issue.get('origin'))} | {_cell(ids)} | {_cell(message)} |")
         if len(issues) > MAX_ROWS:
-            lines.append(f"\n…and {len(issues) - MAX_ROWS} more in `kvonce-validation.json`.")
+            lines.append(f"\n{len(issues) - MAX_ROWS} more findings are not shown here ({len(issues)} in all): "
+                         "the full list is `issues` in `kvonce-validation.json`, beside this file.")
     return "\n".join(lines) + "\n"

@@ -98,3 +98,83 @@ def test_module_entry_point(sample_ndjson: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "kvonce_pipeline", "conformance", "--input", str(sample_ndjson),
                            "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_reported_format_label_is_accepted_back(sample_otlp: Path, tmp_path: Path) -> None:
+    """A one-line OTLP/JSON document is reported as otlp-jsonl; --format must take that label back."""
+    one_line = tmp_path / "one-line.json"
+    one_line.write_bytes(orjson.dumps(orjson.loads(sample_otlp.read_bytes())))
+    out = tmp_path / "out"
+    assert kvonce("conformance", "--input", str(one_line), "--output-dir", str(out)).returncode == 0
+    label = orjson.loads((out / "kvonce-validation.json").read_bytes())["summary"]["input"]["format"]
+    assert label == "otlp-jsonl"
+    again = kvonce("conformance", "--input", str(one_line), "--output-dir", str(out), "--format", label)
+    assert again.returncode == 0, again.stderr
+    assert orjson.loads((out / "kvonce-validation.json").read_bytes())["summary"]["input"]["format"] == label
+    delimited = tmp_path / "trace.pbd"
+    assert kvonce("generate", "--events", "50", "--keys", "10", "--format", "otlp-proto-delimited",
+                  "--output", str(delimited)).returncode == 0
+    assert kvonce("conformance", "--input", str(delimited), "--output-dir", str(out)).returncode == 0
+    label = orjson.loads((out / "kvonce-validation.json").read_bytes())["summary"]["input"]["format"]
+    assert label == "otlp-proto-delimited"
+    assert kvonce("conformance", "--input", str(delimited), "--output-dir", str(out), "--format", label).returncode == 0
+
+
+def test_messages_name_the_real_problem(sample_otlp: Path, sample_ndjson: Path, tmp_path: Path) -> None:
+    pretty = kvonce("conformance", "--input", str(sample_otlp), "--output-dir", str(tmp_path / "a"),
+                    "--format", "ndjson")
+    assert pretty.returncode == 2
+    assert "OTLP/JSON document" in pretty.stderr and "--format otlp-json" in pretty.stderr
+    a_file = tmp_path / "README.md"
+    a_file.write_text("mine")
+    into_file = kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(a_file))
+    assert into_file.returncode == 2
+    assert "is a file, not a folder" in into_file.stderr and "File exists" not in into_file.stderr
+    assert a_file.read_text() == "mine"
+    into_dir = kvonce("convert", "--input", str(sample_ndjson), "--output", str(tmp_path))
+    assert into_dir.returncode == 2
+    assert "is a folder" in into_dir.stderr and "cannot write reports" not in into_dir.stderr
+
+
+def test_cli_says_how_many_findings_it_did_not_print(tmp_path: Path) -> None:
+    trace = tmp_path / "broken.ndjson"
+    assert kvonce("generate", "--events", "400", "--keys", "80", "--format", "ndjson", "--violations", "0.08",
+                  "--output", str(trace)).returncode == 0
+    done = kvonce("conformance", "--input", str(trace), "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 1
+    report = orjson.loads((tmp_path / "out" / "kvonce-validation.json").read_bytes())
+    total = len(report["issues"])
+    assert total > 20
+    printed = [line for line in done.stderr.splitlines() if line.startswith(("  error:", "  warning:"))]
+    assert len(printed) == 20
+    assert f"... and {total - 20} more findings ({total} in all)" in done.stderr
+    assert "kvonce-validation.json" in done.stderr.splitlines()[-1]
+    summary = (tmp_path / "out" / "kvonce-summary.md").read_text()
+    assert "0-based line index into `kvonce-events.ndjson`" in summary
+    assert "### Findings by rule" in summary
+    for rule, count in report["summary"]["byRule"].items():
+        assert f"| `{rule}` |" in summary and f"| {count} |" in summary
+
+
+def test_unreadable_input_is_exit_2_and_replaces_the_valid_report(sample_ndjson: Path, tmp_path: Path) -> None:
+    assert kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path)).returncode == 0
+    (tmp_path / "collected-kvonce-otlp.json").write_text("{}")  # another input's collected copy
+    done = kvonce("conformance", "--input", "/proc/self/mem", "--output-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "cannot read" in done.stderr
+    report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
+    assert report["valid"] is False and report["inputError"]["source"] == "/proc/self/mem"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvonce-summary.md", "kvonce-validation.json"]
+
+
+def test_default_output_is_apart_from_the_dagster_jobs_artifacts(sample_ndjson: Path, tmp_path: Path) -> None:
+    """The CLI without --output-dir writes <reports>/cli/trace, never the job's <reports>/trace."""
+    reports = tmp_path / "reports"
+    job_report = reports / "trace" / "kvonce-validation.json"
+    job_report.parent.mkdir(parents=True)
+    job_report.write_text('{"the job": "wrote this"}')
+    done = kvonce("conformance", "--input", str(sample_ndjson), env={"KVONCE_REPORTS_DIR": str(reports)})
+    assert done.returncode == 0, done.stderr
+    assert (reports / "cli" / "trace" / "kvonce-validation.json").is_file()
+    assert job_report.read_text() == '{"the job": "wrote this"}'
+    assert str(reports / "cli" / "trace") in done.stderr

@@ -513,3 +513,23 @@ def test_payload_names_sort_by_time_then_sequence() -> None:
     assert sorted(names) == [payload_name(BASE_NS, 1), payload_name(BASE_NS + 1_000_000, 1),
                              payload_name(BASE_NS + 1_000_000, 2)]
     assert payload_name(BASE_NS, 1) == "otlp-20251004T060000.000Z-000001.pb"
+
+
+@pytest.mark.parametrize("raw", ["  s3cret  ", "s3cret\n", "\ts3cret\r\n"])
+def test_a_token_from_the_environment_is_trimmed(start_receiver, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """``export KVONCE_COLLECTOR_TOKEN="$(cat token)"`` keeps a newline: the exporter's token must still match."""
+    monkeypatch.setenv("KVONCE_COLLECTOR_TOKEN", raw)
+    config = build_config(cli.build_parser().parse_args(["collector"]))
+    assert config.token == "s3cret"
+    receiver = start_receiver(token=config.token)
+    body = encode_spans(sdk_spans(KV_SPANS)).SerializeToString()
+    assert post(receiver.url, body, {"Content-Type": "application/x-protobuf",
+                                     "Authorization": "Bearer s3cret"})[0] == 200
+
+
+def test_a_token_with_inner_white_space_is_refused_at_start_up(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "kvonce"), "collector", "--drop-dir", str(tmp_path),
+                           "--port", "0"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KVONCE_COLLECTOR_TOKEN": "two words"})
+    assert done.returncode != 0
+    assert "KVONCE_COLLECTOR_TOKEN contains white space" in done.stderr

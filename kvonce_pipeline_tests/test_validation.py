@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,42 @@ def test_many_keys_stay_linear() -> None:
                    ev("failure", key, 2, reason="duplicate"), ev("failure", key, 3, reason="duplicate")]
     report = validate_events(events)
     assert report["valid"] is True and report["summary"]["keys"] == 50_000
+
+
+def _spanned(kind: str, key: str, second: int, span: str, **fields: Any) -> Event:
+    return Event(time_unix_nano=1_000_000_000 * (1 + second), type=kind, key=key, trace_id=f"trace-{span}",
+                 span_id=span, origin=f"span r0/s0/p{second}", **fields)
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_every_finding_carries_the_trace_and_span_of_its_event(rule: str) -> None:
+    """A finding names its span, so a user can open it in a tracing tool, also for the findings made at the end."""
+    events, _ = CASES[rule]
+    spanned = [dataclasses.replace(event, trace_id=f"trace-{index}", span_id=f"span-{index}")
+               for index, event in enumerate(events)]
+    report = validate_events(spanned)
+    assert report["issues"], rule
+    for issue in report["issues"]:
+        assert issue["traceId"] == f"trace-{issue['eventIndex']}", issue
+        assert issue["spanId"] == f"span-{issue['eventIndex']}", issue
+        assert issue["origin"], issue
+
+
+def test_multiple_success_points_at_the_first_write() -> None:
+    events = [_spanned("success", "k", 0, "aa", value="v1"), _spanned("retry", "other", 1, "bb"),
+              _spanned("success", "k", 2, "cc", value="v2"), _spanned("success", "k", 3, "dd", value="v3")]
+    issues = [i for i in validate_events(events)["issues"] if i["type"] == "multiple-success"]
+    assert [i["eventIndex"] for i in issues] == [2, 3]
+    for issue in issues:
+        assert issue["firstWrite"] == {"eventIndex": 0, "origin": "span r0/s0/p0", "traceId": "trace-aa",
+                                       "spanId": "aa"}
+        assert "first written at event 0" in issue["message"]
+
+
+def test_an_empty_key_is_a_missing_key() -> None:
+    """A success on key "" writes nothing: it is reported as a missing key, not accepted as a key."""
+    report = validate_events([ev("success", "", 0, value="v"), ev("success", "", 1, value="w")])
+    assert [(i["type"], i["eventIndex"], i["message"]) for i in report["issues"]] == [
+        ("missing-required-field", 0, "event has an empty key"),
+        ("missing-required-field", 1, "event has an empty key")]
+    assert report["valid"] is False

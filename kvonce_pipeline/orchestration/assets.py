@@ -734,10 +734,11 @@ def verdict_message(report: dict[str, Any], payload: str, summary_path: Path) ->
     errors = report["summary"]["errors"]
     issues = report["issues"]
     lines = [f"{errors} violation{'' if errors == 1 else 's'} in {payload}:", "",
-             "| severity | rule | key | event | where | message |", "|---|---|---|---|---|---|"]
+             "| severity | rule | key | event | where | trace / span | message |", "|---|---|---|---|---|---|---|"]
     for issue in issues[:VERDICT_FINDINGS]:
+        ids = f"{issue['traceId']} / {issue.get('spanId', '')}" if issue.get("traceId") else ""
         lines.append(f"| {issue['severity']} | {issue['type']} | {_cell(issue.get('key'))} | "
-                     f"{issue.get('eventIndex', '')} | {_cell(issue.get('origin'))} | {_cell(issue['message'])} |")
+                     f"{issue.get('eventIndex', '')} | {_cell(issue.get('origin'))} | {ids} | {_cell(issue['message'])} |")
     if len(issues) > VERDICT_FINDINGS:
         lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in {summary_path} "
                       f"(all of them in {summary_path.with_name(artifacts.VALIDATION)})"]
