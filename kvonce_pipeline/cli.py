@@ -65,9 +65,10 @@ def _conformance(args: argparse.Namespace) -> int:
           f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {out_dir}", file=sys.stderr)
     issues = result.report["issues"]
     for issue in issues[:SHOWN_FINDINGS]:
-        span = f" trace={issue['traceId']} span={issue.get('spanId', '')}" if issue.get("traceId") else ""
+        ids = " ".join(f"{name}={issue[field]}" for name, field in (("trace", "traceId"), ("span", "spanId"))
+                       if issue.get(field))
         print(f"  {issue['severity']}: {issue['type']} key={issue['key']} event={issue['eventIndex']}"
-              f" ({issue.get('origin', '')}){span}: {issue['message']}", file=sys.stderr)
+              f" ({issue.get('origin', '')}): {issue['message']}{f' [{ids}]' if ids else ''}", file=sys.stderr)
     if len(issues) > SHOWN_FINDINGS:
         print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
               f"the full list is in {out_dir / 'kvonce-validation.json'}", file=sys.stderr)

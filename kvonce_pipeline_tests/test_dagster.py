@@ -143,8 +143,9 @@ def _violating(tmp_path: Path, sample_otlp: Path) -> Path:
 
 @pytest.mark.parametrize(("make_payload", "code", "message"), [
     (lambda tmp_path, sample: sample, 0, None),
-    (_violating, 1, r"^[2-9] violations in {payload}:\n\n\| severity \| rule \| key \| event \| where \| message \|\n"
-                    r"\|---\|---\|---\|---\|---\|---\|\n\| error \|(.|\n)*\| multiple-success \| beta \| 4 \|"),
+    (_violating, 1, r"^[2-9] violations in {payload}:\n\n\| severity \| rule \| key \| event \| where \| trace / span \| "
+                    r"message \|\n\|---\|---\|---\|---\|---\|---\|---\|\n\| error \|(.|\n)*"
+                    r"\| multiple-success \| beta \| 4 \| [^|]* \| [0-9a-f]{{32}} / [0-9a-f]{{16}} \|"),
     (_unusable, 2, r"^unusable input: {payload}: line 1: field 'key' must be a string\b"),
     (_truncated, 2, r"^unusable input: {payload}: line 2: not valid JSON .*\(read from its collected copy "),
 ])
