@@ -66,9 +66,12 @@ def attempt_of(context: Any) -> int | float | None:
 _NOWHERE = ("", "", "")
 
 
-def _pointer(index: int, where: tuple[str, str, str]) -> dict[str, Any]:
+def _pointer(index: int, where: Event | tuple[str, str, str]) -> dict[str, Any]:
     """Where a finding points: the event's index and, when it has them, its origin, traceId and spanId."""
-    origin, trace_id, span_id = where
+    if type(where) is tuple:
+        origin, trace_id, span_id = where
+    else:
+        origin, trace_id, span_id = where.origin, where.trace_id, where.span_id
     pointer: dict[str, Any] = {"eventIndex": index}
     if origin:
         pointer["origin"] = origin
@@ -90,10 +93,10 @@ class _KeyState(msgspec.Struct, gc=False):
     bound_reported: bool = False
     success_attempt: tuple[int, Any] | None = None  # (event index, attempt) of the first success with one
     pending_duplicates: list[int] | None = None  # created on the first one: most keys have none
-    # (event index, (origin, traceId, spanId)) of the first write, for multiple-success to point at.
-    # A tuple per written key (about 70 bytes; 28 MB at 400,000 keys) rather than the event itself,
-    # which a streamed run must not keep alive.
-    first_write: tuple[int, tuple[str, str, str]] | None = None
+    # The event index of the first write, for multiple-success to point at. Only the index: its line
+    # in kvonce-events.ndjson has the span's ids and origin. Keeping them here too (a tuple and three
+    # strings per written key) would about double a streamed 10M-event run's memory at 4M keys.
+    first_write: int = -1
 
 
 class Validator:
@@ -111,8 +114,8 @@ class Validator:
         self.events = 0
 
     def _add(self, rule_id: str, key: str | None, index: int, message: str,
-             where: tuple[str, str, str] = ("", "", "")) -> dict[str, Any]:
-        """Record a finding at event ``index``; ``where`` is its (origin, traceId, spanId)."""
+             where: Event | tuple[str, str, str] = ("", "", "")) -> dict[str, Any]:
+        """Record a finding at event ``index``; ``where``: the event, or its (origin, traceId, spanId)."""
         severity = RULES[rule_id].severity
         if self.strict:
             severity = "error"
@@ -124,65 +127,64 @@ class Validator:
     def observe(self, index: int, event: Event) -> None:
         self.events += 1
         key, kind = event.key, event.type
-        origin = (event.origin, event.trace_id, event.span_id)  # where a finding at this event points
+        at = event  # where a finding at this event points (a tuple is made only when one is deferred)
         if event.time_unix_nano is None:
-            self._add("missing-required-field", key, index, "event has no timestamp", origin)
+            self._add("missing-required-field", key, index, "event has no timestamp", at)
         if kind is None:
-            self._add("missing-required-field", key, index, "event has no type", origin)
+            self._add("missing-required-field", key, index, "event has no type", at)
         elif kind not in _KNOWN:
-            self._add("unknown-event-type", key, index, f"unknown event type {kind!r:.80}", origin)
+            self._add("unknown-event-type", key, index, f"unknown event type {kind!r:.80}", at)
         if not key:  # None, or "": an empty key names no key
             self._add("missing-required-field", None if key is None else key, index,
-                      "event has no key" if key is None else "event has an empty key", origin)
+                      "event has no key" if key is None else "event has an empty key", at)
             return
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState()
         if kind == "success":
             if event.value is None:
-                self._add("success-missing-value", key, index, "success carries no value", origin)
+                self._add("success-missing-value", key, index, "success carries no value", at)
             if state.written:
-                issue = self._add("multiple-success", key, index, "key is written again: a second success", origin)
-                if state.first_write is not None:
-                    first_index, first_where = state.first_write
-                    issue["firstWrite"] = _pointer(first_index, first_where)
-                    issue["message"] = f"{issue['message']} (first written at event {first_index})"
+                issue = self._add("multiple-success", key, index, "key is written again: a second success", at)
+                if state.first_write >= 0:
+                    issue["firstWrite"] = {"eventIndex": state.first_write}
+                    issue["message"] = f"{issue['message']} (first written at event {state.first_write})"
             elif state.retries >= self.max_retries > 0:
                 self._add("success-after-retries-exhausted", key, index,
-                          f"success after {state.retries} retries (MAX_RETRIES {self.max_retries})", origin)
+                          f"success after {state.retries} retries (MAX_RETRIES {self.max_retries})", at)
             if not state.written:
-                state.first_write = (index, origin)
+                state.first_write = index
             state.written = True
             if state.success_attempt is None:
                 attempt = attempt_of(event.context)
                 if attempt is not None:
                     state.success_attempt = (index, attempt)
-                    self._origins[index] = origin
+                    self._origins[index] = (event.origin, event.trace_id, event.span_id)
         elif kind == "retry":
             state.retries += 1
             if state.retries > self.max_retries and not state.bound_reported:
                 state.bound_reported = True
                 self._add("retry-bound-exceeded", key, index,
-                          f"retry {state.retries} exceeds MAX_RETRIES {self.max_retries}", origin)
+                          f"retry {state.retries} exceeds MAX_RETRIES {self.max_retries}", at)
             if event.context is not None:
                 state.retry_contexts += 1
                 attempt = attempt_of(event.context)
                 if attempt is None:
                     state.retry_context_missing = True
                     self._add("retry-context-missing", key, index,
-                              "retry context has no numeric attempt/attempts", origin)
+                              "retry context has no numeric attempt/attempts", at)
                 elif attempt != state.retry_contexts and state.out_of_sequence is None:
                     state.out_of_sequence = (index, attempt, state.retry_contexts)
-                    self._origins[index] = origin
+                    self._origins[index] = (event.origin, event.trace_id, event.span_id)
         elif kind == "failure":
             reason = event.reason
             if reason is None:
-                self._add("missing-required-field", key, index, "failure has no reason", origin)
+                self._add("missing-required-field", key, index, "failure has no reason", at)
             elif not state.written and reason.lower() == "duplicate":
                 if state.pending_duplicates is None:
                     state.pending_duplicates = []
                 state.pending_duplicates.append(index)
-                self._origins[index] = origin
+                self._origins[index] = (event.origin, event.trace_id, event.span_id)
 
     def _finish(self) -> None:
         origins = self._origins
