@@ -53,7 +53,7 @@ def collect_payload(source: str | Path, destination: Path, *, format: str = "aut
                         gc.disable()
                         try:
                             doc = orjson.loads(blob.removeprefix(b"\xef\xbb\xbf"))
-                            out.write(orjson.dumps(normalize_request(doc)))
+                            out.write(dumps_any_depth(normalize_request(doc)))
                         except orjson.JSONDecodeError:
                             out.write(blob)  # decoding the events will name the bad line
                         finally:
@@ -88,7 +88,48 @@ def _write_merged(out: Any, batches) -> None:
         for item in resource_spans:
             if not first:
                 out.write(b",")
-            out.write(orjson.dumps(item))
+            out.write(dumps_any_depth(item))
             first = False
     out.write(b"]}")
 
+
+def dumps_any_depth(value: Any) -> bytes:
+    """``orjson.dumps``, and the same bytes for a value nested deeper than it serializes.
+
+    orjson reads 1,024 levels but writes only 254, and an OTLP context at the 64-level limit
+    already takes about 260 (four JSON levels per AnyValue), as may a member the decoders ignore.
+    Such documents are rare, so they take this slower walk (scalars and names still go through
+    orjson, so their bytes are orjson's) instead of every payload paying for it.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError as error:
+        if "Recursion limit" not in str(error):
+            raise
+    parts: list[bytes] = []
+    # work items: a value to write, or bytes to write as they are
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bytes:
+            parts.append(item)
+        elif isinstance(item, dict):
+            parts.append(b"{")
+            pending: list[Any] = []
+            for number, (name, child) in enumerate(item.items()):
+                pending.append((b"," if number else b"") + orjson.dumps(name) + b":")
+                pending.append(child)
+            pending.append(b"}")
+            stack.extend(reversed(pending))
+        elif isinstance(item, list):
+            parts.append(b"[")
+            pending = []
+            for number, child in enumerate(item):
+                if number:
+                    pending.append(b",")
+                pending.append(child)
+            pending.append(b"]")
+            stack.extend(reversed(pending))
+        else:
+            parts.append(orjson.dumps(item))
+    return b"".join(parts)

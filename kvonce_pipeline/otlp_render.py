@@ -109,20 +109,41 @@ def normalize_request(node: Any) -> Any:
     """Rewrite lenient OTLP/JSON into spec form: camelCase names, ``mapValue`` as ``kvlistValue``.
 
     In OTLP/JSON every object key is a field name (attribute names live in ``key`` *values*), so
-    renaming object keys cannot touch user data.
+    renaming object keys cannot touch user data. Iterative, not recursive: a document may nest as
+    deep as its JSON parser allows (orjson: 1,024 levels), unknown members included, and the
+    decoders ignore what they do not know, so normalizing must not be the step that gives up.
     """
-    if isinstance(node, list):
-        return [normalize_request(item) for item in node]
-    if not isinstance(node, dict):
+    if not isinstance(node, (dict, list)):
         return node
-    out: dict[str, Any] = {}
-    for name, item in node.items():
-        camel = _camel(name) if "_" in name else name
-        if camel == "mapValue" and isinstance(item, dict):
-            out["kvlistValue"] = {"values": normalize_request(item.get("fields", []))}
+    root: Any = [] if isinstance(node, list) else {}
+    # (source container, its copy); children are copied into the copy as they are reached
+    stack: list[tuple[Any, Any]] = [(node, root)]
+    while stack:
+        source, target = stack.pop()
+        if isinstance(source, list):
+            for item in source:
+                target.append(_shell(item, stack))
             continue
-        out[camel] = normalize_request(item)
-    return out
+        for name, item in source.items():
+            camel = _camel(name) if "_" in name else name
+            if camel == "mapValue" and isinstance(item, dict):
+                fields = item.get("fields", [])
+                target["kvlistValue"] = {"values": _shell(fields, stack)}
+                continue
+            target[camel] = _shell(item, stack)
+    return root
+
+
+def _shell(item: Any, stack: list[tuple[Any, Any]]) -> Any:
+    """``item`` itself if it is a scalar, else an empty container of its kind queued to be filled."""
+    if isinstance(item, list):
+        copy: Any = []
+    elif isinstance(item, dict):
+        copy = {}
+    else:
+        return item
+    stack.append((item, copy))
+    return copy
 
 
 def needs_normalizing(blob: bytes) -> bool:
