@@ -79,9 +79,46 @@ class DecodeStats:
     map_value_uses: int = 0
     warnings: list[str] = field(default_factory=list)
 
+    #: per id field (``traceId``, ``spanId``): how many spans had an id kept as written, and the first
+    legacy_ids: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: per field (``key``, ``kvonce.event.value``, ...): events whose string was a number or boolean
+    scalars: dict[str, tuple[int, str]] = field(default_factory=dict)
+
     def warn_once(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
+
+    def read_scalar(self, name: str, value: Any) -> str:
+        """``value`` (a number or boolean where the schema has a string) as its JSON text, counted."""
+        text = orjson.dumps(value).decode()
+        count, first = self.scalars.get(name, (0, text))
+        self.scalars[name] = (count + 1, first)
+        return text
+
+    def absorb(self, other: "DecodeStats") -> None:
+        """Add what ``other`` counted (a decoder's scratch counts, once its result is kept)."""
+        for text in other.warnings:
+            self.warn_once(text)
+        for mine, theirs in ((self.legacy_ids, other.legacy_ids), (self.scalars, other.scalars)):
+            for name, (count, first) in theirs.items():
+                had, was = mine.get(name, (0, first))
+                mine[name] = (had + count, was)
+
+    def keep_legacy_id(self, name: str, item: str) -> None:
+        count, first = self.legacy_ids.get(name, (0, item))
+        self.legacy_ids[name] = (count + 1, first)
+
+    def report_warnings(self) -> list[str]:
+        """The warnings as the report lists them: each once, counts included."""
+        out = list(self.warnings)
+        for name, (count, first) in self.legacy_ids.items():
+            digits = 32 if name == "traceId" else 16
+            out.append(f"{count} span(s) with a {name} that is not {digits} hex digits (first: {first!r:.60}): "
+                       f"kept as written; findings still point at them, no verdict depends on them")
+        for name, (count, first) in self.scalars.items():
+            out.append(f"{count} event(s) whose {name} is a number or boolean, not a string (first: {first}): "
+                       f"read as its JSON text")
+        return out
 
 
 @dataclass(slots=True)
@@ -107,6 +144,20 @@ def resource_fallbacks(attrs: Mapping[str, Any], decode: Decode) -> ResourceFall
         trace_id=_first_text(attrs, TRACE_ID_ATTRIBUTES, decode),
         actor=_first_text(attrs, ACTOR_ATTRIBUTES, decode),
     )
+
+
+def scalar_text(value: Any, name: str, stats: DecodeStats, *, structured: bool = False) -> Any:
+    """A key or value as the string the schema has: a number or boolean becomes its JSON text
+    (``42``, ``1.5``, ``true``), counted for a warning, as services that store numbers send them.
+    An object or array is no key; as a value it is kept only where ``structured`` (an OTLP value
+    may be a kvlist or array, and always could). ``None`` (absent) stays ``None``."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) in (int, float, bool):
+        return stats.read_scalar(name, value)
+    if structured and type(value) in (dict, list):
+        return value
+    raise ValueError(f"{name} must be a string, number or boolean, got {type(value).__name__} {value!r:.60}")
 
 
 def _text_attr(attrs: Mapping[str, Any], name: str, decode: Decode) -> str | None:
@@ -147,12 +198,15 @@ def span_to_event(
     start_ns: int | None,
     position: tuple[int, int, int],
     origin: str,
+    stats: DecodeStats,
 ) -> Event | None:
     """Map one span; ``None`` if it carries no KvOnce event. Raises ``ValueError`` on bad data."""
     event_type = _text_attr(attrs, ATTR_TYPE, decode)
-    key = _text_attr(attrs, ATTR_KEY, decode)
-    if not event_type or not key:
+    key_raw = attrs.get(ATTR_KEY)
+    key = None if key_raw is None else decode(key_raw, ATTR_KEY)
+    if not event_type or key is None or key == "":
         return None
+    key = scalar_text(key, f"attribute {ATTR_KEY}", stats)
     if start_ns is not None:
         if start_ns == 0:
             start_ns = None  # 0 is protobuf's "unset": the event has no time
@@ -170,7 +224,8 @@ def span_to_event(
         time_unix_nano=start_ns,
         type=event_type,
         key=key,
-        value=None if value_raw is None else decode(value_raw, ATTR_VALUE),
+        value=None if value_raw is None else scalar_text(decode(value_raw, ATTR_VALUE), f"attribute {ATTR_VALUE}",
+                                                         stats, structured=True),
         reason=_text_attr(attrs, ATTR_REASON, decode),
         context=context_from_attributes(attrs, decode),
         trace_id=trace_id,

@@ -17,8 +17,9 @@ import orjson
 
 from .errors import InputError
 from .events import Event, check_time_range, json_depth_exceeds, parse_timestamp, scan_json
+from .mapping import DecodeStats, scalar_text
 
-_TEXT_FIELDS = ("type", "event", "key", "reason", "traceId", "spanId", "actor", "origin")
+_TEXT_FIELDS = ("type", "event", "reason", "traceId", "spanId", "actor", "origin")
 
 
 def iter_lines(stream: BinaryIO, *, source: str, max_line: int) -> Iterator[tuple[int, bytes]]:
@@ -74,7 +75,8 @@ def _duplicate_key(line: bytes) -> str | None:
     return None
 
 
-def event_from_json(obj: Any, *, source: str, number: int, max_depth: int, raw: bytes | None = None) -> Event:
+def event_from_json(obj: Any, *, source: str, number: int, max_depth: int, raw: bytes | None = None,
+                    stats: DecodeStats | None = None) -> Event:
     where = f"line {number}"
     if type(obj) is not dict:
         raise InputError(source, "an event must be a JSON object", where=where)
@@ -82,9 +84,14 @@ def event_from_json(obj: Any, *, source: str, number: int, max_depth: int, raw: 
         item = obj.get(name)
         if item is not None and type(item) is not str:
             raise InputError(source, f"field '{name}' must be a string, got {type(item).__name__}", where=where)
-    value = obj.get("value")
-    if value is not None and type(value) is not str:
-        raise InputError(source, f"field 'value' must be a string, got {type(value).__name__}", where=where)
+    key, value = obj.get("key"), obj.get("value")
+    if type(key) is not str or (value is not None and type(value) is not str):
+        notes = stats if stats is not None else DecodeStats()
+        try:
+            key = scalar_text(key, "field 'key'", notes)
+            value = scalar_text(value, "field 'value'", notes)
+        except ValueError as exc:
+            raise InputError(source, str(exc), where=where) from None
     context = obj.get("context")
     keys = len(obj)
     if context is not None:
@@ -110,7 +117,7 @@ def event_from_json(obj: Any, *, source: str, number: int, max_depth: int, raw: 
     return Event(
         time_unix_nano=time_ns,
         type=event_type,
-        key=obj.get("key"),
+        key=key,
         value=value,
         reason=obj.get("reason"),
         context=context,
@@ -137,10 +144,11 @@ def _event_time(obj: dict[str, Any]) -> int | None:
     return parse_timestamp(stamp)
 
 
-def iter_ndjson_events(stream: BinaryIO, *, source: str, max_line: int, max_depth: int) -> Iterator[Event]:
+def iter_ndjson_events(stream: BinaryIO, *, source: str, max_line: int, max_depth: int,
+                       stats: DecodeStats | None = None) -> Iterator[Event]:
     for number, line in iter_lines(stream, source=source, max_line=max_line):
         yield event_from_json(loads_line(line, source=source, number=number), source=source,
-                              number=number, max_depth=max_depth, raw=line)
+                              number=number, max_depth=max_depth, raw=line, stats=stats)
 
 
 class EventLine(msgspec.Struct, omit_defaults=True, gc=False):

@@ -177,6 +177,10 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
         document = _loads_json(body, source)
         events = sum(1 for _ in iter_request_events(document, source=source, stats=stats,
                                                     decoder=AnyValueDecoder(stats, max_context_depth)))
+        for name, (_count, first) in stats.legacy_ids.items():
+            raise InputError(source, f"{name} {first!r:.50} is not {32 if name == 'traceId' else 16} hex digits: "
+                                     "payload files hold OTLP protobuf, which has room for hex ids only "
+                                     "(kvonce conformance and the drop folder read legacy ids from a file)")
         try:
             message = request_to_message(document)
         except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:

@@ -24,6 +24,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+_HEX_DIGITS_ONLY = re.compile(r"[0-9a-fA-F]*")
 _DECIMAL = re.compile(r"-?[0-9]+").fullmatch  # OTLP/JSON int64: no '+', '_', spaces or non-ASCII digits
 _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
@@ -173,12 +174,21 @@ def _uint64(item: Any, name: str) -> int | None:
     return number
 
 
-def hex_id(item: Any, name: str, pattern: re.Pattern[str], digits: int) -> str:
+def hex_id(item: Any, name: str, pattern: re.Pattern[str], digits: int, stats: DecodeStats) -> str:
+    """A span's id as lower-case hex. A legacy id, text with a character that is no hex digit, is
+    kept as written and counted: legacy exporters write ids like ``trace-legacy-1``, and no verdict
+    depends on an id (it only points a finding at its span). Hex digits of the wrong length are an
+    id cut short or padded, which is an error."""
     if item is None or item == "":
         return ""
-    if type(item) is not str or not pattern.fullmatch(item):
+    if type(item) is not str:
+        raise ValueError(f"{name} must be a string of {digits} hex digits, got {_kind(item)}")
+    if pattern.fullmatch(item):
+        return item.lower()
+    if _HEX_DIGITS_ONLY.fullmatch(item):  # a real id cut short or padded: a broken exporter
         raise ValueError(f"{name} {item!r:.50} is not {digits} hex digits")
-    return item.lower()
+    stats.keep_legacy_id(name, item)
+    return item
 
 
 def _list(container: dict[str, Any], *names: str) -> list[Any]:
@@ -291,7 +301,14 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
         return _SLOW
     if value is not None:
         text = value.get("stringValue")
-        value = text if type(text) is str else decoder(value, "kvonce.event.value")
+        if type(text) is str:
+            value = text
+        elif "kvlistValue" in value or "arrayValue" in value:
+            value = decoder(value, "kvonce.event.value")  # structured: kept as it is
+            if type(value) is not dict and type(value) is not list:
+                return _SLOW
+        else:
+            return _SLOW  # a scalar of another kind: the general path reads it as text, or refuses it
     if context is not None:
         if type(context) is dict and len(context) == 1 and "kvlistValue" in context:
             context = _fast_kvlist(context, decoder)
@@ -364,14 +381,15 @@ def iter_request_events(
                             _attr_map(span.get("attributes")),
                             decoder,
                             fallbacks,
-                            trace_id=hex_id(span.get("traceId", span.get("trace_id")), "traceId", _HEX32, 32),
-                            span_id=hex_id(span.get("spanId", span.get("span_id")), "spanId", _HEX16, 16),
+                            trace_id=hex_id(span.get("traceId", span.get("trace_id")), "traceId", _HEX32, 32, stats),
+                            span_id=hex_id(span.get("spanId", span.get("span_id")), "spanId", _HEX16, 16, stats),
                             start_ns=_uint64(
                                 span.get("startTimeUnixNano", span.get("start_time_unix_nano")),
                                 "startTimeUnixNano",
                             ),
                             position=(r, s, p),
                             origin=origin,
+                            stats=stats,
                         )
                         if event is None:
                             stats.skipped_spans += 1

@@ -253,6 +253,7 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
         return None
     stats.spans += walk.spans_seen
     stats.skipped_spans += walk.skipped
+    stats.absorb(walk.notes)
     return walk.events
 
 
@@ -348,6 +349,8 @@ class _Walk:
         self.tap = tap
         self.events: list[Event] = []
         self.spans_seen = self.skipped = self._tapped = self._resources = 0
+        #: what the mapping counted (scalar keys or values); added to the caller's stats if kept
+        self.notes = DecodeStats()
 
     def resources(self, resources: list[ResourceSpans]) -> None:
         decoder, tap, events = self.decoder, self.tap, self.events
@@ -368,7 +371,7 @@ class _Walk:
                 for p, span in enumerate(spans):
                     event = _fast_event(span, decoder, actor, prefix, p)
                     if event is None:
-                        event = _general_event(span, decoder, fallbacks, (r, s, p), prefix)
+                        event = _general_event(span, decoder, fallbacks, (r, s, p), prefix, self.notes)
                         if event is None:
                             self.skipped += 1
                             continue
@@ -443,7 +446,14 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
         if value is UNSET:
             return None
         text = value.stringValue
-        value = text if text is not UNSET else decoder(value, _VALUE)
+        if text is not UNSET:
+            value = text
+        elif value.kvlistValue is not UNSET or value.arrayValue is not UNSET:
+            value = decoder(value, _VALUE)  # structured: kept as it is
+            if type(value) is not dict and type(value) is not list:
+                return None
+        else:
+            return None  # a scalar of another kind: the mapping reads it as text, or refuses it
     if context is not None:
         if context is UNSET:
             return None
@@ -494,7 +504,7 @@ def _scalar_pairs(pairs: KeyValueList, decoder: TypedAnyValueDecoder) -> dict[st
 
 
 def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, position: tuple[int, int, int],
-                   prefix: str) -> Event | None:
+                   prefix: str, notes: DecodeStats) -> Event | None:
     """Any other span, through the mapping every form shares (skipped spans return ``None``)."""
     if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
         raise _GiveUp
@@ -517,5 +527,5 @@ def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, po
         start_ns = start
     return span_to_event(_attr_map(span.attributes), decoder, fallbacks, trace_id=trace_id.lower(),
                          span_id=span_id.lower(), start_ns=start_ns, position=position,
-                         origin=f"{prefix}{position[2]}")
+                         origin=f"{prefix}{position[2]}", stats=notes)
 

@@ -69,7 +69,12 @@ def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, ori
         return _SLOW
     if value is not None:
         text = value.string_value
-        value = text if text else decoder(value, "kvonce.event.value")
+        if text:
+            value = text
+        elif value.WhichOneof("value") in ("kvlist_value", "array_value"):
+            value = decoder(value, "kvonce.event.value")  # structured: kept as it is
+        else:
+            return _SLOW  # empty, or a scalar of another kind: the general path decides
     if context is not None:
         if context.WhichOneof("value") == "kvlist_value":
             entries = {}
@@ -192,6 +197,7 @@ def iter_message_events(
                             start_ns=span.start_time_unix_nano,
                             position=(r, s, p),
                             origin=origin,
+                            stats=stats,
                         )
                         if event is None:
                             stats.skipped_spans += 1

@@ -87,7 +87,7 @@ class TraceRead:
             "spans": self.stats.spans if self.format.is_otlp else None,
             "skippedSpans": self.stats.skipped_spans if self.format.is_otlp else None,
             "reordered": self.reordered,
-            "warnings": list(self.stats.warnings),
+            "warnings": self.stats.report_warnings(),
         }
 
 
@@ -276,7 +276,7 @@ def _decode(stream: BinaryIO, detected: InputFormat, *, source: str, limits: Lim
     count = 0
     if detected is InputFormat.NDJSON:
         for event in iter_ndjson_events(stream, source=source, max_line=limits.max_line_bytes,
-                                        max_depth=limits.max_context_depth):
+                                        max_depth=limits.max_context_depth, stats=stats):
             count += 1
             if count > limits.max_events:
                 raise InputError(source, f"more than {limits.max_events} events (KVONCE_MAX_EVENTS)")
@@ -509,7 +509,7 @@ class TraceStream:
             "spans": self.stats.spans if self.format.is_otlp else None,
             "skippedSpans": self.stats.skipped_spans if self.format.is_otlp else None,
             "reordered": self.reordered,
-            "warnings": list(self.stats.warnings),
+            "warnings": self.stats.report_warnings(),
         }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,11 +47,11 @@ from .validation import RULES
 TEXT = pd.StringDtype()
 
 ISO_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
-HEX32_OR_EMPTY = r"^(?:[0-9a-f]{32})?$"
-HEX16_OR_EMPTY = r"^(?:[0-9a-f]{16})?$"
+HEX32_OR_LEGACY = "32 lower-case hex digits, empty, or a legacy id with a non-hex character"
+HEX16_OR_LEGACY = "16 lower-case hex digits, empty, or a legacy id with a non-hex character"
 
 #: The same forms for :func:`matches_form`: ``d`` a digit, ``x`` a lower-case hex digit, anything
-#: else itself. ``ISO_MS_FORM`` is ``ISO_MS``; the hex forms, with ``allow_empty``, the ``*_OR_EMPTY``.
+#: else itself. ``ISO_MS_FORM`` is ``ISO_MS``; the hex forms are the ids' (see :func:`_id_check`).
 ISO_MS_FORM = "dddd-dd-ddTdd:dd:dd.dddZ"
 HEX32_FORM = "x" * 32
 HEX16_FORM = "x" * 16
@@ -177,6 +178,23 @@ def _form_check(form: str, *, allow_empty: bool = False, error: str) -> pa.Check
     look for them (``ignore_na=False`` saves one ``isna`` pass per column before and one after)."""
     return pa.Check(lambda series: matches_form(series, form, allow_empty=allow_empty), error=error,
                     ignore_na=False)
+
+
+#: Legacy ids: text with a character that is no hex digit (``trace-legacy-1``). The reader keeps
+#: them as written, with a warning; a string of hex digits of the wrong length or case is not one.
+_HEX_DIGITS_ONLY = re.compile(r"[0-9a-fA-F]*")
+
+
+def _id_check(form: str, *, error: str) -> pa.Check:
+    """A span id column: ``form`` (lower-case hex), empty, or a legacy id. Legacy ids are rare, so
+    only the values that miss the form are looked at one by one."""
+    def check(series: pd.Series) -> pd.Series:
+        ok = matches_form(series, form, allow_empty=True)
+        if not ok.all():
+            misses = ~ok
+            ok[misses] = [isinstance(v, str) and not _HEX_DIGITS_ONLY.fullmatch(v) for v in series[misses]]
+        return ok
+    return pa.Check(check, error=error, ignore_na=False)
 
 
 #: ``str_length(min_value=1)`` as a vectorised check (missing values pass, as there).
@@ -318,9 +336,9 @@ def spans_frame(request: Any) -> pd.DataFrame:
 
 collected_schema = pa.DataFrameSchema(
     {
-        "traceId": pa.Column(TEXT, _form_check(HEX32_FORM, allow_empty=True, error=HEX32_OR_EMPTY),
-                             description="hex, lower case, or empty"),
-        "spanId": pa.Column(TEXT, _form_check(HEX16_FORM, allow_empty=True, error=HEX16_OR_EMPTY)),
+        "traceId": pa.Column(TEXT, _id_check(HEX32_FORM, error=HEX32_OR_LEGACY),
+                             description="hex, lower case, or empty; or a legacy id, kept as written"),
+        "spanId": pa.Column(TEXT, _id_check(HEX16_FORM, error=HEX16_OR_LEGACY)),
         "startTimeUnixNano": pa.Column("UInt64", nullable=True),
         "isKvonce": pa.Column(bool),
     },

@@ -281,7 +281,7 @@ def _status_message(reply: bytes, content_type: str) -> str:
         ("application/json", None,
          b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"xyz","spanId":"a1b2c3d4e5f60001",'
          b'"attributes":[{"key":"kvonce.event.type","value":{"stringValue":"success"}}]}]}]}]}',
-         "span r0/s0/p0: traceId 'xyz' is not 32 hex digits"),
+         "traceId 'xyz' is not 32 hex digits: payload files hold OTLP protobuf"),
         ("application/json", None,
          b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":['
          b'{"key":"kvonce.event.type","value":{"intValue":"7"}},'

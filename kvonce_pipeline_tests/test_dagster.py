@@ -90,7 +90,7 @@ def test_strict_setting_fails_the_seed_sample(sample_ndjson: Path, tmp_path: Pat
 
 def test_unusable_payload_fails_the_run_with_the_place(tmp_path: Path) -> None:
     payload = tmp_path / "broken.ndjson"
-    payload.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": 42}\n')
+    payload.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": {"id": 42}}\n')
     result = materialize(payload, tmp_path / "reports")
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -124,7 +124,7 @@ def test_dagster_job_execute_exit_code(tmp_path: Path, sample_otlp: Path, valid:
 
 def _unusable(tmp_path: Path, sample_otlp: Path) -> Path:
     payload = tmp_path / "broken.ndjson"
-    payload.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": 42}\n')
+    payload.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": {"id": 42}}\n')
     return payload
 
 

@@ -175,7 +175,7 @@ def test_dagster_job_execute_exits_1_on_a_failed_schema_check(sample_otlp: Path,
 def test_an_unusable_document_records_the_collected_copy_then_fails_naming_the_span(sample_otlp: Path,
                                                                                      tmp_path: Path) -> None:
     doc = orjson.loads(sample_otlp.read_bytes())
-    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["spanId"] = "not-hex"
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["spanId"] = "a1b2c3"  # hex digits cut short
     payload = tmp_path / "bad-span.json"
     payload.write_bytes(orjson.dumps(doc))
     result = materialize(conformance_assets, payload, tmp_path / "reports")
@@ -183,10 +183,32 @@ def test_an_unusable_document_records_the_collected_copy_then_fails_naming_the_s
     assert [m.asset_key.to_user_string() for m in result.get_asset_materialization_events()] == [
         "collected_kvonce_otlp"]
     message = step_failure(result)
-    assert message.startswith("unusable input: ") and "span r0/s0/p1" in message and "not-hex" in message
+    assert message.startswith("unusable input: ") and "span r0/s0/p1" in message and "a1b2c3" in message
     report = orjson.loads((tmp_path / "reports" / "trace" / artifacts.VALIDATION).read_bytes())
     assert report["valid"] is False and report["inputError"]["where"].endswith("span r0/s0/p1")
     assert not (tmp_path / "reports" / "trace" / artifacts.EVENTS).exists()
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_legacy_ids_pass_every_check_with_a_warning(sample_otlp: Path, tmp_path: Path, parallel: bool) -> None:
+    """Ids such as ``trace-legacy-1`` (legacy exporters) are kept as written: the verdict and every
+    schema check are the ones the same trace gets with hex ids, and the report says what was kept."""
+    doc = orjson.loads(sample_otlp.read_bytes())
+    spans = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    spans[0]["traceId"] = spans[1]["traceId"] = "trace-legacy-1"
+    spans[2]["spanId"] = "span-legacy-2"
+    payload = tmp_path / "legacy.json"
+    payload.write_bytes(orjson.dumps(doc))
+    result = materialize(build_conformance_assets(parallel=parallel), payload, tmp_path / "reports")
+    assert result.success, step_failure(result)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    report = orjson.loads((tmp_path / "reports" / "trace" / artifacts.VALIDATION).read_bytes())
+    warnings = report["summary"]["input"]["warnings"]
+    assert any(w.startswith("2 span(s) with a traceId that is not 32 hex digits (first: 'trace-legacy-1')")
+               for w in warnings), warnings
+    assert any(w.startswith("1 span(s) with a spanId") for w in warnings), warnings
+    events = (tmp_path / "reports" / "trace" / artifacts.EVENTS).read_bytes()
+    assert events.count(b'"traceId":"trace-legacy-1"') == 2 and b'"spanId":"span-legacy-2"' in events
 
 
 # --- the drop variant in the parallel pass ---------------------------------------------------------
@@ -266,7 +288,7 @@ def test_the_schema_worker_collects_as_collect_payload_does(sample_otlp: Path, s
         finally:
             worker.close()
     broken = tmp_path / "broken.ndjson"
-    broken.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": 42}\n')
+    broken.write_text('{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": [42]}\n')
     worker = SchemaWorker.collect(broken, tmp_path / "w" / "broken.json", "auto")
     try:
         with pytest.raises(InputError) as raised:
