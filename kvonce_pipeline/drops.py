@@ -142,6 +142,20 @@ class _Changing(Exception):
     """The file changed while it was read: not settled."""
 
 
+def printable_name(name: str) -> str | None:
+    """``None`` for a name that is valid UTF-8, else the name with its bad bytes as ``\\xff`` escapes.
+
+    A name listed from the folder may hold bytes that are not UTF-8 (``os`` gives them back as lone
+    surrogates). JSON, Dagster tags and logs cannot carry those, so such a file is refused under its
+    escaped name, and the cursor, the log and every other file's run stay intact.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
 def _inspect(root_real: str, entry_path: str, name: str, limits: Limits) -> os.stat_result | Refusal:
     """Stat a listed entry, refusing what must not be read. Follows a symlink only inside the folder."""
     try:
@@ -231,6 +245,15 @@ def scan_drop_dir(
             result.ignored += 1
             continue
         entry_path = os.path.join(drop_dir, name)
+        escaped = printable_name(name)
+        if escaped is not None:
+            try:
+                seen = os.lstat(entry_path)
+            except OSError:
+                continue
+            result.refused.append(Refusal(escaped, "the file name is not valid UTF-8: rename it to read it",
+                                          seen.st_size, seen.st_mtime_ns))
+            continue
         info = _inspect(root_real, entry_path, name, limits)
         if isinstance(info, Refusal):
             result.refused.append(info)
@@ -282,7 +305,7 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
             names = sorted(entry.name for entry in listing)
     except FileNotFoundError:
         raise InputError(str(drop_dir), "the drop folder does not exist") from None
-    eligible = [n for n in names if not is_ignored_name(n)]
+    eligible = [n for n in names if not is_ignored_name(n) and printable_name(n) is None]
     candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
     if name is not None and is_bare_name(name) and name in candidates:
         candidates.remove(name)

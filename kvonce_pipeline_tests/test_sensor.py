@@ -184,6 +184,25 @@ def test_refused_files_are_logged_once_and_never_run(instance, settings, drop_di
     assert "refused" not in capfd.readouterr().err
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_and_every_other_file_keeps_flowing(instance, settings, drop_dir,
+                                                                                  capfd) -> None:
+    bad = os.path.join(os.fsencode(drop_dir), b"bad\xff.ndjson")
+    with open(bad, "wb") as handle:
+        handle.write(VALID)
+    os.utime(bad, ns=(HOUR_AGO_NS, HOUR_AGO_NS))
+    put(drop_dir, "good.ndjson", VALID)
+    first = tick(instance, settings)
+    assert [r.tags[TAG_NAME] for r in drop_requests(first)] == ["good.ndjson"]
+    assert set(orjson.loads(first.cursor)["refused"]) == {"bad\\xff.ndjson"}
+    assert "refused bad\\xff.ndjson: the file name is not valid UTF-8" in capfd.readouterr().err
+    apply(instance, first)
+    put(drop_dir, "later.ndjson", VALID + line(3, "success", "gamma", value="v3"))
+    second = tick(instance, settings, first.cursor)  # the cursor from the tick that met the bad name works
+    assert [r.tags[TAG_NAME] for r in drop_requests(second)] == ["later.ndjson"]
+    assert "refused" not in capfd.readouterr().err  # logged once
+    assert os.path.exists(bad), "the file itself is left alone"
+
+
 # --- the runs ---------------------------------------------------------------------------------
 
 
