@@ -291,7 +291,7 @@ def test_a_bad_span_is_named_by_the_dropped_file_and_the_span(instance, settings
     span = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "a1b2c3d4e5f60001", "name": "kvonce.success",
             "startTimeUnixNano": "1759557600000000000", "endTimeUnixNano": "1759557600000000001",
             "attributes": [{"key": "kvonce.event.type", "value": {"stringValue": "success"}},
-                           {"key": "kvonce.event.key", "value": {"intValue": "7"}}]}
+                           {"key": "kvonce.event.key", "value": {"arrayValue": {"values": [{"intValue": "7"}]}}}]}
     data = orjson.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]})
     put(drop_dir, "otlp-bad-span.json", data)
     _, [run] = run_tick(instance, settings)
