@@ -12,7 +12,8 @@ from __future__ import annotations
 import dagster as dg
 
 from .orchestration.assets import build_conformance_assets
-from .orchestration.drop_assets import drop_assets, kvonce_drop_job, kvonce_store, kvonce_store_job
+from .orchestration.drop_assets import (drop_assets, kvonce_drop_job, kvonce_store, kvonce_store_job,
+                                         kvonce_store_reset_job)
 from .orchestration.resources import KvonceSettings
 from .orchestration.sensors import kvonce_drop_sensor
 
@@ -31,7 +32,7 @@ kvonce_conformance_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[*conformance_assets, *drop_assets, kvonce_store],
-    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job],
+    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job, kvonce_store_reset_job],
     sensors=[kvonce_drop_sensor],
     resources={"kvonce": KvonceSettings.from_env()},
 )

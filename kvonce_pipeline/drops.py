@@ -44,8 +44,16 @@ DEFAULT_SETTLE_SECONDS = 2.0
 MAX_STEM = 80
 SHA_PREFIX = 12
 
+#: The store scope of files directly in the drop folder (and in a subfolder named ``default``).
+DEFAULT_SCOPE = "default"
+#: A scope is a subfolder of the drop folder; its name is one short, safe path component.
+SCOPE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+#: Between a scope and the stem in a partition key: a character no stem has (see :func:`stem_of`).
+SCOPE_SEPARATOR = "~"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-KEY_PATTERN = re.compile(rf"^[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_STEM - 1}}}-[0-9a-f]{{{SHA_PREFIX}}}$")
+KEY_PATTERN = re.compile(rf"^(?:[A-Za-z0-9][A-Za-z0-9_-]{{0,39}}~)?"
+                         rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_STEM - 1}}}-[0-9a-f]{{{SHA_PREFIX}}}$")
 
 
 def stem_of(name: str) -> str:
@@ -57,11 +65,31 @@ def stem_of(name: str) -> str:
     return stem or "payload"
 
 
-def partition_key_for(name: str, sha256: str) -> str:
-    """``<stem>-<sha256[:12]>``: what a payload's partition is called."""
+def is_scope_name(name: str) -> bool:
+    return bool(SCOPE_PATTERN.fullmatch(name))
+
+
+def partition_key_for(name: str, sha256: str, scope: str = DEFAULT_SCOPE) -> str:
+    """``<stem>-<sha256[:12]>`` in the default scope, ``<scope>~<stem>-<sha256[:12]>`` in another."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-    return f"{stem_of(name)}-{sha256[:SHA_PREFIX]}"
+    if not is_scope_name(scope):
+        raise ValueError(f"not a scope name: {scope!r}")
+    prefix = "" if scope == DEFAULT_SCOPE else scope + SCOPE_SEPARATOR
+    return f"{prefix}{stem_of(name)}-{sha256[:SHA_PREFIX]}"
+
+
+def scope_of(key: str) -> str:
+    """The store scope a partition key belongs to."""
+    head, separator, _ = key.partition(SCOPE_SEPARATOR)
+    return head if separator else DEFAULT_SCOPE
+
+
+def scope_folder(drop_dir: Path, scope: str) -> Path:
+    """Where a scope's payloads are dropped (the default scope: the drop folder itself)."""
+    if not is_scope_name(scope):
+        raise ValueError(f"not a scope name: {scope!r}")
+    return Path(drop_dir) if scope == DEFAULT_SCOPE else Path(drop_dir) / scope
 
 
 def is_partition_key(key: str) -> bool:
@@ -70,10 +98,10 @@ def is_partition_key(key: str) -> bool:
 
 
 def split_partition_key(key: str) -> tuple[str, str]:
-    """``(stem, sha256 prefix)`` of a key built by :func:`partition_key_for`."""
+    """``(stem, sha256 prefix)`` of a key built by :func:`partition_key_for` (the scope aside)."""
     if not is_partition_key(key):
         raise ValueError(f"not a drop partition key: {key!r}")
-    return key[: -SHA_PREFIX - 1], key[-SHA_PREFIX:]
+    return key.rpartition(SCOPE_SEPARATOR)[2][: -SHA_PREFIX - 1], key[-SHA_PREFIX:]
 
 
 def is_ignored_name(name: str) -> bool:
@@ -101,10 +129,16 @@ class DropFile:
     size: int
     mtime_ns: int
     sha256: str
+    scope: str = DEFAULT_SCOPE
 
     @property
     def partition_key(self) -> str:
-        return partition_key_for(self.name, self.sha256)
+        return partition_key_for(self.name, self.sha256, self.scope)
+
+    @property
+    def label(self) -> str:
+        """The name relative to the drop folder: ``name``, or ``<scope>/<name>``."""
+        return scope_label(self.scope, self.name)
 
     @property
     def arrived_at(self) -> str:
@@ -154,6 +188,43 @@ def printable_name(name: str) -> str | None:
     except UnicodeEncodeError:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return None
+
+
+def scope_label(scope: str, name: str) -> str:
+    return name if scope == DEFAULT_SCOPE else f"{scope}/{name}"
+
+
+def _listed(drop_dir: Path, result: ScanResult) -> list[tuple[str, Path, str]]:
+    """``(scope, folder, name)`` of every entry to consider: the drop folder's own files, and the
+    files of each subfolder whose name is a scope (one level, never deeper). A symlinked or
+    badly named subfolder is refused, never entered."""
+    out: list[tuple[str, Path, str]] = []
+    with os.scandir(drop_dir) as listing:
+        top = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+    for name, is_folder in top:
+        if is_ignored_name(name):
+            result.ignored += 1
+        elif not is_folder:
+            out.append((DEFAULT_SCOPE, Path(drop_dir), name))
+        elif printable_name(name) is not None or not is_scope_name(name) or name == DEFAULT_SCOPE:
+            shown = printable_name(name) or name
+            result.refused.append(Refusal(shown, "a folder whose name is not a store scope (letters, digits, "
+                                                 "'_' and '-', at most 40; not 'default', which is the drop "
+                                                 "folder itself): not scanned"))
+        else:
+            folder = Path(drop_dir) / name
+            try:
+                with os.scandir(folder) as listing:
+                    inner = sorted(entry.name for entry in listing)
+            except OSError as exc:
+                result.refused.append(Refusal(name, f"scope folder cannot be listed: {exc.strerror or exc}"))
+                continue
+            for child in inner:
+                if is_ignored_name(child):
+                    result.ignored += 1
+                else:
+                    out.append((name, folder, child))
+    return out
 
 
 def _inspect(root_real: str, entry_path: str, name: str, limits: Limits) -> os.stat_result | Refusal:
@@ -235,25 +306,23 @@ def scan_drop_dir(
     result = ScanResult()
     try:
         root_real = os.path.realpath(drop_dir)
-        with os.scandir(drop_dir) as listing:
-            names = sorted(entry.name for entry in listing)
+        listed = _listed(Path(drop_dir), result)
     except FileNotFoundError:
         return result
     hashed_files = hashed_bytes = 0
-    for name in names:
-        if is_ignored_name(name):
-            result.ignored += 1
-            continue
-        entry_path = os.path.join(drop_dir, name)
-        escaped = printable_name(name)
+    for scope, folder, bare in listed:
+        entry_path = os.path.join(folder, bare)
+        escaped = printable_name(bare)
         if escaped is not None:
             try:
                 seen = os.lstat(entry_path)
             except OSError:
                 continue
-            result.refused.append(Refusal(escaped, "the file name is not valid UTF-8: rename it to read it",
+            result.refused.append(Refusal(scope_label(scope, escaped),
+                                          "the file name is not valid UTF-8: rename it to read it",
                                           seen.st_size, seen.st_mtime_ns))
             continue
+        name = scope_label(scope, bare)
         info = _inspect(root_real, entry_path, name, limits)
         if isinstance(info, Refusal):
             result.refused.append(info)
@@ -278,7 +347,7 @@ def scan_drop_dir(
             continue
         hashed_files += 1
         hashed_bytes += info.st_size
-        result.ready.append(DropFile(name, Path(drop_dir) / name, info.st_size, info.st_mtime_ns, sha))
+        result.ready.append(DropFile(bare, Path(folder) / bare, info.st_size, info.st_mtime_ns, sha, scope))
     return result
 
 
@@ -300,11 +369,17 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
     if sha256 is not None and not sha256.startswith(prefix):
         raise InputError(str(drop_dir), f"sha256 {sha256} does not belong to partition {partition_key}")
     root_real = os.path.realpath(drop_dir)
+    scope = scope_of(partition_key)
+    folder = scope_folder(drop_dir, scope)
     try:
-        with os.scandir(drop_dir) as listing:
+        if os.path.islink(folder):
+            raise FileNotFoundError
+        with os.scandir(folder) as listing:
             names = sorted(entry.name for entry in listing)
     except FileNotFoundError:
-        raise InputError(str(drop_dir), "the drop folder does not exist") from None
+        raise InputError(str(folder), "the drop folder does not exist" if scope == DEFAULT_SCOPE
+                         else f"the folder of scope {scope} does not exist") from None
+    drop_dir = folder
     eligible = [n for n in names if not is_ignored_name(n) and printable_name(n) is None]
     candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
     if name is not None and is_bare_name(name) and name in candidates:
@@ -320,6 +395,6 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
         except (_Changing, OSError):
             continue
         if digest == sha256 if sha256 else digest.startswith(prefix):
-            return DropFile(candidate, Path(drop_dir) / candidate, info.st_size, info.st_mtime_ns, digest)
+            return DropFile(candidate, Path(drop_dir) / candidate, info.st_size, info.st_mtime_ns, digest, scope)
     raise InputError(str(drop_dir), f"no payload with the content of partition {partition_key} "
                                     "(the file was moved, removed or rewritten after it was seen)")

@@ -22,10 +22,18 @@ Plain Python: no Dagster import.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import orjson
+
+from .atomic import write_bytes_atomic
+from .drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
 from .events import Event, format_timestamp
 from .validation import DEFAULT_MAX_RETRIES, RULES
 
@@ -305,3 +313,115 @@ def render_store_summary(report: dict[str, Any], max_rows: int = 50) -> str:
             lines.append(f"| {f['severity']} | `{f['type']}` | {f['key']} | {first['partition']} #{first['eventIndex']} "
                          f"{first['timestamp']} | {second['partition']} #{second['eventIndex']} {second['timestamp']} |")
     return "\n".join(lines) + "\n"
+
+
+# --- scopes: which payloads belong to one store, and starting a scope afresh ---------------------
+#
+# A scope is named by the drop folder's subfolder a payload was dropped in (the drop folder itself
+# is the scope ``default``); its partition keys carry it (:func:`drops.scope_of`). Each scope is
+# folded on its own: payloads of unrelated systems never judge each other. A reset does not delete
+# anything: it records which of the scope's partitions the store no longer folds, so their
+# reports stay as the history they are and the next payload starts from an empty store.
+
+RESET_FILE = "kvonce-store-reset.json"
+RESET_SCHEMA = "kvonce-store-reset/v1"
+
+
+def store_dir(trace_dir: Path, scope: str) -> Path:
+    """``<reports>/trace/kvonce-store`` for the default scope, ``kvonce-store/<scope>`` for another."""
+    if not is_scope_name(scope):
+        raise ValueError(f"not a scope name: {scope!r}")
+    base = Path(trace_dir) / STORE_DIR
+    return base if scope == DEFAULT_SCOPE else base / scope
+
+
+def excluded_partitions(trace_dir: Path, scope: str) -> frozenset[str]:
+    """The partitions a reset of ``scope`` took out of its store (empty if it was never reset)."""
+    try:
+        record = orjson.loads((store_dir(trace_dir, scope) / RESET_FILE).read_bytes())
+    except FileNotFoundError:
+        return frozenset()
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{store_dir(trace_dir, scope) / RESET_FILE} is not valid JSON ({exc}); "
+                         "reset the scope again to rewrite it") from None
+    return frozenset(record.get("excluded", ()))
+
+
+def judged_partitions(trace_dir: Path) -> dict[str, list[str]]:
+    """Per scope, the drop partitions with key facts under ``trace_dir`` (those a store can fold)."""
+    out: dict[str, list[str]] = {}
+    try:
+        names = sorted(os.listdir(trace_dir))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if is_partition_key(name) and (Path(trace_dir) / name / KEYFACTS).is_file():
+            out.setdefault(scope_of(name), []).append(name)
+    return out
+
+
+def reset_scope(trace_dir: Path, scope: str, *, max_retries: int = DEFAULT_MAX_RETRIES,
+                strict: bool = False, at: str | None = None) -> dict[str, Any]:
+    """Start ``scope``'s store afresh: every partition judged so far is left out of its fold from
+    now on, and the scope's store files are rewritten empty. Returns the reset record."""
+    folder = store_dir(trace_dir, scope)
+    excluded = sorted(set(excluded_partitions(trace_dir, scope)) | set(judged_partitions(trace_dir).get(scope, ())))
+    record = {"schemaVersion": RESET_SCHEMA, "scope": scope, "resetAt": at or iso_utc(time.time_ns()),
+              "excluded": excluded}
+    write_bytes_atomic(folder / RESET_FILE, orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
+    write_store_files(folder, fold([], max_retries=max_retries, strict=strict).report(), scope)
+    return record
+
+
+def write_store_files(folder: Path, report: dict[str, Any], scope: str) -> str:
+    """The scope's ``kvonce-store.json`` and ``kvonce-store.md``; returns the report's sha256."""
+    report = {**report, "scope": scope}
+    blob = orjson.dumps(report, option=orjson.OPT_INDENT_2 if len(report["keys"]) < 10_000 else 0) + b"\n"
+    sha = write_bytes_atomic(folder / STORE_REPORT, blob)
+    write_bytes_atomic(folder / STORE_SUMMARY, render_store_summary(report).encode())
+    return sha
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("store", help="list the cross-payload store's scopes, or start one afresh")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="each scope: its judged payloads and how many its store folds")
+    listing.add_argument("--reports-dir", default=None, help="reports folder (default: KVONCE_REPORTS_DIR or "
+                                                             "hermetic-reports)")
+    listing.set_defaults(run=_list_command)
+    reset = actions.add_parser("reset", help="start a scope's store afresh (its payloads' reports are kept)")
+    reset.add_argument("--scope", required=True, help="the scope: a drop subfolder's name, or 'default'")
+    reset.add_argument("--reports-dir", default=None, help="reports folder (default: KVONCE_REPORTS_DIR or "
+                                                           "hermetic-reports)")
+    reset.set_defaults(run=_reset_command)
+
+
+def _trace_dir(reports: str | None) -> Path:
+    from .artifacts import trace_dir
+
+    return Path(reports) / "trace" if reports else trace_dir()
+
+
+def _list_command(args: Any) -> int:
+    trace = _trace_dir(args.reports_dir)
+    scopes = judged_partitions(trace)
+    if not scopes:
+        print(f"no judged payloads under {trace}")
+        return 0
+    for scope, partitions in sorted(scopes.items()):
+        excluded = excluded_partitions(trace, scope)
+        folded = [p for p in partitions if p not in excluded]
+        print(f"{scope}: {len(partitions)} payload(s), {len(folded)} folded by its store "
+              f"({store_dir(trace, scope) / STORE_REPORT})")
+    return 0
+
+
+def _reset_command(args: Any) -> int:
+    if not is_scope_name(args.scope):
+        print(f"kvonce: {args.scope!r} is not a scope name (letters, digits, '_' and '-', at most 40)", file=sys.stderr)
+        return 2
+    trace = _trace_dir(args.reports_dir)
+    record = reset_scope(trace, args.scope)
+    print(f"scope {args.scope}: reset at {record['resetAt']}; {len(record['excluded'])} earlier payload(s) are no "
+          f"longer folded (their reports are kept); the next payload dropped in it starts from an empty store")
+    return 0

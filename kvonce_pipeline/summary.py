@@ -7,6 +7,17 @@ from typing import Any
 MAX_ROWS = 50
 
 
+
+def where_of(issue: dict[str, Any]) -> str:
+    """A finding's *where*: its place in the input, and for a finding across payloads the other
+    payload's partition and event (so the column is never empty for one)."""
+    origin = issue.get("origin") or ""
+    cross = issue.get("crossPayload")
+    if not cross:
+        return origin
+    other = f"with {cross['otherPartition']} event {cross['otherEventIndex']}"
+    return f"{origin}; {other}" if origin else other
+
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     return text.replace("|", "\\|").replace("\n", " ")[:200]
@@ -60,7 +71,7 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
             if first and f"event {first['eventIndex']}" not in message:
                 message += f" (first written at event {first['eventIndex']})"
             lines.append(f"| {issue['severity']} | `{issue['type']}` | {_cell(issue.get('key'))} | "
-                         f"{issue['eventIndex']} | {_cell(issue.get('origin'))} | {_cell(ids)} | {_cell(message)} |")
+                         f"{issue['eventIndex']} | {_cell(where_of(issue))} | {_cell(ids)} | {_cell(message)} |")
         if len(issues) > MAX_ROWS:
             lines.append(f"\n{len(issues) - MAX_ROWS} more findings are not shown here ({len(issues)} in all): "
                          "the full list is `issues` in `kvonce-validation.json`, beside this file.")

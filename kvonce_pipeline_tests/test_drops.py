@@ -120,14 +120,35 @@ def test_symlinks_out_of_the_folder_are_refused_inside_ones_are_read(tmp_path: P
 def test_files_above_the_size_limit_folders_and_fifos_are_refused(tmp_path: Path) -> None:
     drop(tmp_path, "big.ndjson", LINE * 10)
     drop(tmp_path, "small.ndjson")
-    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)  # a scope's own subfolders are not scanned
+    (tmp_path / "not a scope").mkdir()
+    (tmp_path / "default").mkdir()  # the default scope is the drop folder itself
     os.mkfifo(tmp_path / "pipe.ndjson")
     result = drops.scan_drop_dir(tmp_path, limits=Limits(max_drop_file_bytes=len(LINE) * 2), now_ns=LATER)
     assert [f.name for f in result.ready] == ["small.ndjson"]
     reasons = {r.name: r.reason for r in result.refused}
     assert "KVONCE_MAX_DROP_FILE_BYTES" in reasons["big.ndjson"]
-    assert "subfolders are not scanned" in reasons["sub"]
+    assert "subfolders are not scanned" in reasons["sub/deeper"]
+    assert "not a store scope" in reasons["not a scope"] and "not a store scope" in reasons["default"]
     assert "not a regular file" in reasons["pipe.ndjson"]
+
+
+def test_a_scope_subfolder_gives_its_files_scoped_partition_keys(tmp_path: Path) -> None:
+    drop(tmp_path, "top.ndjson")
+    (tmp_path / "orders").mkdir()
+    drop(tmp_path / "orders", "top.ndjson")  # the same bytes in another scope: another system's payload
+    result = drops.scan_drop_dir(tmp_path, now_ns=LATER)
+    by_label = {f.label: f for f in result.ready}
+    assert set(by_label) == {"top.ndjson", "orders/top.ndjson"}
+    default, scoped = by_label["top.ndjson"], by_label["orders/top.ndjson"]
+    assert default.scope == "default" and drops.KEY_PATTERN.match(default.partition_key)
+    assert scoped.partition_key == "orders~" + default.partition_key
+    assert drops.scope_of(scoped.partition_key) == "orders" and drops.scope_of(default.partition_key) == "default"
+    assert drops.split_partition_key(scoped.partition_key) == drops.split_partition_key(default.partition_key)
+    found = drops.locate_payload(tmp_path, scoped.partition_key, name="top.ndjson")
+    assert found.path == tmp_path / "orders" / "top.ndjson" and found.scope == "orders"
+    with pytest.raises(ValueError):
+        drops.partition_key_for("x.json", default.sha256, "../etc")
 
 
 def test_work_per_scan_is_bounded_and_the_rest_waits(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from kvonce_pipeline import artifacts, drops, envelope, store
+from kvonce_pipeline.cli import main
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA,
                                                         drop_assets, kvonce_store)
@@ -373,6 +374,67 @@ def test_the_store_sees_what_single_payloads_cannot(instance, settings, drop_dir
     assert [p["partition"] for p in doc["payloads"]] == [key_for(n, d) for n, d in
                                                        (("p1.ndjson", first), ("p2.ndjson", second),
                                                         ("p3.ndjson", third))]
+
+
+def test_payloads_of_two_scopes_never_judge_each_other_and_one_scope_does(instance, settings, drop_dir,
+                                                                          reports_dir) -> None:
+    """Two ``kvonce mock`` runs both write ``alpha``: unrelated in two scopes, a violation in one."""
+    alpha = line(0, "success", "alpha", value="v1")
+    again = line(9, "success", "alpha", value="v2")
+    for scope in ("orders", "billing"):
+        (drop_dir / scope).mkdir()
+    put(drop_dir / "orders", "a.ndjson", alpha)
+    put(drop_dir / "billing", "b.ndjson", again)
+    result, runs = run_tick(instance, settings)
+    assert all(run.success for run in runs)
+    tags = {r.partition_key: r.tags for r in drop_requests(result)}
+    assert {t["kvonce/store-scope"] for t in tags.values()} == {"orders", "billing"}
+    assert sorted(tags) == sorted(["orders~" + key_for("a.ndjson", alpha), "billing~" + key_for("b.ndjson", again)])
+    # the same key again in the orders scope: a real violation, naming the other payload and event
+    put(drop_dir / "orders", "c.ndjson", again)
+    _, [run] = run_tick(instance, settings, result.cursor)
+    assert not run.success
+    report = orjson.loads((reports_dir / "trace" / ("orders~" + key_for("c.ndjson", again)) / artifacts.VALIDATION)
+                          .read_bytes())
+    [issue] = report["issues"]
+    assert issue["type"] == "multiple-success"
+    assert issue["crossPayload"]["otherPartition"] == "orders~" + key_for("a.ndjson", alpha)
+    assert issue["crossPayload"]["otherEventIndex"] == 0
+    summary = (reports_dir / "trace" / ("orders~" + key_for("c.ndjson", again)) / artifacts.SUMMARY).read_text()
+    assert f"with orders~{key_for('a.ndjson', alpha)} event 0" in summary, "the where column names the other payload"
+    stored = dg.materialize([kvonce_store], instance=instance, resources={"kvonce": settings})
+    [check] = stored.get_asset_check_evaluations()
+    assert check.passed is False and "orders" in check.description and "billing" not in check.description
+    orders = orjson.loads((reports_dir / "trace" / store.STORE_DIR / "orders" / store.STORE_REPORT).read_bytes())
+    billing = orjson.loads((reports_dir / "trace" / store.STORE_DIR / "billing" / store.STORE_REPORT).read_bytes())
+    assert (orders["valid"], billing["valid"], orders["scope"]) == (False, True, "orders")
+
+
+@pytest.mark.parametrize("how", ["cli", "job"])
+def test_a_reset_scope_starts_from_an_empty_store_and_keeps_the_old_reports(instance, settings, drop_dir,
+                                                                            reports_dir, how) -> None:
+    first, again = line(0, "success", "alpha", value="v1"), line(9, "success", "alpha", value="v2")
+    put(drop_dir, "a.ndjson", first)
+    result, [run] = run_tick(instance, settings)
+    assert run.success
+    if how == "cli":
+        assert main(["store", "reset", "--scope", "default", "--reports-dir", str(reports_dir)]) == 0
+    else:
+        job = defs.resolve_job_def("kvonce_store_reset_job")
+        assert job.execute_in_process(instance=instance, resources={"kvonce": settings}).success
+        [materialization] = instance.fetch_materializations(kvonce_store.key, limit=1).records
+        reset = materialization.asset_materialization.metadata["reset"].value
+        assert reset["excluded"] == [key_for("a.ndjson", first)]
+    record = orjson.loads((reports_dir / "trace" / store.STORE_DIR / store.RESET_FILE).read_bytes())
+    assert record["scope"] == "default" and record["excluded"] == [key_for("a.ndjson", first)]
+    put(drop_dir, "b.ndjson", again)
+    _, [run2] = run_tick(instance, settings, result.cursor)
+    assert run2.success, "after the reset the earlier write of alpha is no longer in the store"
+    assert (reports_dir / "trace" / key_for("a.ndjson", first) / artifacts.VALIDATION).exists(), "history is kept"
+    folded = dg.materialize([kvonce_store], instance=instance, resources={"kvonce": settings})
+    assert folded.get_asset_check_evaluations()[0].passed is True
+    doc = orjson.loads((reports_dir / "trace" / store.STORE_DIR / store.STORE_REPORT).read_bytes())
+    assert [p["partition"] for p in doc["payloads"]] == [key_for("b.ndjson", again)]
 
 
 # --- the definitions --------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .. import parallel as projection_worker
 from .. import projection, reader, schemas, stages, validation
 from ..errors import InputError, OutputError
 from ..progress import log_progress
+from ..summary import where_of
 from .resources import KvonceSettings
 from .schema_worker import SchemaWorker, SchemaWorkerError
 
@@ -738,7 +739,7 @@ def verdict_message(report: dict[str, Any], payload: str, summary_path: Path) ->
     for issue in issues[:VERDICT_FINDINGS]:
         ids = f"{issue['traceId']} / {issue.get('spanId', '')}" if issue.get("traceId") else ""
         lines.append(f"| {issue['severity']} | {issue['type']} | {_cell(issue.get('key'))} | "
-                     f"{issue.get('eventIndex', '')} | {_cell(issue.get('origin'))} | {ids} | {_cell(issue['message'])} |")
+                     f"{issue.get('eventIndex', '')} | {_cell(where_of(issue))} | {ids} | {_cell(issue['message'])} |")
     if len(issues) > VERDICT_FINDINGS:
         lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in {summary_path} "
                       f"(all of them in {summary_path.with_name(artifacts.VALIDATION)})"]

@@ -40,6 +40,9 @@ TAG_NAME = "kvonce/source_name"
 TAG_SHA = "kvonce/source_sha256"
 TAG_BYTES = "kvonce/source_bytes"
 TAG_ARRIVED = "kvonce/source_arrived_at"
+#: The payload's store scope (its drop subfolder, or ``default``): a deployment's run coordinator
+#: can limit runs per value of this tag, so one scope's store is never judged by two runs at once.
+TAG_SCOPE = "kvonce/store-scope"
 
 _EXTRA_CODE = hashlib.sha256(b"".join(inspect.getsource(m).encode() for m in (drops, store, envelope)))
 _EXTRA_CODE.update(inspect.getsource(inspect.getmodule(ConformanceHooks)).encode())
@@ -91,7 +94,8 @@ class DropHooks(ConformanceHooks):
         """Source facts from the run tags (set by the sensor) or, for a run launched by hand, the file."""
         tags = context.run.tags
         if TAG_SHA in tags and TAG_NAME in tags:
-            return {"name": tags[TAG_NAME], "path": str(settings.drop_root() / tags[TAG_NAME])
+            folder = drops.scope_folder(settings.drop_root(), drops.scope_of(_key(context)))
+            return {"name": tags[TAG_NAME], "path": str(folder / tags[TAG_NAME])
                     if drops.is_bare_name(tags[TAG_NAME]) else None,
                     "sha256": tags[TAG_SHA], "bytes": int(tags.get(TAG_BYTES, "0") or 0),
                     "arrivedAt": tags.get(TAG_ARRIVED)}
@@ -147,7 +151,7 @@ class DropHooks(ConformanceHooks):
             raise TypeError("the drop variant's judge needs the key facts its observer gathered")
         own = observed.to_json()
         key = _key(context)
-        prior, own_order = prior_facts(context.instance, settings, exclude=key)
+        prior, own_order = prior_facts(context.instance, settings, drops.scope_of(key), exclude=key)
         report = store.reconcile_report(result.report, key, own, prior, own_order)
         write_bytes_atomic(out_dir / store.KEYFACTS, orjson.dumps(own))
         validation_file, summary_file = write_report_files(report, out_dir, projection_stats)
@@ -191,20 +195,22 @@ class DropHooks(ConformanceHooks):
         context.log.error(f"unusable payload for partition {context.partition_key}: {error}")
 
 
-def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings,
+def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings, scope: str,
                 exclude: str | None = None) -> tuple[list[store.PayloadFacts], int | None]:
-    """Key facts of every registered drop partition that has them, in registration (arrival) order.
+    """Key facts of ``scope``'s registered drop partitions that have them and that its last reset
+    did not take out, in registration (arrival) order.
 
     Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
     """
     trace = settings.trace_dir()
+    excluded = store.excluded_partitions(trace, scope)
     out: list[store.PayloadFacts] = []
     own_order: int | None = None
     for order, key in enumerate(instance.get_dynamic_partitions(PARTITIONS_NAME)):
         if key == exclude:
             own_order = order
             continue
-        if not drops.is_partition_key(key):
+        if not drops.is_partition_key(key) or drops.scope_of(key) != scope or key in excluded:
             continue
         try:
             facts = orjson.loads((trace / key / store.KEYFACTS).read_bytes())
@@ -232,6 +238,19 @@ STORE_KEY = dg.AssetKey([PREFIX, "kvonce_store"])
 STORE_CODE_VERSION = hashlib.sha256(inspect.getsource(store).encode()).hexdigest()[:12]
 
 
+class StoreConfig(dg.Config):
+    """Run config of the store's materialization: ``reset_scope`` starts that scope afresh first."""
+
+    reset_scope: str | None = None
+
+
+def _scopes(instance: dg.DagsterInstance) -> list[str]:
+    """Every scope with a registered drop partition, ``default`` first."""
+    found = {drops.scope_of(key) for key in instance.get_dynamic_partitions(PARTITIONS_NAME)
+             if drops.is_partition_key(key)}
+    return sorted(found, key=lambda scope: (scope != drops.DEFAULT_SCOPE, scope))
+
+
 @dg.asset(
     key=STORE_KEY,
     deps=[DROP_VALIDATION_KEY],
@@ -239,37 +258,61 @@ STORE_CODE_VERSION = hashlib.sha256(inspect.getsource(store).encode()).hexdigest
     group_name="kvonce_drops",
     kinds={"python", "json"},
     check_specs=[dg.AssetCheckSpec("cross_payload_conformance", asset=STORE_KEY,
-                                   description="No key written twice, no retry bound broken, across payloads "
-                                               "(in event-time order); findings name both partitions")],
-    description="The KvOnce store across all dropped payloads, folded in event-time order "
-                "(kvonce-store/kvonce-store.json, kvonce-store.md).",
+                                   description="No key written twice, no retry bound broken, across the payloads "
+                                               "of one scope (in event-time order); findings name both partitions")],
+    description="The KvOnce store across the dropped payloads of each scope (a drop subfolder; the drop folder "
+                "itself is 'default'), folded in event-time order (kvonce-store/[<scope>/]kvonce-store.json, .md).",
 )
-def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-    payloads, _ = prior_facts(context.instance, kvonce)
-    report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
-    out_dir = kvonce.trace_dir() / store.STORE_DIR
-    blob = orjson.dumps(report, option=orjson.OPT_INDENT_2 if len(report["keys"]) < 10_000 else 0) + b"\n"
-    sha = write_bytes_atomic(out_dir / store.STORE_REPORT, blob)
-    text = store.render_store_summary(report)
-    write_bytes_atomic(out_dir / store.STORE_SUMMARY, text.encode())
-    summary = report["summary"]
-    findings = "\n".join(
-        f"- {f['severity']} `{f['type']}` key `{f['key']}`: {f['first']['partition']} #{f['first']['eventIndex']}"
-        f" then {f['second']['partition']} #{f['second']['eventIndex']}" for f in report["findings"][:20]) or "none"
+def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, config: StoreConfig) -> dg.MaterializeResult:
+    trace = kvonce.trace_dir()
+    reset = None
+    if config.reset_scope is not None:
+        if not drops.is_scope_name(config.reset_scope):
+            raise dg.Failure(description=f"reset_scope {config.reset_scope!r} is not a scope name "
+                                         "(letters, digits, '_' and '-', at most 40)")
+        reset = store.reset_scope(trace, config.reset_scope, max_retries=kvonce.max_retries, strict=kvonce.strict)
+        context.log.info(f"scope {config.reset_scope} reset: {len(reset['excluded'])} payload(s) no longer folded")
+    scopes = _scopes(context.instance)
+    if config.reset_scope is not None and config.reset_scope not in scopes:
+        scopes.append(config.reset_scope)
+    per_scope: dict[str, dict[str, Any]] = {}
+    texts: list[str] = []
+    shas: list[str] = []
+    rows: list[str] = []
+    for scope in scopes or [drops.DEFAULT_SCOPE]:
+        payloads, _ = prior_facts(context.instance, kvonce, scope)
+        report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
+        folder = store.store_dir(trace, scope)
+        shas.append(store.write_store_files(folder, report, scope))
+        summary = report["summary"]
+        per_scope[scope] = {"valid": report["valid"], "payloads": summary["payloads"], "keys": summary["keys"],
+                            "errors": summary["errors"], "warnings": summary["warnings"],
+                            "path": str(folder / store.STORE_REPORT)}
+        texts.append(f"### scope `{scope}`\n\n" + store.render_store_summary(report))
+        rows += [f"- `{scope}` {f['severity']} `{f['type']}` key `{f['key']}`: {f['first']['partition']} "
+                 f"#{f['first']['eventIndex']} then {f['second']['partition']} #{f['second']['eventIndex']}"
+                 for f in report["findings"]]
+    errors = sum(s["errors"] for s in per_scope.values())
+    invalid = [scope for scope, s in per_scope.items() if not s["valid"]]
+    combined = hashlib.sha256("".join(shas).encode()).hexdigest()
+    metadata: dict[str, Any] = {
+        "path": dg.MetadataValue.path(str(store.store_dir(trace, drops.DEFAULT_SCOPE) / store.STORE_REPORT)),
+        "sha256": combined, "scopes": dg.MetadataValue.json(per_scope),
+        "payloads": sum(s["payloads"] for s in per_scope.values()),
+        "dagster/row_count": sum(s["keys"] for s in per_scope.values()),
+        "summary": dg.MetadataValue.md("\n".join(texts))}
+    if reset is not None:
+        metadata["reset"] = dg.MetadataValue.json(reset)
     return dg.MaterializeResult(
-        metadata={"path": dg.MetadataValue.path(str(out_dir / store.STORE_REPORT)), "sha256": sha,
-                  "bytes": len(blob), "payloads": summary["payloads"], "dagster/row_count": summary["keys"],
-                  "written_keys": summary["writtenKeys"], "folded_partitions": dg.MetadataValue.json(
-                      [p["partition"] for p in report["payloads"]]),
-                  "summary": dg.MetadataValue.md(text)},
-        data_version=dg.DataVersion(sha),
+        metadata=metadata,
+        data_version=dg.DataVersion(combined),
         check_results=[dg.AssetCheckResult(
-            check_name="cross_payload_conformance", asset_key=STORE_KEY, passed=report["valid"],
+            check_name="cross_payload_conformance", asset_key=STORE_KEY, passed=not invalid,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="no cross-payload violation" if report["valid"]
-            else f"{summary['errors']} cross-payload violation(s)",
-            metadata={"errors": summary["errors"], "warnings": summary["warnings"],
-                      "by_rule": dg.MetadataValue.json(summary["byRule"]), "findings": dg.MetadataValue.md(findings)})],
+            description="no cross-payload violation" if not invalid
+            else f"{errors} cross-payload violation(s) in scope(s) {', '.join(invalid)}",
+            metadata={"errors": errors, "by_scope": dg.MetadataValue.json(per_scope),
+                      "findings": dg.MetadataValue.md("\n".join(rows[:20]) or "none")})],
     )
 
 
@@ -284,5 +327,15 @@ kvonce_store_job = dg.define_asset_job(
     "kvonce_store_job",
     selection=dg.AssetSelection.assets(kvonce_store),
     executor_def=dg.in_process_executor,
-    description="Fold every processed payload into the cross-payload store.",
+    description="Fold every processed payload into its scope's cross-payload store.",
+)
+#: Launch with run config ``ops: {drops__kvonce_store: {config: {reset_scope: <scope>}}}`` (the
+#: Launchpad shows it): the same as ``kvonce store reset --scope``, then the store refolded.
+kvonce_store_reset_job = dg.define_asset_job(
+    "kvonce_store_reset_job",
+    selection=dg.AssetSelection.assets(kvonce_store),
+    executor_def=dg.in_process_executor,
+    config={"ops": {"drops__kvonce_store": {"config": {"reset_scope": "default"}}}},
+    description="Start one scope's cross-payload store afresh (run config reset_scope; default: 'default'), "
+                "then refold every scope. Earlier payloads keep their reports.",
 )

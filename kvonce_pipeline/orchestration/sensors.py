@@ -24,7 +24,7 @@ import dagster as dg
 import orjson
 
 from .. import drops
-from .drop_assets import (DROP_JUDGED_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA, drop_partitions,
+from .drop_assets import (DROP_JUDGED_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from .resources import KvonceSettings
 
@@ -86,23 +86,26 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
                                max_bytes=MAX_BYTES_PER_TICK)
     files = {name: cursor["files"][name] for name in scan.unchanged}
     # Content is the identity: the sha256 prefix that ends every key built by drops.partition_key_for.
-    by_content = {key[-drops.SHA_PREFIX:]: key for key in context.instance.get_dynamic_partitions(drop_partitions.name)}
+    # Per scope: the same bytes dropped into two scopes are two systems' payloads.
+    by_content = {(drops.scope_of(key), key[-drops.SHA_PREFIX:]): key
+                  for key in context.instance.get_dynamic_partitions(drop_partitions.name)}
     new_keys: list[str] = []
     requests: list[dg.RunRequest] = []
     for found in scan.ready:
         key = found.partition_key
-        seen_as = by_content.get(found.sha256[:drops.SHA_PREFIX])
-        files[found.name] = [found.size, found.mtime_ns, seen_as or key]
+        content = (found.scope, found.sha256[:drops.SHA_PREFIX])
+        seen_as = by_content.get(content)
+        files[found.label] = [found.size, found.mtime_ns, seen_as or key]
         if seen_as is not None:
-            context.log.info(f"{found.name}: same content as partition {seen_as}, already processed; no new run")
+            context.log.info(f"{found.label}: same content as partition {seen_as}, already processed; no new run")
             continue
-        by_content[found.sha256[:drops.SHA_PREFIX]] = key
+        by_content[content] = key
         new_keys.append(key)
         requests.append(dg.RunRequest(
             job_name=kvonce_drop_job.name, partition_key=key, run_key=key,
             tags={TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
-                  TAG_ARRIVED: found.arrived_at}))
-        context.log.info(f"{found.name}: new payload -> partition {key} ({found.size} bytes)")
+                  TAG_ARRIVED: found.arrived_at, TAG_SCOPE: found.scope}))
+        context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes)")
     refused: dict[str, list[int]] = {}
     for refusal in scan.refused:
         fingerprint = list(refusal.fingerprint())
