@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=_port, default=4318, help="port (default 4318; 0 picks a free one)")
+    parser.add_argument("--grpc-port", type=_port, default=4317,
+                        help="OTLP/gRPC port on the same address (default 4317; 0 picks a free one)")
+    parser.add_argument("--no-grpc", action="store_true", help="serve OTLP/HTTP only")
     parser.add_argument("--drop-dir", default=None,
                         help="where payload files go (default KVONCE_DROP_DIR, else drops/ in the project)")
     parser.add_argument("--flush-seconds", type=_non_negative_float, default=2.0,
@@ -91,6 +94,7 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         drop_dir=Path(args.drop_dir) if args.drop_dir else drop_dir(),
         host=args.host,
         port=args.port,
+        grpc_port=None if args.no_grpc else args.grpc_port,
         flush_seconds=args.flush_seconds,
         max_body_bytes=max(1, max_body),
         max_context_depth=limits.max_context_depth,
@@ -165,7 +169,8 @@ def serve(config: "ReceiverConfig") -> int:
             print(f"kvonce collector: cannot recover the journal of a stopped collector: {error}", file=sys.stderr)
             return EXIT_FAILED
         except OSError as exc:
-            print(f"kvonce collector: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            print(f"kvonce collector: cannot listen on {config.host}:{config.port}"
+                  f"{'' if config.grpc_port is None else f' (gRPC {config.grpc_port})'}: {exc.strerror or exc}",
                   file=sys.stderr)
             return EXIT_FAILED
         if receiver.recovered:
@@ -175,7 +180,8 @@ def serve(config: "ReceiverConfig") -> int:
         auth = "bearer token required" if config.token else "no auth"
         flush = (f"flush every {config.flush_seconds:g} s, journaled" if config.flush_seconds
                  else "each request written before it is answered")
-        print(f"kvonce collector: listening on {receiver.endpoint} (drop folder {config.drop_dir}, "
+        grpc_note = f", OTLP/gRPC on {receiver.grpc.endpoint}" if receiver.grpc is not None else ""
+        print(f"kvonce collector: listening on {receiver.endpoint}{grpc_note} (drop folder {config.drop_dir}, "
               f"{flush}, {auth})", flush=True)
         if config.host not in _LOOPBACK and not config.token:
             print(f"kvonce collector: warning: listening on {config.host} without {TOKEN_ENV}: anyone who "

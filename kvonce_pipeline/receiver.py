@@ -39,6 +39,7 @@ from .drop_batch import (
     recover_journals,
 )
 from .limits import Limits
+from .otlp_grpc import GrpcReceiver
 from .otlp_http import (
     DecodedRequest,
     HttpError,
@@ -79,6 +80,8 @@ class ReceiverConfig:
     dedupe_window_seconds: float = DEFAULT_WINDOW_SECONDS
     #: How long :meth:`Receiver.stop` waits for requests in progress before writing the last batch.
     drain_seconds: float = 15.0
+    #: OTLP/gRPC on this port of ``host`` (0: a free one); ``None``: no gRPC listener.
+    grpc_port: int | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -107,6 +110,7 @@ class Receiver:
         self._stopped = False
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.grpc: GrpcReceiver | None = None
         self._started = time.monotonic()
         self._request_ids = 0
         self.requests_accepted = 0
@@ -125,7 +129,15 @@ class Receiver:
         httpd = server_class((self.config.host, self.config.port), _Handler)
         httpd.receiver = self
         self._httpd = httpd
+        if self.config.grpc_port is not None:
+            try:
+                self.grpc = GrpcReceiver(self, self.config.host, self.config.grpc_port)
+            except (OSError, RuntimeError) as exc:
+                httpd.server_close()
+                raise OSError(f"OTLP/gRPC port {self.config.grpc_port}: {exc}") from None
         self.batcher.start()
+        if self.grpc is not None:
+            self.grpc.start()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="kvonce-collector-http", daemon=True)
         self._thread.start()
@@ -197,6 +209,8 @@ class Receiver:
                 return
             self._stopped = True
             self._draining = True
+        if self.grpc is not None:
+            self.grpc.stop(self.config.drain_seconds)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

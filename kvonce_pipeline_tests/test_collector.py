@@ -27,6 +27,7 @@ import pytest
 from google.rpc.status_pb2 import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -311,10 +312,10 @@ def test_settings_come_from_options_then_environment(tmp_path: Path, monkeypatch
     monkeypatch.setenv("KVONCE_DROP_DIR", str(tmp_path / "env-drops"))
     monkeypatch.setenv("KVONCE_MAX_BODY_BYTES", "12345")
     config = build_config(parse(["collector"]))
-    assert (config.drop_dir, config.max_body_bytes, config.host, config.port, config.token) == (
-        tmp_path / "env-drops", 12345, "127.0.0.1", 4318, None)
-    config = build_config(parse(["collector", "--drop-dir", str(tmp_path / "d"), "--max-body-mib", "2"]))
-    assert (config.drop_dir, config.max_body_bytes) == (tmp_path / "d", 2 * 1024 * 1024)
+    assert (config.drop_dir, config.max_body_bytes, config.host, config.port, config.grpc_port, config.token) == (
+        tmp_path / "env-drops", 12345, "127.0.0.1", 4318, 4317, None)
+    config = build_config(parse(["collector", "--drop-dir", str(tmp_path / "d"), "--max-body-mib", "2", "--no-grpc"]))
+    assert (config.drop_dir, config.max_body_bytes, config.grpc_port) == (tmp_path / "d", 2 * 1024 * 1024, None)
 
 
 def test_401_without_the_bearer_token(start_receiver, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -467,14 +468,21 @@ def test_signal_flushes_the_open_batch(tmp_path: Path, signum: int) -> None:
     stale = drops / ".otlp-20250101T000000.000Z-000001.pb.999999999.abc123.tmp"  # a killed writer's
     stale.write_bytes(b"\x0a\x02half")
     process = subprocess.Popen(
-        [str(VENV_BIN / "kvonce"), "collector", "--port", "0", "--drop-dir", str(drops), "--flush-seconds", "3600"],
+        [str(VENV_BIN / "kvonce"), "collector", "--port", "0", "--grpc-port", "0", "--drop-dir", str(drops),
+         "--flush-seconds", "3600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         line = process.stdout.readline()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1/traces)", line)
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1/traces), OTLP/gRPC on http://(127\.0\.0\.1:\d+)",
+                          line)
         assert match, line + process.stderr.read()
-        assert export(match.group(1), sdk_spans(KV_SPANS)) is SpanExportResult.SUCCESS
+        assert export(match.group(1), sdk_spans(KV_SPANS[:3])) is SpanExportResult.SUCCESS
+        grpc_exporter = GrpcSpanExporter(endpoint=match.group(2), insecure=True, timeout=10)
+        try:  # the rest over OTLP/gRPC, into the same open batch
+            assert grpc_exporter.export(sdk_spans(KV_SPANS[3:])) is SpanExportResult.SUCCESS
+        finally:
+            grpc_exporter.shutdown()
         assert payload_files(drops) == []  # still in the open batch
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=30)

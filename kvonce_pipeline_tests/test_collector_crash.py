@@ -32,7 +32,7 @@ KILL_AFTER = 80  # 200s answered before the SIGKILL
 
 def start_collector(drops: Path, flush_seconds: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
     process = subprocess.Popen(
-        [str(VENV_BIN / "kvonce"), "collector", "--port", "0", "--drop-dir", str(drops),
+        [str(VENV_BIN / "kvonce"), "collector", "--port", "0", "--no-grpc", "--drop-dir", str(drops),
          "--flush-seconds", flush_seconds],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
