@@ -37,7 +37,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _client(endpoint: str, batch: int, gzip: bool, start_at: float, seconds: float, index: int,
-            results: "mp.Queue[tuple[int, int, int, int, float]]", timeout: float) -> None:
+            results: "mp.Queue[tuple[int, int, int, int, float]]", timeout: float, use_grpc: bool = False) -> None:
     """One exporter process: export ``batch`` spans per request until the deadline."""
     import logging
     import random
@@ -52,8 +52,15 @@ def _client(endpoint: str, batch: int, gzip: bool, start_at: float, seconds: flo
     from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
     resource = Resource.create({"service.name": f"load-client-{index}"})
-    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout,
-                                compression=Compression.Gzip if gzip else Compression.NoCompression)
+    if use_grpc:
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        exporter = GrpcExporter(endpoint=endpoint, insecure=True, timeout=timeout,
+                                compression=grpc.Compression.Gzip if gzip else None)
+    else:
+        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout,
+                                    compression=Compression.Gzip if gzip else Compression.NoCompression)
     rng = random.Random(os.getpid())
     acknowledged = failed = requests = 0
     serial = 0
@@ -115,23 +122,23 @@ def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="kvonce-load-") as tmp:
         drop = Path(tmp) / "drops"
         collector = subprocess.Popen(
-            [str(KVONCE), "collector", "--port", "0", "--drop-dir", str(drop),
+            [str(KVONCE), "collector", "--port", "0", "--grpc-port", "0", "--drop-dir", str(drop),
              "--flush-seconds", str(args.flush_seconds)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if k != "KVONCE_COLLECTOR_TOKEN"},
         )
         try:
             line = collector.stdout.readline()
-            match = re.search(r"listening on (\S+/v1/traces)", line)
+            match = re.search(r"listening on (\S+/v1/traces), OTLP/gRPC on http://(\S+)", line)
             if not match:
                 raise SystemExit(f"collector did not start: {line}{collector.stderr.read()}")
-            endpoint = match.group(1)
+            endpoint = match.group(2) if args.grpc else match.group(1)
             ctx = mp.get_context("spawn")
             results = ctx.Queue()
             start_at = time.time() + 3.0  # time for the client processes to import the SDK
             timeout = 3.0 if args.sigterm_during_load else 30.0
             clients = [ctx.Process(target=_client, args=(endpoint, args.batch, args.gzip, start_at,
-                                                         args.seconds, i, results, timeout))
+                                                         args.seconds, i, results, timeout, args.grpc))
                        for i in range(args.clients)]
             for client in clients:
                 client.start()
@@ -189,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=512,
                         help="spans per export request (default 512, the BatchSpanProcessor's batch size)")
     parser.add_argument("--gzip", action="store_true", help="gzip the export requests")
+    parser.add_argument("--grpc", action="store_true", help="export over OTLP/gRPC instead of OTLP/HTTP")
     parser.add_argument("--flush-seconds", type=float, default=2.0, help="collector flush interval (default 2)")
     parser.add_argument("--sigterm-during-load", action="store_true",
                         help="SIGTERM the collector halfway while the clients keep sending (the counts must "
                              "still match; exports after the signal fail)")
     args = parser.parse_args(argv)
     print(f"kvonce collector load: {args.clients} exporters x {args.seconds:g} s x {args.rounds} rounds, "
-          f"{args.batch} spans/request, {'gzip' if args.gzip else 'plain'} protobuf, flush {args.flush_seconds:g} s; "
+          f"{args.batch} spans/request, {'gzip' if args.gzip else 'plain'} protobuf over {'OTLP/gRPC' if args.grpc else 'OTLP/HTTP'}, flush {args.flush_seconds:g} s; "
           f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs", flush=True)
     rows = [run_round(args, n) for n in range(1, args.rounds + 1)]
     median = {key: statistics.median(row[key] for row in rows)
