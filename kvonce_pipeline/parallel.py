@@ -63,6 +63,9 @@ class ProjectionWorker:
             self._process.stdin.write(lines)
         except (BrokenPipeError, OSError) as error:
             self._error = error
+            reported = self._reported_output_error()
+            if reported is not None:  # it could not write its files (disk full): say that, as the CLI does
+                raise reported from None
             raise RuntimeError(f"the projection worker stopped: {self._stderr()}") from None
 
     def finish(self) -> dict[str, Any]:
@@ -73,7 +76,18 @@ class ProjectionWorker:
         code = self._process.wait()
         if code != 0 or not output:
             raise RuntimeError(f"the projection worker failed (exit {code}): {self._stderr()}")
-        return orjson.loads(output)
+        return _outcome(output, code, "worker")
+
+    def _reported_output_error(self) -> OutputError | None:
+        """After the pipe broke: the ``OutputError`` the worker reported before it stopped, if any."""
+        close_and_wait(self._process, timeout=30)
+        try:
+            assert self._process.stdout is not None
+            output = self._process.stdout.read()
+            outcome = orjson.loads(output) if output else {}
+        except (OSError, ValueError):
+            return None
+        return OutputError(outcome["outputError"]) if isinstance(outcome, dict) and "outputError" in outcome else None
 
     def abort(self) -> None:
         """The parent failed: close the pipe without the end marker; the worker discards its files."""
@@ -134,10 +148,14 @@ def _worker(out_dir: Path) -> int:
             if not finished:
                 raise _Incomplete
             states.write(sequence.close())
+        projection, projection_file = _projection_file(builder.per_key_fold, out_dir / artifacts.PROJECTION,
+                                                       entries=False)
     except _Incomplete:
         return 3
-    projection, projection_file = _projection_file(builder.per_key_fold, out_dir / artifacts.PROJECTION,
-                                                   entries=False)
+    except OutputError as error:  # the parent raises it (see ProjectionWorker.feed and finish)
+        sys.stdout.buffer.write(orjson.dumps({"outputError": str(error)}))
+        sys.stdout.buffer.flush()
+        os._exit(0)
     state_file = states.written
     sys.stdout.buffer.write(orjson.dumps({
         "stats": projection["stats"],
