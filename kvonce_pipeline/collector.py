@@ -98,6 +98,7 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         flush_seconds=args.flush_seconds,
         max_body_bytes=max(1, max_body),
         max_context_depth=limits.max_context_depth,
+        max_compression_ratio=limits.max_compression_ratio,
         token=bearer_token(env.get(TOKEN_ENV)),
     )
 

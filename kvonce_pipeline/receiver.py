@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import socket
 import threading
 import time
@@ -74,6 +75,7 @@ class ReceiverConfig:
     flush_seconds: float = 2.0
     max_body_bytes: int = Limits.max_body_bytes
     max_context_depth: int = Limits.max_context_depth
+    max_compression_ratio: int = Limits.max_compression_ratio
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     #: ``Authorization: Bearer <token>`` required on ``/v1/traces`` when set.
     token: str | None = None
@@ -84,11 +86,75 @@ class ReceiverConfig:
     grpc_port: int | None = None
 
 
+#: Open connections served at once; more are answered 503 and closed at once (one thread each).
+MAX_CONNECTIONS = 256
+#: Seconds a connection has to send a request's line and headers, counted from the end of the
+#: previous request (so an idle keep-alive connection is closed after it too): a client sending a
+#: header byte every few seconds (slowloris) cannot hold a thread for longer.
+HEADER_SECONDS = 15.0
+#: Requests reading or decoding a body at once; the others wait with their bodies in the kernel's
+#: buffers. Memory held by bodies in flight is so at most about 2 x this x the body cap (the
+#: compressed body and what it inflates to).
+MAX_BODIES_IN_FLIGHT = 8
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_READ_BLOCK = 1024 * 1024
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # an idle keep-alive connection must not keep the process alive
     allow_reuse_address = True
     request_queue_size = 128
     receiver: "Receiver"
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.bodies = threading.BoundedSemaphore(MAX_BODIES_IN_FLIGHT)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self._reaper = threading.Thread(target=self._reap, name="kvonce-collector-deadlines", daemon=True)
+        self._reaper.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 2\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.expect_headers(request, None)
+            self.connections.release()
+
+    def expect_headers(self, connection: socket.socket, seconds: float | None) -> None:
+        """Start (``seconds``) or end (``None``) the header deadline of ``connection``."""
+        with self._deadlines_lock:
+            if seconds is None:
+                self._deadlines.pop(connection, None)
+            else:
+                self._deadlines[connection] = time.monotonic() + seconds
+
+    def _reap(self) -> None:
+        """Once a second: shut the connections whose headers are late (their blocked read ends)."""
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    del self._deadlines[conn]
+            for conn in late:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class _Server6(_Server):
@@ -315,6 +381,45 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # seconds: a stalled client or an idle keep-alive connection is dropped
     server: _Server
 
+    def handle_one_request(self) -> None:
+        self.server.expect_headers(self.connection, HEADER_SECONDS)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """The request line and headers are in: end their deadline, then refuse what a strict
+        server refuses before any body is read (ambiguous framing is how requests are smuggled)."""
+        self.server.expect_headers(self.connection, None)
+        if not super().parse_request():
+            return False
+        problem = self._framing_problem()
+        if problem is not None:
+            status, message = problem
+            self.close_connection = True
+            self.send_error(status, message)
+            self.server.receiver.refuse(status)
+            log.warning("kvonce collector: %d %s from %s", status, message, self.client_address[0])
+            return False
+        return True
+
+    def _framing_problem(self) -> tuple[int, str] | None:
+        lengths = self.headers.get_all("Content-Length") or []
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        if self.request_version == "HTTP/1.1" and not self.headers.get_all("Host"):
+            return 400, "HTTP/1.1 request without a Host header"
+        if len(self.headers.get_all("Host") or []) > 1:
+            return 400, "more than one Host header"
+        if codings and lengths:
+            return 400, "both Transfer-Encoding and Content-Length: the body's end is ambiguous"
+        if codings and [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
+            return 501, f"Transfer-Encoding {', '.join(codings)!r:.60} is not supported (only chunked)"
+        if lengths:
+            if len(lengths) > 1:
+                return 400, "more than one Content-Length header"
+            text = lengths[0].strip()
+            if not (text.isascii() and text.isdigit()) or len(text) > 18:
+                return 400, f"bad Content-Length {lengths[0]!r:.40}: it must be decimal digits only"
+        return None
+
     # -- routing -----------------------------------------------------------------------------
     def _path(self) -> str:
         return urlsplit(self.path).path.rstrip("/") or "/"
@@ -368,10 +473,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._check_auth(config.token)
             media = media_type(self.headers.get("Content-Type"))
             coding = content_coding(self.headers.get("Content-Encoding"))
-            body = self._read_body(config.max_body_bytes)
-            body_read = True
-            data = decompress(body, coding, config.max_body_bytes)
-            decoded = decode_request(data, media, source=label, max_context_depth=config.max_context_depth)
+            with self.server.bodies:
+                body = self._read_body(config.max_body_bytes)
+                body_read = True
+                data = decompress(body, coding, config.max_body_bytes, config.max_compression_ratio)
+                del body
+                try:
+                    decoded = decode_request(data, media, source=label, max_context_depth=config.max_context_depth)
+                except HttpError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any decoder failure is the request's, never a dropped answer
+                    raise HttpError(400, f"cannot decode the request ({type(exc).__name__}: {exc!s:.200})") from None
+                del data
             stored, duplicates = receiver.accept(decoded)
         except HttpError as error:
             receiver.refuse(error.status)
@@ -403,28 +516,28 @@ class _Handler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         if length_text is None:
             raise HttpError(411, "Content-Length (or chunked transfer encoding) is required")
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise HttpError(400, f"bad Content-Length {length_text!r:.40}") from None
+        length = int(length_text.strip())  # digits only: checked with the headers
         if length > limit:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
-        return body
+        body = bytearray()  # grown as bytes arrive: a Content-Length alone reserves no memory
+        while len(body) < length:
+            block = self.rfile.read(min(_READ_BLOCK, length - len(body)))
+            if not block:
+                raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+            body += block
+        return bytes(body)
 
     def _read_chunked(self, limit: int) -> bytes:
         parts: list[bytes] = []
         total = 0
         while True:
             line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HttpError(400, "malformed chunked body") from None
+            if not line.endswith(b"\n"):
+                raise HttpError(400, "malformed chunked body: a chunk-size line is cut short or too long")
+            field = line.split(b";", 1)[0].strip(b" \t\r\n")
+            if not _CHUNK_SIZE.fullmatch(field):  # int(x, 16) would take "-1", "0x10", "+a", "1_0"
+                raise HttpError(400, f"malformed chunked body: chunk size {field[:20]!r} is not hex digits")
+            size = int(field, 16)
             if size == 0:
                 break
             total += size
@@ -434,8 +547,11 @@ class _Handler(BaseHTTPRequestHandler):
             if len(data) != size or self.rfile.read(2) != b"\r\n":
                 raise ConnectionError("chunked body cut short")
             parts.append(data)
-        while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-            pass  # trailer fields: ignored
+        for _ in range(100):  # trailer fields: ignored, at most 100 of them
+            if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                break
+        else:
+            raise HttpError(400, "malformed chunked body: more than 100 trailer fields")
         return b"".join(parts)
 
     # -- responses ---------------------------------------------------------------------------
