@@ -217,7 +217,9 @@ class DropBatcher:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "DropBatcher":
-        """Start the flush timer (none when every request is written synchronously)."""
+        """Start the flush timer (none when every request is written synchronously). A drop folder
+        that cannot be written makes the batcher unhealthy from the start, not at the first flush."""
+        self.probe()
         if self.flush_seconds > 0 and self._timer is None:
             self._timer = threading.Thread(target=self._run_timer, name="kvonce-drop-flush", daemon=True)
             self._timer.start()
@@ -253,7 +255,33 @@ class DropBatcher:
 
     @property
     def healthy(self) -> bool:
+        """True when files can be written. While unhealthy with nothing waiting to be written, each
+        call tries the folder again, so health turns back to ok once the disk has room."""
+        if self.last_error is not None:
+            with self._lock:
+                idle = not self._segments
+            if idle:
+                self.probe()
         return self.last_error is None
+
+    def probe(self) -> bool:
+        """Create, sync and remove a dot-file in the drop folder: can files be written there now?"""
+        path = self.directory / f"{JOURNAL_PREFIX}probe.{os.getpid()}.{threading.get_ident()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"\0" * 512)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        except OSError as exc:
+            self.last_error = f"cannot write in the drop folder {self.directory}: {exc.strerror or exc}"
+            return False
+        self.last_error = None
+        return True
 
     def _next_target(self) -> Path:
         """A payload name not taken by a file or a journal (caller holds the lock)."""
@@ -285,7 +313,9 @@ class DropBatcher:
         with self._lock:
             if self._closed:
                 raise BatchUnavailable("the receiver is shutting down")
-            if self.last_error is not None:
+            if self.last_error is not None and self._segments:
+                # data is waiting for the folder: the flush timer retries it; with nothing waiting,
+                # this request itself tries the folder again (below), and cleans up if it fails
                 raise BatchUnavailable(f"cannot write to the drop folder: {self.last_error}")
             if self._pending_bytes + len(blob) > self.max_pending_bytes and self._segments:
                 raise BatchUnavailable("too much data waiting to be written")
@@ -294,15 +324,21 @@ class DropBatcher:
                 if segment is None:
                     self.directory.mkdir(parents=True, exist_ok=True)  # as atomic_writer does
                     segment = _Segment(self._next_target())
-                    fsync_directory(self.directory)  # the journal's name must survive a power cut
                     self._segments.append(segment)
                     self._open = segment
+                    fsync_directory(self.directory)  # the journal's name must survive a power cut
                 offset = segment.append(blob, spans)
             except OSError as exc:
                 # a record may be half in the journal: nothing more goes after it
                 self._open = None
-                raise BatchUnavailable(f"cannot write the journal in the drop folder: "
-                                       f"{exc.strerror or exc}") from None
+                if segment is not None and not segment.records:
+                    # nothing acknowledged in it: close and remove it, so a refused request leaves
+                    # no journal and no descriptor behind
+                    self._segments.remove(segment)
+                    segment.discard()
+                self.last_error = f"cannot write the journal in the drop folder: {exc.strerror or exc}"
+                raise BatchUnavailable(self.last_error) from None
+            self.last_error = None  # the folder takes data again
             self._pending_bytes += len(blob)
             self._pending_spans += spans
             full = segment.bytes >= self.max_batch_bytes

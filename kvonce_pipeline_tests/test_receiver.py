@@ -4,7 +4,11 @@ socket against a real receiver, with bounded waits."""
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from kvonce_pipeline import receiver as receiver_module
 from kvonce_pipeline.otlp_http import MAX_GZIP_MEMBERS, HttpError, decompress
 from kvonce_pipeline.receiver import Receiver
 
+from .conftest import VENV_BIN
 from .test_collector import KV_SPANS, payload_files, post, sdk_spans, start_receiver
 
 __all__ = ["start_receiver"]
@@ -156,3 +161,62 @@ def test_auth_is_checked_before_the_body_is_read(start_receiver, tmp_path: Path)
     reply = raw(receiver, HEAD + b"Content-Length: 100000000\r\n\r\n" + b"x" * 1000)
     assert statuses(reply) == [401] and time.monotonic() - started < 5
     assert not (tmp_path / "drops").exists() or payload_files(tmp_path / "drops") == []
+
+
+# --- a full disk: health tells the truth, refused requests leave nothing behind -------------------
+
+from .test_faults import needs_unshare  # noqa: E402  (the same private-mount check as the CLI's disk tests)
+
+
+def _collector_on_tiny_tmpfs(drops: Path) -> tuple[subprocess.Popen[str], str]:
+    """A real ``kvonce collector`` in a private mount namespace whose drop folder is a 96 KiB tmpfs."""
+    drops.mkdir()
+    command = (f"mount -t tmpfs -o size=96k kvonce-drops {drops} && exec {VENV_BIN / 'kvonce'} collector "
+               f"--port 0 --no-grpc --drop-dir {drops} --flush-seconds 3600")
+    process = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", command],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = process.stdout.readline()
+    match = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1/traces", line)
+    if not match:
+        process.kill()
+        raise AssertionError(line + process.communicate()[1])
+    return process, match.group(1)
+
+
+@needs_unshare
+def test_a_full_disk_turns_health_503_and_refused_requests_open_no_journal(tmp_path: Path) -> None:
+    process, url = _collector_on_tiny_tmpfs(tmp_path / "drops")
+    try:
+        inside = Path(f"/proc/{process.pid}/root") / str(tmp_path / "drops").lstrip("/")
+        def send() -> int:  # fresh span ids each time: a resent body would be a recognised retry
+            body = encode_spans(sdk_spans([("success", f"k{n}", {"kvonce.event.value": "v" * 400})
+                                           for n in range(40)])).SerializeToString()
+            return post(url, body, {"Content-Type": "application/x-protobuf"})[0]
+
+        codes = [send() for _ in range(30)]
+        assert 200 in codes and codes[-1] == 503, codes  # some fit, then the disk is full
+        fds_after_first_refusals = len(os.listdir(f"/proc/{process.pid}/fd"))
+        more = [send() for _ in range(60)]
+        assert set(more) == {503}
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) <= fds_after_first_refusals, "no descriptor per refusal"
+        journals = [p for p in os.listdir(inside) if p.endswith(".journal")]
+        assert len(journals) <= 2, journals  # the batch that holds acknowledged spans, not one per refusal
+        status, _, health = post(url, b"", method="GET", path="/health")
+        assert status == 503 and json.loads(health)["status"] == "degraded"
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_health_is_degraded_from_the_start_when_the_drop_folder_cannot_be_written(start_receiver,
+                                                                                  tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the drop folder should be")
+    receiver = start_receiver(drop_dir=blocked)
+    status, _, health = post(receiver.url, b"", method="GET", path="/health")
+    assert status == 503 and json.loads(health)["status"] == "degraded"
+    assert "Not a directory" in json.loads(health)["lastError"]
+    blocked.unlink()  # the operator fixes it: health recovers without a restart
+    status, _, health = post(receiver.url, b"", method="GET", path="/health")
+    assert status == 200 and json.loads(health)["status"] == "ok"
