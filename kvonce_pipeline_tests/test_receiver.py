@@ -216,7 +216,7 @@ def test_health_is_degraded_from_the_start_when_the_drop_folder_cannot_be_writte
     receiver = start_receiver(drop_dir=blocked)
     status, _, health = post(receiver.url, b"", method="GET", path="/health")
     assert status == 503 and json.loads(health)["status"] == "degraded"
-    assert "Not a directory" in json.loads(health)["lastError"]
+    assert "cannot write in the drop folder" in json.loads(health)["lastError"]
     blocked.unlink()  # the operator fixes it: health recovers without a restart
     status, _, health = post(receiver.url, b"", method="GET", path="/health")
     assert status == 200 and json.loads(health)["status"] == "ok"
