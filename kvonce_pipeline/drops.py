@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import InputError
 from .limits import Limits
@@ -130,6 +131,8 @@ class DropFile:
     mtime_ns: int
     sha256: str
     scope: str = DEFAULT_SCOPE
+    #: A private copy of exactly these bytes, when :func:`locate_payload` was asked for one.
+    copy: Path | None = None
 
     @property
     def partition_key(self) -> str:
@@ -254,8 +257,9 @@ def _inspect(root_real: str, entry_path: str, name: str, limits: Limits) -> os.s
     return info
 
 
-def _hash_settled(path: str, expected: os.stat_result, is_link: bool) -> str:
-    """sha256 of the file, only if it is the file that was stat'ed and it did not change meanwhile."""
+def _hash_settled(path: str, expected: os.stat_result, is_link: bool, sink: Any = None) -> str:
+    """sha256 of the file, only if it is the file that was stat'ed and it did not change meanwhile;
+    ``sink.write`` gets every block read (a private copy made in the same read)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
     if not is_link:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -273,6 +277,8 @@ def _hash_settled(path: str, expected: os.stat_result, is_link: bool) -> str:
             raise _Changing
         while block := handle.read(4 * 1024 * 1024):
             digest.update(block)
+            if sink is not None:
+                sink.write(block)
         after = os.fstat(handle.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise _Changing
@@ -351,9 +357,38 @@ def scan_drop_dir(
     return result
 
 
+class _NotThisOne(Exception):
+    """A candidate's content is not the partition's: its private copy is abandoned."""
+
+
+def _hash_candidate(entry_path: str, info: os.stat_result, copy_to: Path | None, wanted: Any) -> str:
+    """The candidate's sha256; with ``copy_to``, a private copy written in the same read and kept
+    (renamed into place) only if ``wanted(digest)``."""
+    is_link = os.path.islink(entry_path)
+    if copy_to is None:
+        return _hash_settled(entry_path, info, is_link)
+    from .atomic import atomic_writer
+
+    digest = ""
+    failure: BaseException | None = None  # a read error is the input's: not an OutputError
+    try:
+        with atomic_writer(copy_to) as out:
+            try:
+                digest = _hash_settled(entry_path, info, is_link, out)
+            except (OSError, _Changing) as exc:
+                failure = exc
+                raise _NotThisOne from None
+            if not wanted(digest):
+                raise _NotThisOne
+    except _NotThisOne:
+        if failure is not None:
+            raise failure from None
+    return digest
+
+
 def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = None,
                    sha256: str | None = None, size: int | None = None,
-                   limits: Limits | None = None) -> DropFile:
+                   limits: Limits | None = None, copy_to: Path | None = None) -> DropFile:
     """Find the payload of ``partition_key`` in the drop folder, by content, never by a trusted path.
 
     ``name`` (a hint, e.g. from the run's tags) is tried first if it is a bare file name, then the
@@ -361,6 +396,11 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
     under another name holds the same content. The content must match ``sha256`` (or the key's
     12-digit prefix). Raises :class:`InputError` naming the folder and the key when no file holds
     that content any more.
+
+    ``copy_to``: the file is read once, and that one read both hashes it and writes a private copy
+    there, so what is judged afterwards is exactly the bytes hashed, whatever happens to the file
+    in the drop folder meanwhile (rewritten, or swapped for a FIFO). It costs a copy of the payload
+    on disk for the length of the run, which is why only the drop runs ask for it.
     """
     limits = limits or Limits()
     if not is_partition_key(partition_key):
@@ -390,11 +430,15 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
         info = _inspect(root_real, entry_path, candidate, limits)
         if isinstance(info, Refusal) or (size is not None and info.st_size != size):
             continue
+        def wanted(digest: str) -> bool:
+            return digest == sha256 if sha256 else digest.startswith(prefix)
+
         try:
-            digest = _hash_settled(entry_path, info, os.path.islink(entry_path))
+            digest = _hash_candidate(entry_path, info, copy_to, wanted)
         except (_Changing, OSError):
             continue
-        if digest == sha256 if sha256 else digest.startswith(prefix):
-            return DropFile(candidate, Path(drop_dir) / candidate, info.st_size, info.st_mtime_ns, digest, scope)
+        if wanted(digest):
+            return DropFile(candidate, Path(drop_dir) / candidate, info.st_size, info.st_mtime_ns, digest, scope,
+                            copy_to)
     raise InputError(str(drop_dir), f"no payload with the content of partition {partition_key} "
                                     "(the file was moved, removed or rewritten after it was seen)")

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from kvonce_pipeline import artifacts, drops, envelope, store
+from kvonce_pipeline import collect as collect_module
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA,
@@ -435,6 +436,34 @@ def test_a_reset_scope_starts_from_an_empty_store_and_keeps_the_old_reports(inst
     assert folded.get_asset_check_evaluations()[0].passed is True
     doc = orjson.loads((reports_dir / "trace" / store.STORE_DIR / store.STORE_REPORT).read_bytes())
     assert [p["partition"] for p in doc["payloads"]] == [key_for("b.ndjson", again)]
+
+
+def test_the_run_judges_the_bytes_it_hashed_even_if_the_file_changes_under_it(instance, settings, drop_dir,
+                                                                              reports_dir, monkeypatch) -> None:
+    """The payload is read once: hashed and copied in one read. A rewrite after that (here: the
+    moment the step starts collecting) changes nothing the run records or judges."""
+    valid, violating = VALID, VALID + line(9, "success", "alpha", value="v9")
+    path = put(drop_dir, "p.ndjson", valid)
+    first = tick(instance, settings)
+    apply(instance, first)
+    [request] = drop_requests(first)
+    original = collect_module.collect_payload
+
+    def rewrite_then_collect(source, destination, **kwargs):
+        path.write_bytes(violating)  # the user's file changes after it was located and hashed
+        os.mkfifo(drop_dir / "late.fifo")  # and a FIFO appears beside it
+        return original(source, destination, **kwargs)
+
+    monkeypatch.setattr(collect_module, "collect_payload", rewrite_then_collect)
+    run = materialize(instance, settings, request)
+    assert run.success, "the bytes that were hashed are valid; the rewrite came later"
+    out = reports_dir / "trace" / request.partition_key
+    report = orjson.loads((out / artifacts.VALIDATION).read_bytes())
+    assert report["valid"] is True and report["summary"]["events"] == 3
+    assert report["summary"]["input"]["source"] == str(path), "the report names the user's file, not our copy"
+    envelope_doc = envelope.read_envelope(out)
+    assert envelope_doc["source"]["sha256"] == hashlib.sha256(valid).hexdigest()
+    assert not (out / ".kvonce-source-payload").exists(), "the private copy is removed after the run"
 
 
 # --- the definitions --------------------------------------------------------------------------

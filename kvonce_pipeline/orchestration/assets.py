@@ -133,6 +133,9 @@ class ConformanceHooks:
         """The error as the user should read it (the default: as raised)."""
         return error
 
+    def release(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> None:
+        """The step is over, however it ended: drop what was held for it (the default: nothing)."""
+
     def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
                  error: InputError) -> None:
         """Called after an unusable input's report is written, before the step fails."""
@@ -357,6 +360,16 @@ def build_conformance_assets(
 def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
          hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
          parallel: bool | None) -> Iterator[dg.MaterializeResult]:
+    try:
+        yield from _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
+                         output_for=output_for, parallel=parallel)
+    finally:
+        hooks.release(context, settings)
+
+
+def _step(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
+          hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
+          parallel: bool | None) -> Iterator[dg.MaterializeResult]:
     """The step: collect, one pass, the checks, then the four materializations in graph order."""
     out_dir = output_for(context, settings)
     clock = _Clock()
@@ -509,7 +522,8 @@ def _write_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out
         def input_summary() -> dict[str, Any]:
             """As the four steps recorded it: the source as given, its format, the events as read."""
             read = trace.summary()
-            return {"source": str(collecting.source), "format": collecting.format.value,
+            return {"source": hooks.payload_name(context, settings, collecting.source),
+                    "format": collecting.format.value,
                     "compressed": collecting.compressed,
                     "events": read["events"], "spans": read["spans"], "skippedSpans": read["skippedSpans"],
                     "reordered": read["reordered"], "warnings": read["warnings"]}
@@ -610,7 +624,7 @@ def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSetting
             "path": dg.MetadataValue.path(str(collected.path)),
             "sha256": collected.sha256,
             "bytes": collected.size,
-            "source_path": dg.MetadataValue.path(str(source)),
+            "source_path": dg.MetadataValue.path(hooks.payload_name(context, settings, source)),
             "source_sha256": source_sha,
             "source_bytes": source.stat().st_size,
             "source_format": collected.format.value,

@@ -61,6 +61,14 @@ def drop_output(context: dg.AssetExecutionContext, settings: KvonceSettings) -> 
     return settings.trace_dir() / _key(context)
 
 
+#: In the partition's folder while its run lasts: the payload's bytes as read (and hashed) once.
+PRIVATE_COPY = ".kvonce-source-payload"
+
+
+def _private_copy(context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
+    return drop_output(context, settings) / PRIVATE_COPY
+
+
 class DropHooks(ConformanceHooks):
     """Locates a partition's payload, stamps lineage, judges against the store, writes the envelope."""
 
@@ -81,14 +89,25 @@ class DropHooks(ConformanceHooks):
         tags = context.run.tags
         size = tags.get(TAG_BYTES, "")
         found = drops.locate_payload(settings.drop_root(), key, name=tags.get(TAG_NAME), sha256=tags.get(TAG_SHA),
-                                     size=int(size) if size.isdigit() else None, limits=settings.limits())
+                                     size=int(size) if size.isdigit() else None, limits=settings.limits(),
+                                     copy_to=_private_copy(context, settings))
         if len(self._sources) > 64:
             self._sources.clear()
         self._sources[(context.run_id, key)] = found
         return found
 
     def payload(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
-        return self.source(context, settings).path
+        """The private copy made while the payload was located and hashed (one read of the user's
+        file): the step reads exactly the bytes whose sha256 it records."""
+        found = self.source(context, settings)
+        return found.copy or found.path
+
+    def release(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> None:
+        self._sources.pop((context.run_id, _key(context)), None)
+        try:
+            _private_copy(context, settings).unlink()
+        except FileNotFoundError:
+            pass
 
     def _source_fields(self, context: dg.AssetExecutionContext, settings: KvonceSettings) -> dict[str, Any]:
         """Source facts from the run tags (set by the sensor) or, for a run launched by hand, the file."""
@@ -182,6 +201,9 @@ class DropHooks(ConformanceHooks):
         are the dropped file's, as the copy keeps resources, scopes and spans in order.
         """
         collected = drop_output(context, settings) / artifacts.COLLECTED
+        if error.source == str(_private_copy(context, settings)):  # read from our copy: name theirs
+            source = self._source_fields(context, settings)
+            return InputError(str(source["path"] or source["name"] or error.source), error.message, where=error.where)
         if error.source != str(collected):
             return error
         source = self._source_fields(context, settings)
