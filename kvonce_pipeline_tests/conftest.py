@@ -41,3 +41,7 @@ def reports_dir(tmp_path: Path) -> Path:
 def write_ndjson(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# The embedded PostgreSQL server for the production-instance tests (imported here to register them).
+from .postgres import postgres_server, postgres_url  # noqa: E402,F401

@@ -42,6 +42,7 @@ from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from .conftest import PROJECT_ROOT, VENV_BIN
+from .postgres import deploy_config
 from .test_dagster_dev_e2e import SENSOR, VALID, Dagit, _drop, _free_port, _key, _wait
 
 DEADLINE_S = 110
@@ -64,6 +65,8 @@ class DagsterDev:
         for folder in (self.home, self.drop_dir, self.reports):
             folder.mkdir()
         self.processes: list[subprocess.Popen[bytes]] = []
+        #: set for the production instance (``deploy/dagster.yaml`` on PostgreSQL)
+        self.extra_env: dict[str, str] = {}
 
     def start(self, config: str, name: str) -> Dagit:
         (self.home / "dagster.yaml").write_text(config)
@@ -71,7 +74,7 @@ class DagsterDev:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
                "DAGSTER_HOME": str(self.home), "KVONCE_DROP_DIR": str(self.drop_dir),
                "KVONCE_REPORTS_DIR": str(self.reports), "KVONCE_DROP_SETTLE_SECONDS": "0.5",
-               "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": "1"}
+               "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": "1", **self.extra_env}
         log_path = self.tmp_path / f"dagster-dev-{name}.log"
         with log_path.open("wb") as log:
             self.processes.append(subprocess.Popen(
@@ -161,13 +164,26 @@ def _statuses(by_partition: dict[str, list[dict[str, Any]]]) -> dict[str, list[s
     return {key: [run["status"] for run in runs] for key, runs in by_partition.items()}
 
 
-@pytest.mark.parametrize("kill_point", ["queued", "in_flight", "started"])
-def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterDev, kill_point: str) -> None:
+@pytest.mark.parametrize(("kill_point", "instance"), [
+    ("queued", "sqlite"), ("in_flight", "sqlite"), ("started", "sqlite"),
+    # the production instance: deploy/dagster.yaml on a real PostgreSQL server (one kill point
+    # keeps the suite's time in bounds; "queued" is the one that goes through its run queue)
+    ("queued", "postgres"),
+])
+def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterDev, kill_point: str, instance: str,
+                                                                   request: pytest.FixtureRequest,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     deadline = time.monotonic() + DEADLINE_S
     one, two, three = _key("one.ndjson", ONE), _key("two.ndjson", TWO), _key("three.ndjson", THREE)
+    closed, open_ = QUEUE_CLOSED, TELEMETRY_OFF
+    if instance == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        dev.extra_env = {"DAGSTER_PG_URL": url}
+        monkeypatch.setenv("DAGSTER_PG_URL", url)  # for reading the dead daemon's cursor from the instance
+        closed, open_ = deploy_config(max_concurrent_runs=0), deploy_config()
 
     # 1. First life: the sensor requests the runs of two payloads, then everything is SIGKILLed.
-    dagit = dev.start(QUEUE_CLOSED if kill_point == "queued" else TELEMETRY_OFF, "first")
+    dagit = dev.start(closed if kill_point == "queued" else open_, "first")
     _wait(dagit, "the webserver", deadline, dagit.up)
     _drop(dev.drop_dir, "one.ndjson", ONE)
     _drop(dev.drop_dir, "two.ndjson", TWO)
@@ -197,7 +213,7 @@ def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterD
     assert left["one.ndjson"][2] == one and left["two.ndjson"][2] == two, left
 
     # 2. Second life, same DAGSTER_HOME and drop folder, queue open; a third payload arrives.
-    dagit = dev.start(TELEMETRY_OFF, "second")
+    dagit = dev.start(open_, "second")
     _wait(dagit, "the webserver after the restart", deadline, dagit.up)
     print(f"[{kill_point}] {_elapsed(deadline):.0f} s: up again")
     _drop(dev.drop_dir, "three.ndjson", THREE)

@@ -29,6 +29,7 @@ from kvonce_pipeline import drops
 from kvonce_pipeline.envelope import ENVELOPE
 
 from .conftest import PROJECT_ROOT, VENV_BIN
+from .postgres import deploy_config
 
 pytestmark = pytest.mark.e2e
 DEADLINE_S = 100
@@ -99,21 +100,22 @@ class Dagit:
 
 
 @contextlib.contextmanager
-def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = (),
-                        ) -> Iterator[tuple[Dagit, Path, Path]]:
+def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = (), *,
+                        config: str = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n",
+                        extra_env: dict[str, str] | None = None) -> Iterator[tuple[Dagit, Path, Path]]:
     """``dagster dev`` on 127.0.0.1 and a free port, with a temporary ``DAGSTER_HOME``, drop folder and
     reports folder (``payloads`` are dropped before it starts); its whole process group is stopped
     on the way out, whatever happened."""
     home, drop_dir, reports = tmp_path / "home", tmp_path / "drops", tmp_path / "reports"
     for folder in (home, drop_dir, reports):
         folder.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(config)
     for name, data in payloads:
         _drop(drop_dir, name, data)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
            "DAGSTER_HOME": str(home), "KVONCE_DROP_DIR": str(drop_dir), "KVONCE_REPORTS_DIR": str(reports),
-           "KVONCE_DROP_SETTLE_SECONDS": "0.5", "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": "5"}
+           "KVONCE_DROP_SETTLE_SECONDS": "0.5", "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": "5", **(extra_env or {})}
     log = (tmp_path / "dagster-dev.log").open("wb")
     process = subprocess.Popen(
         [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -138,9 +140,14 @@ def running_dagster_dev(tmp_path: Path, payloads: Sequence[tuple[str, bytes]] = 
         log.close()
 
 
-@pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[tuple[Dagit, Path, Path]]:
-    with running_dagster_dev(tmp_path, [("first.ndjson", VALID), ("broken.ndjson", BROKEN)]) as running:
+@pytest.fixture(params=["sqlite", "postgres"])
+def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Dagit, Path, Path]]:
+    """The embedded SQLite home (``make ui``), and the production instance of ``deploy/dagster.yaml``
+    on a real PostgreSQL server (queued runs, per-scope limit)."""
+    options: dict[str, Any] = {}
+    if request.param == "postgres":
+        options = {"config": deploy_config(), "extra_env": {"DAGSTER_PG_URL": request.getfixturevalue("postgres_url")}}
+    with running_dagster_dev(tmp_path, [("first.ndjson", VALID), ("broken.ndjson", BROKEN)], **options) as running:
         yield running
 
 
