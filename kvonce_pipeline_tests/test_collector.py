@@ -58,6 +58,14 @@ KV_SPANS: list[tuple[str, str, dict[str, Any]]] = [
     ("success", "beta", {"kvonce.event.value": "v2", "kvonce.event.context.attempt": 3}),
     ("failure", "alpha", {"kvonce.event.reason": "duplicate"}),
 ]
+#: What ``kvonce conformance`` reads back from KV_SPANS: (type, key, value, reason, context).
+KV_EVENTS = [
+    ("success", "alpha", "v1", None, {"attempt": 1}),
+    ("retry", "beta", None, None, {"attempt": 1}),
+    ("retry", "beta", None, None, {"attempt": 2}),
+    ("success", "beta", "v2", None, {"attempt": 3}),
+    ("failure", "alpha", None, "duplicate", None),
+]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -154,13 +162,7 @@ def test_real_exporter_payload_passes_conformance(start_receiver, tmp_path: Path
     assert len(files) == 1 and PAYLOAD_NAME.match(files[0].name), files
     code, events = conformance_events(files[0], tmp_path / "out")
     assert code == 0
-    assert [(e["type"], e["key"], e.get("value"), e.get("reason"), e.get("context")) for e in events] == [
-        ("success", "alpha", "v1", None, {"attempt": 1}),
-        ("retry", "beta", None, None, {"attempt": 1}),
-        ("retry", "beta", None, None, {"attempt": 2}),
-        ("success", "beta", "v2", None, {"attempt": 3}),
-        ("failure", "alpha", None, "duplicate", None),
-    ]
+    assert [(e["type"], e["key"], e.get("value"), e.get("reason"), e.get("context")) for e in events] == KV_EVENTS
     assert all(re.fullmatch(r"[0-9a-f]{32}", e["traceId"]) and e["actor"] == "kvonce-writer" for e in events)
 
 
