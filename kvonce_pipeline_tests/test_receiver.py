@@ -189,6 +189,7 @@ def test_a_full_disk_turns_health_503_and_refused_requests_open_no_journal(tmp_p
     process, url = _collector_on_tiny_tmpfs(tmp_path / "drops")
     try:
         inside = Path(f"/proc/{process.pid}/root") / str(tmp_path / "drops").lstrip("/")
+
         def send() -> int:  # fresh span ids each time: a resent body would be a recognised retry
             body = encode_spans(sdk_spans([("success", f"k{n}", {"kvonce.event.value": "v" * 400})
                                            for n in range(40)])).SerializeToString()
@@ -196,10 +197,15 @@ def test_a_full_disk_turns_health_503_and_refused_requests_open_no_journal(tmp_p
 
         codes = [send() for _ in range(30)]
         assert 200 in codes and codes[-1] == 503, codes  # some fit, then the disk is full
-        fds_after_first_refusals = len(os.listdir(f"/proc/{process.pid}/fd"))
+        def descriptors() -> int:
+            time.sleep(0.5)  # the last connection's socket is closing
+            return len(os.listdir(f"/proc/{process.pid}/fd"))
+
+        fds_after_first_refusals = descriptors()
         more = [send() for _ in range(60)]
         assert set(more) == {503}
-        assert len(os.listdir(f"/proc/{process.pid}/fd")) <= fds_after_first_refusals, "no descriptor per refusal"
+        # a connection's socket may still be open; one descriptor per refusal would be 60 more
+        assert descriptors() <= fds_after_first_refusals + 2, "no descriptor per refusal"
         journals = [p for p in os.listdir(inside) if p.endswith(".journal")]
         assert len(journals) <= 2, journals  # the batch that holds acknowledged spans, not one per refusal
         status, _, health = post(url, b"", method="GET", path="/health")
