@@ -1,0 +1,82 @@
+"""What can be checked of the deployment files without a cluster: they parse, they agree with each
+other, the production instance loads on a real PostgreSQL server, and the image's install step
+succeeds in a clean virtual environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import PROJECT_ROOT
+from .postgres import DEPLOY_CONFIG
+
+HELM_VALUES = PROJECT_ROOT / "deploy" / "helm" / "values.yaml"
+DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"
+
+
+def test_the_instance_on_postgres_loads_with_its_queue(postgres_url: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    (tmp_path / "dagster.yaml").write_text(DEPLOY_CONFIG.read_text())
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres_url)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 8
+        assert queue.tag_concurrency_limits == [
+            {"key": "kvonce/store-scope", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+    finally:
+        instance.dispose()
+
+
+def test_the_helm_values_parse_and_match_the_instance_file() -> None:
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    instance = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    runs = instance["concurrency"]["runs"]
+    assert queued["maxConcurrentRuns"] == runs["max_concurrent_runs"]
+    assert queued["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "kvonce_pipeline.definitions"]
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert sorted(f"{k}={v}" for k, v in env.items()) == sorted(launcher["envVars"]), \
+        "the sensor (code location) and the runs see the same folders"
+    assert deployment["volumeMounts"] == launcher["volumeMounts"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def _install_arguments() -> list[str]:
+    [line] = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("RUN pip install")]
+    return shlex.split(line.removeprefix("RUN pip install"))
+
+
+def test_the_image_install_step_succeeds_in_a_clean_virtual_environment(tmp_path: Path) -> None:
+    """The Dockerfile's ``pip install`` line, run as it is on the project in a fresh venv."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_install_arguments()],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")})
+    if done.returncode != 0 and re.search(r"(?i)(connection|network|resolve|name or service)", done.stderr):
+        pytest.skip(f"the package registry is not reachable: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import dagster_k8s, dagster_postgres, kvonce_pipeline.definitions as d; "
+                            "print(len(d.defs.resolve_all_job_defs()))"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert int(check.stdout.strip()) >= 4
