@@ -17,14 +17,13 @@ parse a second time.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .otlp_http import HttpError, Media, decode_request, success_body
+from .otlp_http import HttpError, Media, bearer_matches, decode_request, success_body
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -111,17 +110,12 @@ class GrpcReceiver:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: cannot decode: {type(error).__name__}")
         finally:
             receiver._leave()
-        note = ""
-        if decoded.spans and not decoded.events:
-            note = (f"accepted {decoded.spans} span(s), none with kvonce.event.type and kvonce.event.key: "
-                    "they are stored but are not KvOnce events")
-        return success_body(Media.PROTOBUF, message=note)
+        return success_body(Media.PROTOBUF, message=decoded.note)
 
     def _check_auth(self, context: grpc.ServicerContext) -> None:
         token = self.receiver.config.token
         if not token:
             return
         metadata: dict[str, Any] = dict(context.invocation_metadata())
-        scheme, _, credential = str(metadata.get("authorization", "")).partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+        if not bearer_matches(str(metadata.get("authorization", "")), token):
             raise HttpError(401, "missing or wrong 'authorization: Bearer <token>' metadata (KVONCE_COLLECTOR_TOKEN)")

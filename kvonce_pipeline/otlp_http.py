@@ -17,6 +17,7 @@ Statuses (OTLP/HTTP specification, ``../shared/reference/otlp-formats.md``):
 from __future__ import annotations
 
 import gc
+import hmac
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -174,6 +175,22 @@ class DecodedRequest:
     def foreign_spans(self) -> int:
         """Spans without ``kvonce.event.type``/``key``: not KvOnce events, skipped by the reader."""
         return self.spans - self.events
+
+    @property
+    def note(self) -> str:
+        """The success response's ``partial_success.error_message``: a warning, not a rejection
+        (``rejected_spans`` stays 0), when no span is a KvOnce event; the spans are stored as sent."""
+        if self.spans and not self.events:
+            return (f"accepted {self.spans} span(s), none with kvonce.event.type and kvonce.event.key: "
+                    "they are stored but are not KvOnce events")
+        return ""
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Does an ``Authorization`` value (HTTP header or gRPC metadata) carry ``Bearer <token>``?
+    The credential is trimmed; the comparison takes constant time."""
+    scheme, _, credential = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
 
 
 def decode_request(body: bytes, media: Media, *, source: str, max_context_depth: int) -> DecodedRequest:

@@ -16,7 +16,6 @@ span ids of recent files, so a client retrying a request it saw no answer to is 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import socket
@@ -45,6 +44,7 @@ from .otlp_http import (
     DecodedRequest,
     HttpError,
     Media,
+    bearer_matches,
     content_coding,
     decode_request,
     decompress,
@@ -493,21 +493,14 @@ class _Handler(BaseHTTPRequestHandler):
             log.log(level, "kvonce collector: %d %s", error.status, message)
             self._fail(error.status, message, media, close=not body_read, retry_after=error.retry_after)
             return
-        note = ""
-        if decoded.spans and not decoded.events:
-            # A warning, not a rejection (rejected_spans stays 0): the spans are stored as sent.
-            note = (f"accepted {decoded.spans} span(s), none with kvonce.event.type and kvonce.event.key: "
-                    "they are stored but are not KvOnce events")
         log.debug("kvonce collector: %s: %d spans stored, %d duplicates", label, stored, duplicates)
         assert media is not None
-        self._send(200, success_body(media, message=note), media.value)
+        self._send(200, success_body(media, message=decoded.note), media.value)
 
     def _check_auth(self, token: str | None) -> None:
         if not token:
             return
-        supplied = self.headers.get("Authorization", "")
-        scheme, _, credential = supplied.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+        if not bearer_matches(self.headers.get("Authorization", ""), token):
             raise HttpError(401, "missing or wrong 'Authorization: Bearer <token>' (KVONCE_COLLECTOR_TOKEN)")
 
     def _read_body(self, limit: int) -> bytes:
