@@ -45,7 +45,7 @@ DEFAULT_SETTLE_SECONDS = 2.0
 MAX_STEM = 80
 SHA_PREFIX = 12
 
-#: The store scope of files directly in the drop folder (and in a subfolder named ``default``).
+#: The store scope of files directly in the drop folder (a subfolder named ``default`` is refused).
 DEFAULT_SCOPE = "default"
 #: A scope is a subfolder of the drop folder; its name is one short, safe path component.
 SCOPE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
@@ -53,7 +53,7 @@ SCOPE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 SCOPE_SEPARATOR = "~"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-KEY_PATTERN = re.compile(rf"^(?:[A-Za-z0-9][A-Za-z0-9_-]{{0,39}}~)?"
+KEY_PATTERN = re.compile(rf"^(?:{SCOPE_PATTERN.pattern}{re.escape(SCOPE_SEPARATOR)})?"
                          rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_STEM - 1}}}-[0-9a-f]{{{SHA_PREFIX}}}$")
 
 
@@ -209,9 +209,8 @@ def _listed(drop_dir: Path, result: ScanResult) -> list[tuple[str, Path, str]]:
             result.ignored += 1
         elif not is_folder:
             out.append((DEFAULT_SCOPE, Path(drop_dir), name))
-        elif printable_name(name) is not None or not is_scope_name(name) or name == DEFAULT_SCOPE:
-            shown = printable_name(name) or name
-            result.refused.append(Refusal(shown, "a folder whose name is not a store scope (letters, digits, "
+        elif (escaped := printable_name(name)) is not None or not is_scope_name(name) or name == DEFAULT_SCOPE:
+            result.refused.append(Refusal(escaped or name, "a folder whose name is not a store scope (letters, digits, "
                                                  "'_' and '-', at most 40; not 'default', which is the drop "
                                                  "folder itself): not scanned"))
         else:
@@ -421,6 +420,10 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
                          else f"the folder of scope {scope} does not exist") from None
     drop_dir = folder
     eligible = [n for n in names if not is_ignored_name(n) and printable_name(n) is None]
+
+    def wanted(digest: str) -> bool:
+        return digest == sha256 if sha256 else digest.startswith(prefix)
+
     candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
     if name is not None and is_bare_name(name) and name in candidates:
         candidates.remove(name)
@@ -430,9 +433,6 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
         info = _inspect(root_real, entry_path, candidate, limits)
         if isinstance(info, Refusal) or (size is not None and info.st_size != size):
             continue
-        def wanted(digest: str) -> bool:
-            return digest == sha256 if sha256 else digest.startswith(prefix)
-
         try:
             digest = _hash_candidate(entry_path, info, copy_to, wanted)
         except (_Changing, OSError):

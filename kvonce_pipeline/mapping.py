@@ -91,8 +91,7 @@ class DecodeStats:
     def read_scalar(self, name: str, value: Any) -> str:
         """``value`` (a number or boolean where the schema has a string) as its JSON text, counted."""
         text = orjson.dumps(value).decode()
-        count, first = self.scalars.get(name, (0, text))
-        self.scalars[name] = (count + 1, first)
+        _tally(self.scalars, name, text)
         return text
 
     def absorb(self, other: "DecodeStats") -> None:
@@ -101,12 +100,10 @@ class DecodeStats:
             self.warn_once(text)
         for mine, theirs in ((self.legacy_ids, other.legacy_ids), (self.scalars, other.scalars)):
             for name, (count, first) in theirs.items():
-                had, was = mine.get(name, (0, first))
-                mine[name] = (had + count, was)
+                _tally(mine, name, first, count)
 
     def keep_legacy_id(self, name: str, item: str) -> None:
-        count, first = self.legacy_ids.get(name, (0, item))
-        self.legacy_ids[name] = (count + 1, first)
+        _tally(self.legacy_ids, name, item)
 
     def report_warnings(self) -> list[str]:
         """The warnings as the report lists them: each once, counts included."""
@@ -119,6 +116,12 @@ class DecodeStats:
             out.append(f"{count} event(s) whose {name} is a number or boolean, not a string (first: {first}): "
                        f"read as its JSON text")
         return out
+
+
+def _tally(table: dict[str, tuple[int, str]], name: str, first: str, count: int = 1) -> None:
+    """Count ``count`` more under ``name``, keeping the first example seen."""
+    had, example = table.get(name, (0, first))
+    table[name] = (had + count, example)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ one pass goes over the events (its observer), so no stage reads the events a sec
 import hashlib
 import inspect
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -218,17 +219,20 @@ class DropHooks(ConformanceHooks):
 
 
 def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings, scope: str,
-                exclude: str | None = None) -> tuple[list[store.PayloadFacts], int | None]:
+                exclude: str | None = None, registered: Sequence[str] | None = None,
+                ) -> tuple[list[store.PayloadFacts], int | None]:
     """Key facts of ``scope``'s registered drop partitions that have them and that its last reset
     did not take out, in registration (arrival) order.
 
     Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
+    ``registered``: the instance's partition keys, when the caller already fetched them.
     """
     trace = settings.trace_dir()
     excluded = store.excluded_partitions(trace, scope)
     out: list[store.PayloadFacts] = []
     own_order: int | None = None
-    for order, key in enumerate(instance.get_dynamic_partitions(PARTITIONS_NAME)):
+    keys = instance.get_dynamic_partitions(PARTITIONS_NAME) if registered is None else registered
+    for order, key in enumerate(keys):
         if key == exclude:
             own_order = order
             continue
@@ -266,10 +270,9 @@ class StoreConfig(dg.Config):
     reset_scope: str | None = None
 
 
-def _scopes(instance: dg.DagsterInstance) -> list[str]:
+def _scopes(registered: Sequence[str]) -> list[str]:
     """Every scope with a registered drop partition, ``default`` first."""
-    found = {drops.scope_of(key) for key in instance.get_dynamic_partitions(PARTITIONS_NAME)
-             if drops.is_partition_key(key)}
+    found = {drops.scope_of(key) for key in registered if drops.is_partition_key(key)}
     return sorted(found, key=lambda scope: (scope != drops.DEFAULT_SCOPE, scope))
 
 
@@ -294,7 +297,8 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
                                          "(letters, digits, '_' and '-', at most 40)")
         reset = store.reset_scope(trace, config.reset_scope, max_retries=kvonce.max_retries, strict=kvonce.strict)
         context.log.info(f"scope {config.reset_scope} reset: {len(reset['excluded'])} payload(s) no longer folded")
-    scopes = _scopes(context.instance)
+    registered = context.instance.get_dynamic_partitions(PARTITIONS_NAME)  # once, for every scope
+    scopes = _scopes(registered)
     if config.reset_scope is not None and config.reset_scope not in scopes:
         scopes.append(config.reset_scope)
     per_scope: dict[str, dict[str, Any]] = {}
@@ -302,7 +306,7 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
     shas: list[str] = []
     rows: list[str] = []
     for scope in scopes or [drops.DEFAULT_SCOPE]:
-        payloads, _ = prior_facts(context.instance, kvonce, scope)
+        payloads, _ = prior_facts(context.instance, kvonce, scope, registered=registered)
         report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
         folder = store.store_dir(trace, scope)
         shas.append(store.write_store_files(folder, report, scope))
