@@ -72,24 +72,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the open batch this often (default 2; 0 writes every request "
                              "before answering it)")
     parser.add_argument("--max-body-mib", type=_positive_float, default=None,
-                        help="largest request after decompression, MiB (default 64, or KVONCE_MAX_BODY_BYTES)")
+                        help="largest request after decompression, MiB (default 20, or KVONCE_MAX_REQUEST_BYTES)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every payload file written")
     parser.set_defaults(run=_run)
 
 
 def build_config(args: argparse.Namespace) -> "ReceiverConfig":
-    """Options over environment (``KVONCE_DROP_DIR``, ``KVONCE_MAX_BODY_BYTES``,
+    """Options over environment (``KVONCE_DROP_DIR``, ``KVONCE_MAX_REQUEST_BYTES``,
     ``KVONCE_MAX_CONTEXT_DEPTH``, ``KVONCE_COLLECTOR_TOKEN``) over defaults.
+
+    The request cap is ``--max-body-mib``, else ``KVONCE_MAX_REQUEST_BYTES``, else (as before that
+    variable existed) ``KVONCE_MAX_BODY_BYTES`` when it is set, else 20 MiB.
 
     Raises ``ValueError`` for a bad ``KVONCE_*`` value.
     """
     from .artifacts import drop_dir
-    from .limits import MIB, Limits
+    from .limits import MIB, Limits, env_name
     from .receiver import ReceiverConfig
 
     env = os.environ
     limits = Limits.from_env()
-    max_body = int(args.max_body_mib * MIB) if args.max_body_mib is not None else limits.max_body_bytes
+    if args.max_body_mib is not None:
+        max_body = int(args.max_body_mib * MIB)
+    elif env.get(env_name("max_body_bytes"), "").strip() and not env.get(env_name("max_request_bytes"), "").strip():
+        max_body = limits.max_body_bytes
+    else:
+        max_body = limits.max_request_bytes
     return ReceiverConfig(
         drop_dir=Path(args.drop_dir) if args.drop_dir else drop_dir(),
         host=args.host,

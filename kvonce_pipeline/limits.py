@@ -28,8 +28,11 @@ _SIZE = re.compile(r"^\s*([0-9][0-9_]*)\s*([kmg]ib)?\s*$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Limits:
-    # 64 MiB: the OTLP/HTTP spec's recommended request limit; a larger body is refused with 413.
-    # Also the largest record accepted in a length-delimited protobuf file.
+    # 20 MiB: one OTLP request the collector accepts, after decompression (the OpenTelemetry
+    # Collector's default: exporters batch far below it); larger is 413 / RESOURCE_EXHAUSTED.
+    max_request_bytes: int = 20 * MIB
+    # 64 MiB: the largest record accepted in a length-delimited protobuf file (files from other
+    # tools may batch more than a request holds).
     max_body_bytes: int = 64 * MIB
     # 16 GiB: a whole payload file after decompression. Large traces are legitimate (a day of
     # traffic is a few GB of OTLP/JSON); a gzip bomb stops here instead of filling the disk or RAM.
@@ -87,11 +90,14 @@ def parse_limit(name: str, raw: str, *, allow_units: bool) -> int:
 
 #: Why each default is what it is, for the documentation (``docs/reliability.md``).
 REASONS: dict[str, str] = {
-    "max_body_bytes": "OTLP/HTTP's recommended request limit (413 above it); also the largest record "
-                      "of a length-delimited protobuf file",
+    "max_request_bytes": "the OpenTelemetry Collector's default request cap after decompression "
+                         "(413 / RESOURCE_EXHAUSTED above it); exporters batch far below it",
+    "max_body_bytes": "the largest record of a length-delimited protobuf file (other tools' files may "
+                      "batch more than one request); also the collector's request cap when "
+                      "KVONCE_MAX_REQUEST_BYTES is not set",
     "max_decompressed_bytes": "a day of busy traffic is a few GB of OTLP/JSON; a gzip bomb stops here "
                               "instead of filling memory",
-    "max_line_bytes": "the collector writes one request per line and requests are capped at 64 MiB",
+    "max_line_bytes": "an OpenTelemetry file exporter writes one request per line; a longer line is not a request",
     "max_context_depth": "real metadata is shallow; deep nesting exhausts the interpreter's stack",
     "max_events": "ten days of a busy service in one payload; split larger inputs",
     "max_drop_file_bytes": "what the drop-folder sensor accepts per payload file; larger files are "

@@ -137,7 +137,10 @@ def decompress(body: bytes, coding: str, limit: int, max_ratio: int | None = Non
                         break  # no input left: the stream is cut short
                     pending = view[position:position + INFLATE_SLICE]
                     position += len(pending)
-                chunk = inflater.decompress(pending, limit + 1 - len(out))
+                # never inflate past what the ratio allows for the input given so far: a bomb is
+                # refused after a few MiB, not after the body cap's worth (8 at once were 350 MiB)
+                allowed = min(limit, max(RATIO_GRACE, max_ratio * position)) if max_ratio else limit
+                chunk = inflater.decompress(pending, allowed + 1 - len(out))
                 out += chunk
                 if len(out) > limit:
                     raise HttpError(413, f"request body exceeds the limit of {limit} bytes after {coding} "

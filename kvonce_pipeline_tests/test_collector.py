@@ -318,6 +318,11 @@ def test_settings_come_from_options_then_environment(tmp_path: Path, monkeypatch
         tmp_path / "env-drops", 12345, "127.0.0.1", 4318, 4317, None)
     config = build_config(parse(["collector", "--drop-dir", str(tmp_path / "d"), "--max-body-mib", "2", "--no-grpc"]))
     assert (config.drop_dir, config.max_body_bytes, config.grpc_port) == (tmp_path / "d", 2 * 1024 * 1024, None)
+    monkeypatch.setenv("KVONCE_MAX_REQUEST_BYTES", "1MiB")  # the request cap's own variable wins
+    assert build_config(parse(["collector"])).max_body_bytes == 1024 * 1024
+    monkeypatch.delenv("KVONCE_MAX_REQUEST_BYTES")
+    monkeypatch.delenv("KVONCE_MAX_BODY_BYTES")
+    assert build_config(parse(["collector"])).max_body_bytes == 20 * 1024 * 1024  # the OTel Collector's default
 
 
 def test_401_without_the_bearer_token(start_receiver, monkeypatch: pytest.MonkeyPatch) -> None:
