@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from .errors import InputError, KvonceError, OutputError
@@ -29,8 +30,10 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
     from .reader import FORMAT_CHOICES
 
     parser = sub.add_parser("conformance", help="check a trace against the KvOnce spec and write the reports")
-    parser.add_argument("--input", required=True, help="trace file: NDJSON, OTLP/JSON, JSON Lines or protobuf (gzip ok)")
-    parser.add_argument("--output-dir", default=None, help="where reports go (default: <reports>/cli/trace, reports = KVONCE_REPORTS_DIR or hermetic-reports; apart from the Dagster job's <reports>/trace)")
+    parser.add_argument("--input", required=True, help="trace file: NDJSON, OTLP/JSON, JSON Lines or protobuf (gzip ok); "
+                                                        "a URL (s3://bucket/key, ...) is downloaded once and read from a private copy")
+    parser.add_argument("--output-dir", default=None, help="where reports go (default: <reports>/cli/trace, reports = KVONCE_REPORTS_DIR or hermetic-reports; apart from the Dagster job's <reports>/trace); "
+                                                           "a URL (s3://bucket/prefix, ...) gets the reports once the run is done, the validation report last")
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="skip sniffing the format")
     parser.add_argument("--strict", action="store_true", help="warnings (duplicate-before-success, ...) become errors")
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
@@ -48,21 +51,43 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
         return EXIT_UNUSABLE
-    out_dir = Path(args.output_dir) if args.output_dir else cli_trace_dir()
-    if out_dir.exists() and not out_dir.is_dir():
+    from .artifacts import COLLECTED, VALIDATION
+    from .stages import write_input_error
+    from .storage import is_remote, local_path, publish, staged_input, staged_reports
+
+    remote_out = args.output_dir if args.output_dir and is_remote(args.output_dir) else None
+    out_dir = local_path(args.output_dir) if args.output_dir else cli_trace_dir()
+    if remote_out is None and out_dir.exists() and not out_dir.is_dir():
         print(f"kvonce: --output-dir {out_dir} is a file, not a folder: give a folder for the reports",
               file=sys.stderr)
         return EXIT_UNUSABLE
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
-    result = run_conformance(args.input, out_dir, options, progress=progress)
+    with ExitStack() as staging:
+        if remote_out is not None:
+            out_dir = staging.enter_context(staged_reports(remote_out))
+        source: str | os.PathLike[str] = args.input
+        if args.input.lower().startswith("file://"):
+            source = local_path(args.input)
+        try:
+            if is_remote(args.input):
+                try:
+                    source = staging.enter_context(staged_input(args.input))
+                except InputError as error:  # reported like any unusable input
+                    write_input_error(error, out_dir, also_remove=(COLLECTED,))
+                    raise
+            result = run_conformance(source, out_dir, options, progress=progress)
+        finally:  # an unusable input's report is published too
+            if remote_out is not None and (out_dir / VALIDATION).is_file():
+                publish(out_dir, remote_out)
+    shown = remote_out.rstrip("/") if remote_out is not None else str(out_dir)  # what the messages name
     if progress is not None:
         progress.finish()
     summary = result.report["summary"]
     verdict = "valid" if result.valid else "INVALID"
     print(f"kvonce: {verdict}: {summary['events']} events, {summary['keys']} keys, "
-          f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {out_dir}", file=sys.stderr)
+          f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {shown}", file=sys.stderr)
     issues = result.report["issues"]
     for issue in issues[:SHOWN_FINDINGS]:
         ids = " ".join(f"{name}={issue[field]}" for name, field in (("trace", "traceId"), ("span", "spanId"))
@@ -71,7 +96,7 @@ def _conformance(args: argparse.Namespace) -> int:
               f" ({issue.get('origin', '')}): {issue['message']}{f' [{ids}]' if ids else ''}", file=sys.stderr)
     if len(issues) > SHOWN_FINDINGS:
         print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
-              f"the full list is in {out_dir / 'kvonce-validation.json'}", file=sys.stderr)
+              f"the full list is in {shown}/{VALIDATION}", file=sys.stderr)
     return result.exit_code
 
 
