@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -72,12 +73,15 @@ BODY_IDLE_SECONDS = 30.0
 #: bodies in flight is so at most about 2 x this x the body cap (the compressed body and what it
 #: inflates to), plus at most 64 KiB + one socket read per waiting connection.
 MAX_BODIES_IN_FLIGHT = 8
-#: The request line and headers together (h11 answers 431 above it).
+#: The request line and headers together: h11 answers 431 when a head still incomplete passes it
+#: (a head that arrives whole in one socket read, at most 256 KiB, is taken).
 MAX_HEADER_BYTES = 64 * 1024
 _JSON = Media.JSON.value.encode()
 _OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 69\r\nRetry-After: 2\r\nConnection: close\r\n\r\n"
                   b'{"code":14,"message":"too many open connections: retry in a moment"}\n')
+
+_BYTEARRAY = re.compile(r"bytearray\((b'.*?'|b\".*?\")\)")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -166,7 +170,8 @@ class _Protocol(H11Protocol):
         """Answer a request h11 refused with h11's reason and status (uvicorn's says neither)."""
         error = self.conn.error
         status = error.error_status_hint if error is not None else 400
-        self._answer_and_close(status, f"malformed HTTP/1.1 request: {error or msg}")
+        reason = _BYTEARRAY.sub(r"\1", str(error or msg))  # h11 shows the offending bytes as bytearray(b'...')
+        self._answer_and_close(status, f"malformed HTTP/1.1 request: {reason:.300}")
 
     def _answer_and_close(self, status: int, message: str) -> None:
         """Answer now, from the protocol (the application may be waiting for body bytes), and close."""
