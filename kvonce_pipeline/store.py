@@ -25,13 +25,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .artifacts import EVENTS
 from .atomic import write_bytes_atomic
 from .drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
 from .events import Event, format_timestamp
@@ -236,14 +237,57 @@ def fold(payloads: Sequence[PayloadFacts], *, max_retries: int = DEFAULT_MAX_RET
     return Fold(keys, findings, resolved, summaries, max_retries, strict)
 
 
+def span_ids_at(events_file: Path, indices: Iterable[int]) -> dict[int, dict[str, str]]:
+    """``traceId``/``spanId`` of the events at ``indices`` of a payload's ``kvonce-events.ndjson``
+    (line *n* is event *n*).
+
+    The key facts leave ids out on purpose (they would double the facts of every payload, for the
+    few events a finding names); the events file has them, and is read here once, up to the last
+    wanted line, parsing only the wanted lines. An event without ids, or a file gone, gives none.
+    """
+    wanted = set(indices)
+    found: dict[int, dict[str, str]] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    try:
+        with open(events_file, "rb") as handle:
+            for index, raw in enumerate(handle):
+                if index in wanted:
+                    event = orjson.loads(raw)
+                    ids = {name: event[name] for name in ("traceId", "spanId") if isinstance(event.get(name), str)}
+                    if ids:
+                        found[index] = ids
+                if index >= last:
+                    break
+    except (OSError, orjson.JSONDecodeError):
+        pass  # the finding still names partition and event index
+    return found
+
+
+def attach_span_ids(refs: Iterable[dict[str, Any]], folder_of: Callable[[str], Path]) -> None:
+    """Add ``traceId``/``spanId`` to event references (``{"partition", "eventIndex", ...}``) in place,
+    reading each partition's events file once (``folder_of(partition)`` is its report folder)."""
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for ref in refs:
+        by_partition.setdefault(ref["partition"], []).append(ref)
+    for partition, items in by_partition.items():
+        ids = span_ids_at(folder_of(partition) / EVENTS, {int(item["eventIndex"]) for item in items})
+        for item in items:
+            item.update(ids.get(int(item["eventIndex"]), {}))
+
+
 def reconcile_report(report: dict[str, Any], partition: str, own_facts: dict[str, Any],
-                     prior: Sequence[PayloadFacts], own_order: int | None = None) -> dict[str, Any]:
+                     prior: Sequence[PayloadFacts], own_order: int | None = None,
+                     folder_of: Callable[[str], Path] | None = None) -> dict[str, Any]:
     """Make one payload's validation report agree with the store as of now (prior payloads + it).
 
     For keys the payload shares with a prior payload, the per-payload ``duplicate-*`` findings are
     replaced by the fold's judgement, and every cross-payload finding that involves one of this
     payload's events is added (at this payload's event index, naming the other partition). Keys
     nobody else touched keep their per-payload findings. ``valid`` and the summary are recomputed.
+    With ``folder_of`` (a partition's report folder), an added finding carries the ``traceId`` and
+    ``spanId`` of both its events, read from their payloads' events files.
     """
     if report.get("inputError"):
         return report
@@ -273,6 +317,8 @@ def reconcile_report(report: dict[str, Any], partition: str, own_facts: dict[str
         issues.append(issue)
         if other is not None:
             added.append(issue)
+    if folder_of is not None and added:
+        _attach_issue_ids(added, partition, folder_of)
     my_resolved = [r for r in result.resolved if r["duplicate"]["partition"] == partition]
     issues.sort(key=lambda issue: (issue["eventIndex"], issue["type"]))
     errors = sum(1 for issue in issues if issue["severity"] == "error")
@@ -286,6 +332,19 @@ def reconcile_report(report: dict[str, Any], partition: str, own_facts: dict[str
     out["crossPayload"] = {"partition": partition, "priorPayloads": [p.partition for p in prior],
                            "sharedKeys": len(shared), "findings": len(added), "resolved": my_resolved}
     return out
+
+
+def _attach_issue_ids(issues: list[dict[str, Any]], partition: str, folder_of: Callable[[str], Path]) -> None:
+    """The ids of a reconciled finding's own event (``traceId``/``spanId``, as a per-payload finding
+    has them) and of the other payload's event (``crossPayload.otherTraceId``/``otherSpanId``)."""
+    mine = [{"partition": partition, "eventIndex": issue["eventIndex"]} for issue in issues]
+    others = [{"partition": issue["crossPayload"]["otherPartition"],
+               "eventIndex": issue["crossPayload"]["otherEventIndex"]} for issue in issues]
+    attach_span_ids([*mine, *others], folder_of)
+    for issue, own, other in zip(issues, mine, others):
+        issue.update({name: own[name] for name in ("traceId", "spanId") if name in own})
+        issue["crossPayload"].update({f"other{name[0].upper()}{name[1:]}": other[name]
+                                      for name in ("traceId", "spanId") if name in other})
 
 
 def _issue(finding: dict[str, Any], mine: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any]:

@@ -380,8 +380,8 @@ def test_the_store_sees_what_single_payloads_cannot(instance, settings, drop_dir
 def test_payloads_of_two_scopes_never_judge_each_other_and_one_scope_does(instance, settings, drop_dir,
                                                                           reports_dir) -> None:
     """Two ``kvonce mock`` runs both write ``alpha``: unrelated in two scopes, a violation in one."""
-    alpha = line(0, "success", "alpha", value="v1")
-    again = line(9, "success", "alpha", value="v2")
+    alpha = line(0, "success", "alpha", value="v1", traceId="a" * 32, spanId="1" * 16)
+    again = line(9, "success", "alpha", value="v2", traceId="b" * 32, spanId="2" * 16)
     for scope in ("orders", "billing"):
         (drop_dir / scope).mkdir()
     put(drop_dir / "orders", "a.ndjson", alpha)
@@ -401,6 +401,9 @@ def test_payloads_of_two_scopes_never_judge_each_other_and_one_scope_does(instan
     assert issue["type"] == "multiple-success"
     assert issue["crossPayload"]["otherPartition"] == "orders~" + key_for("a.ndjson", alpha)
     assert issue["crossPayload"]["otherEventIndex"] == 0
+    # both events' span ids, so each can be found in the tracing backend
+    assert (issue["traceId"], issue["spanId"]) == ("b" * 32, "2" * 16)
+    assert (issue["crossPayload"]["otherTraceId"], issue["crossPayload"]["otherSpanId"]) == ("a" * 32, "1" * 16)
     summary = (reports_dir / "trace" / ("orders~" + key_for("c.ndjson", again)) / artifacts.SUMMARY).read_text()
     assert f"with orders~{key_for('a.ndjson', alpha)} event 0" in summary, "the where column names the other payload"
     stored = dg.materialize([kvonce_store], instance=instance, resources={"kvonce": settings})
@@ -409,6 +412,9 @@ def test_payloads_of_two_scopes_never_judge_each_other_and_one_scope_does(instan
     orders = orjson.loads((reports_dir / "trace" / store.STORE_DIR / "orders" / store.STORE_REPORT).read_bytes())
     billing = orjson.loads((reports_dir / "trace" / store.STORE_DIR / "billing" / store.STORE_REPORT).read_bytes())
     assert (orders["valid"], billing["valid"], orders["scope"]) == (False, True, "orders")
+    [finding] = orders["findings"]
+    assert (finding["first"]["traceId"], finding["first"]["spanId"]) == ("a" * 32, "1" * 16)
+    assert (finding["second"]["traceId"], finding["second"]["spanId"]) == ("b" * 32, "2" * 16)
 
 
 @pytest.mark.parametrize("how", ["cli", "job"])

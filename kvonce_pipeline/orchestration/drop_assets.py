@@ -172,7 +172,8 @@ class DropHooks(ConformanceHooks):
         own = observed.to_json()
         key = _key(context)
         prior, own_order = prior_facts(context.instance, settings, drops.scope_of(key), exclude=key)
-        report = store.reconcile_report(result.report, key, own, prior, own_order)
+        report = store.reconcile_report(result.report, key, own, prior, own_order,
+                                        folder_of=lambda partition: out_dir.parent / partition)
         write_bytes_atomic(out_dir / store.KEYFACTS, orjson.dumps(own))
         validation_file, summary_file = write_report_files(report, out_dir, projection_stats)
         return ValidationResult(report, validation_file, summary_file)
@@ -308,6 +309,8 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
     for scope in scopes or [drops.DEFAULT_SCOPE]:
         payloads, _ = prior_facts(context.instance, kvonce, scope, registered=registered)
         report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
+        store.attach_span_ids([ref for f in report["findings"] for ref in (f["first"], f["second"])],
+                              lambda partition: trace / partition)
         folder = store.store_dir(trace, scope)
         shas.append(store.write_store_files(folder, report, scope))
         summary = report["summary"]
