@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from . import otlp_http_server
 from .otlp_http import HttpError, Media, bearer_matches, decode_request, success_body
 
 if TYPE_CHECKING:
@@ -37,6 +38,14 @@ METHOD = f"/{SERVICE}/Export"
 #: held by requests in flight stays below ``MAX_CONCURRENT_RPCS * max_body_bytes``.
 WORKERS = 8
 MAX_CONCURRENT_RPCS = 16
+#: A connection that has not acknowledged the server's HTTP/2 settings after this long is closed
+#: (a silent or slow client): the gRPC side of the HTTP listener's header deadline.
+HANDSHAKE_SECONDS = 15.0
+#: A connection with no call for this long is sent GOAWAY (exporters reconnect when they next
+#: export); longer than HTTP's keep-alive because gRPC channels are meant to stay open.
+IDLE_SECONDS = 300.0
+#: Request metadata (gRPC's headers) above this is refused by grpcio.
+MAX_METADATA_BYTES = 64 * 1024
 
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -61,7 +70,13 @@ class GrpcReceiver:
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             options=[("grpc.max_receive_message_length", receiver.config.max_body_bytes),
                      ("grpc.max_send_message_length", 1024 * 1024),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     # the same connection cap as OTLP/HTTP; grpcio closes one more before its handshake
+                     ("grpc.max_allowed_incoming_connections", otlp_http_server.MAX_CONNECTIONS),
+                     # a client that never answers the server's HTTP/2 settings is dropped
+                     ("grpc.http2.settings_timeout", int(HANDSHAKE_SECONDS * 1000)),
+                     ("grpc.max_connection_idle_ms", int(IDLE_SECONDS * 1000)),
+                     ("grpc.max_metadata_size", MAX_METADATA_BYTES)],
         )
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # bytes in, bytes out
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))

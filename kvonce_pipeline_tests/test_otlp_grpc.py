@@ -4,6 +4,8 @@ what it stores is what the HTTP path stores."""
 from __future__ import annotations
 
 import gzip
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from kvonce_pipeline import otlp_grpc, otlp_http_server
 from kvonce_pipeline.otlp_grpc import METHOD
 from kvonce_pipeline.receiver import Receiver
 
@@ -132,3 +135,51 @@ def test_an_unwritable_drop_folder_is_unavailable_with_a_retry_delay(start_recei
     [info] = [value for key, value in trailers if key == "google.rpc.retryinfo-bin"]
     assert RetryInfo.FromString(info).retry_delay.seconds >= 1
     assert receiver.spans_accepted == 0
+
+
+# --- connections: the same cap and deadline as OTLP/HTTP ------------------------------------------
+
+def _closed_by_server(conn: socket.socket, within: float) -> bool:
+    """Does the server close ``conn`` within ``within`` seconds? (What it sends first, its own
+    HTTP/2 settings, is read and ignored.)"""
+    deadline = time.monotonic() + within
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if conn.recv(65536) == b"":
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        pass
+    return False
+
+
+def test_a_connection_that_never_handshakes_is_closed_at_the_deadline(start_receiver,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_grpc, "HANDSHAKE_SECONDS", 1.0)
+    receiver = start_receiver(grpc_port=0)
+    assert receiver.grpc is not None
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", receiver.grpc.port), timeout=10) as silent:
+        assert _closed_by_server(silent, 8.0), "a silent connection is not held past the handshake deadline"
+    assert time.monotonic() - started < 8.0
+    assert grpc_export(receiver, sdk_spans(KV_SPANS)) == SpanExportResult.SUCCESS
+
+
+def test_grpc_connections_beyond_the_cap_are_closed_at_once(start_receiver,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_http_server, "MAX_CONNECTIONS", 3)
+    receiver = start_receiver(grpc_port=0)
+    assert receiver.grpc is not None
+    address = ("127.0.0.1", receiver.grpc.port)
+    held = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        with socket.create_connection(address, timeout=10) as extra:
+            assert _closed_by_server(extra, 5.0), "one connection more than the cap is closed"
+    finally:
+        for conn in held:
+            conn.close()
+    time.sleep(0.5)
+    assert grpc_export(receiver, sdk_spans(KV_SPANS)) == SpanExportResult.SUCCESS
