@@ -15,14 +15,25 @@ import pytest
 from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from kvonce_pipeline import otlp_grpc, otlp_http_server
 from kvonce_pipeline.otlp_grpc import METHOD
 from kvonce_pipeline.receiver import Receiver
 
-from .test_collector import KV_EVENTS, KV_SPANS, conformance_events, export, payload_files, sdk_spans, spans_in, start_receiver
+from .test_collector import (
+    KV_EVENTS,
+    KV_SPANS,
+    conformance_events,
+    export,
+    payload_files,
+    sdk_spans,
+    spans_in,
+    start_receiver,
+)
 
 __all__ = ["start_receiver"]  # the fixture, shared with the HTTP tests
 
