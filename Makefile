@@ -40,8 +40,9 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 	echo "dagster job exit code: $$rc (full log: $(DAGSTER_HOME)/last-run.log; artifacts in $$report/)"; \
 	$(BIN)/python -m kvonce_pipeline.orchestration.run_verdict --job kvonce_conformance_job --dagster-exit $$rc
 
-## test: the whole test suite
+## test: the type check, then the whole test suite
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 ## ui: the Dagster UI and daemon on http://127.0.0.1:3000 (history kept in .dagster_home/)

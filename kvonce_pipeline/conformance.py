@@ -11,7 +11,7 @@ memory is handed over to the events as they are produced.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ class ConformanceOptions:
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 
 
-def use_parallel(input_path: str | Path, option: bool | None) -> bool:
+def use_parallel(input_path: str | os.PathLike[str], option: bool | None) -> bool:
     if option is not None:
         return option
     if (os.cpu_count() or 1) < 2:
@@ -70,7 +70,7 @@ class ConformanceResult:
         return 0 if self.valid else 1
 
 
-def run_conformance(input_path: str | Path, output_dir: str | Path,
+def run_conformance(input_path: str | os.PathLike[str], output_dir: str | Path,
                     options: ConformanceOptions = ConformanceOptions(), *,
                     progress: ProgressCallback | None = None) -> ConformanceResult:
     """Write every artifact for ``input_path`` into ``output_dir``.
@@ -109,7 +109,7 @@ class WholeDocumentFeed:
     which stops the worker if the pass fails.
     """
 
-    def __init__(self, input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool,
+    def __init__(self, input_path: str | os.PathLike[str], out: Path, *, format: str, limits: Limits, parallel: bool,
                  progress: ProgressCallback | None = None) -> None:
         self.detected = detect_format(input_path, hint=format, limits=limits)
         self._progress = progress
@@ -147,7 +147,7 @@ class WholeDocumentFeed:
 
 
 @contextmanager
-def whole_document_feed(input_path: str | Path, out: Path, *, format: str, limits: Limits, parallel: bool,
+def whole_document_feed(input_path: str | os.PathLike[str], out: Path, *, format: str, limits: Limits, parallel: bool,
                         progress: ProgressCallback | None = None) -> Iterator[WholeDocumentFeed]:
     feed = WholeDocumentFeed(input_path, out, format=format, limits=limits, parallel=parallel, progress=progress)
     try:
@@ -157,7 +157,7 @@ def whole_document_feed(input_path: str | Path, out: Path, *, format: str, limit
         raise
 
 
-def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
+def _streamed(input_path: str | os.PathLike[str], out: Path, options: ConformanceOptions,
               progress: ProgressCallback | None, *, sort_on_disk: bool) -> ConformanceResult:
     parallel = use_parallel(input_path, options.parallel)
     with whole_document_feed(input_path, out, format=options.format, limits=options.limits,
@@ -172,7 +172,7 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
                 estimate = int(done / fraction) if fraction else None
                 progress(stage, done, total if total is not None else estimate)
 
-        events = trace.events
+        events: Iterable[Event] = trace.events
         if trace.listed is not None:  # held whole anyway: the list itself, which a forked child can share
             events, trace.count = trace.listed, len(trace.listed)
             if not events:
@@ -185,7 +185,7 @@ def _streamed(input_path: str | Path, out: Path, options: ConformanceOptions,
 
 
 @contextmanager
-def _ordered_events(input_path: str | Path, *, format: str = "auto", limits: Limits | None = None,
+def _ordered_events(input_path: str | os.PathLike[str], *, format: str = "auto", limits: Limits | None = None,
                     spill_dir: Path | None = None) -> Iterator[Iterator[Event]]:
     """Events in time order for a consumer that cannot start again (``kvonce convert`` to stdout).
 

@@ -405,8 +405,8 @@ def generate(path: str | Path, options: GenerateOptions) -> int:
         raise ValueError(f"unknown format {options.format!r}; use one of {', '.join(FORMATS)}")
     with atomic_writer(path) as out:
         if options.gzip:
-            with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as packed:  # type: ignore[arg-type]
-                return WRITERS[options.format](packed, options)  # type: ignore[arg-type]
+            with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as packed:  # type: ignore[call-overload]
+                return WRITERS[options.format](packed, options)
         return WRITERS[options.format](out, options)  # type: ignore[arg-type]
 
 

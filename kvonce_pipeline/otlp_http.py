@@ -129,7 +129,7 @@ def decompress(body: bytes, coding: str, limit: int, max_ratio: int | None = Non
         if members > MAX_GZIP_MEMBERS:
             raise HttpError(400, f"Content-Encoding {coding}: more than {MAX_GZIP_MEMBERS} gzip members in one body")
         inflater = zlib.decompressobj(wbits)
-        pending = b""  # input of this member given but not consumed yet
+        pending: bytes | memoryview = b""  # input of this member given but not consumed yet
         try:
             while not inflater.eof:
                 if not pending:

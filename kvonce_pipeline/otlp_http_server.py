@@ -108,6 +108,7 @@ class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header deadline, a connection cap and errors that say why."""
 
     owner: "HttpServer"  # set on the subclass made for each server
+    conn: _StrictConnection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -367,7 +368,7 @@ class HttpServer:
         except OSError:
             self._socket.close()
             raise
-        self.address: tuple[str, int] = tuple(self._socket.getsockname()[:2])  # type: ignore[assignment]
+        self.address: tuple[str, int] = tuple(self._socket.getsockname()[:2])
         self._executor = ThreadPoolExecutor(max_workers=2 * MAX_BODIES_IN_FLIGHT,
                                             thread_name_prefix="kvonce-collector-http")
         protocol = type("KvonceH11Protocol", (_Protocol,), {"owner": self})

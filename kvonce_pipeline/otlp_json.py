@@ -206,7 +206,7 @@ def _attr_map(attributes: Any) -> dict[str, Any]:
         return {}
     if type(attributes) is not list:
         raise TypeError(f"attributes must be an array, got {_kind(attributes)}")
-    out: dict[str, Any] = {}
+    out: dict[Any, Any] = {}  # a missing or non-string key is kept as given: the mapping names it
     for attribute in attributes:
         if type(attribute) is not dict:
             raise TypeError("each attribute must be an object with 'key' and 'value'")
@@ -294,11 +294,10 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
     start = span["startTimeUnixNano"]
     if type(start) is not str or not start.isascii() or not start.isdigit():
         return _SLOW
-    start_ns: int | None = int(start)
-    if start_ns == 0:
-        start_ns = None
-    elif start_ns > MAX_TIME_NS:
+    start_int = int(start)
+    if start_int > MAX_TIME_NS:
         return _SLOW
+    start_ns = start_int or None  # 0 is "unset" in OTLP
     if value is not None:
         text = value.get("stringValue")
         if type(text) is str:

@@ -161,11 +161,12 @@ class TypedAnyValueDecoder:
                 raw = entry.value
                 out[name] = None if raw is UNSET else self.decode(raw, depth + 1)
             return out
-        return [self.decode(item, depth + 1) for item in value.arrayValue.values]
+        # the one member set (counted above): every other member is UNSET
+        return [self.decode(item, depth + 1) for item in value.arrayValue.values]  # type: ignore[union-attr]
 
 
 def _int64(item: int | str) -> int:
-    if type(item) is str:
+    if isinstance(item, str):
         if not (item.isascii() and (item.isdigit() or (item[:1] == "-" and item[1:].isdigit()))):
             raise _GiveUp
         item = int(item)
@@ -175,7 +176,7 @@ def _int64(item: int | str) -> int:
 
 
 def _double(item: float | str) -> float | str:
-    if type(item) is str:
+    if isinstance(item, str):
         if item in ("NaN", "Infinity", "-Infinity"):
             return item
         raise _GiveUp  # other numeric strings: the general path decides
@@ -245,7 +246,7 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
                 return None
             if request.resource_spans is not UNSET or request.resourceSpans is UNSET:
                 return None  # snake_case, or not a trace request: the general path reads or names it
-            walk.resources(request.resourceSpans)
+            walk.resources(request.resourceSpans)  # type: ignore[arg-type]  # not UNSET: checked above
             if keep is not None:
                 keep.append(request)
         walk.finish()
@@ -362,7 +363,8 @@ class _Walk:
             if resource_spans.scope_spans is not UNSET or resource_spans.instrumentationLibrarySpans is not UNSET:
                 raise _GiveUp
             resource = resource_spans.resource
-            fallbacks = resource_fallbacks(_attr_map(resource.attributes) if resource is not UNSET else {}, decoder)
+            fallbacks = resource_fallbacks(_attr_map(resource.attributes)  # type: ignore[union-attr]  # not UNSET
+                                           if resource is not UNSET else {}, decoder)
             actor = fallbacks.actor or "unknown"
             for s, scope_spans in enumerate(resource_spans.scopeSpans):
                 spans = scope_spans.spans
@@ -415,11 +417,11 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
                 return None
     if event_type is UNSET or key is UNSET:
         return None
-    event_type, key = event_type.stringValue, key.stringValue
+    event_type, key = event_type.stringValue, key.stringValue  # type: ignore[assignment]  # str or UNSET
     if type(event_type) is not str or type(key) is not str or not event_type or not key:
         return None
     if reason is not None:
-        reason = reason.stringValue if reason is not UNSET else UNSET
+        reason = reason.stringValue if reason is not UNSET else UNSET  # str or UNSET: tested next
         if type(reason) is not str:
             return None
     if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
@@ -431,11 +433,11 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
     if span_id and (len(span_id) != 16 or span_id.strip(_LOWER_HEX)):
         return None
     start = span.startTimeUnixNano
-    if type(start) is str:
+    if isinstance(start, str):
         if not (start.isascii() and start.isdigit()):
             return None
         start = int(start)
-    elif start is UNSET or start < 0:
+    elif start is UNSET or start < 0:  # an int once UNSET is ruled out
         return None
     start_ns: int | None = start
     if start == 0:
@@ -517,14 +519,14 @@ def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, po
     start = span.startTimeUnixNano
     if start is UNSET:
         start_ns = None
-    elif type(start) is str:
+    elif isinstance(start, str):
         if not (start.isascii() and start.isdigit()):
             raise _GiveUp
         start_ns = int(start)
-    elif start < 0:
+    elif start < 0:  # type: ignore[operator]  # an int: UNSET and str are ruled out
         raise _GiveUp
     else:
-        start_ns = start
+        start_ns = start  # type: ignore[assignment]
     return span_to_event(_attr_map(span.attributes), decoder, fallbacks, trace_id=trace_id.lower(),
                          span_id=span_id.lower(), start_ns=start_ns, position=position,
                          origin=f"{prefix}{position[2]}", stats=notes)

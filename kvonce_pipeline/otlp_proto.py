@@ -62,11 +62,10 @@ def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, ori
     span_id = span.span_id
     if span_id and len(span_id) != 8:
         return _SLOW
-    start_ns: int | None = span.start_time_unix_nano
-    if start_ns == 0:
-        start_ns = None
-    elif start_ns > MAX_TIME_NS:
+    start: int = span.start_time_unix_nano
+    if start > MAX_TIME_NS:
         return _SLOW
+    start_ns = start or None  # 0 is "unset" in OTLP
     if value is not None:
         text = value.string_value
         if text:

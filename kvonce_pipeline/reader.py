@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
@@ -159,7 +159,7 @@ def open_payload(path: str | os.PathLike[str], limits: Limits) -> Iterator[tuple
         except OSError as exc:
             raise InputError(str(target), f"cannot read: {exc.strerror or exc}") from None
         if compressed:
-            inner = gzip.GzipFile(fileobj=raw, mode="rb")
+            inner = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
             limited = _LimitedReader(inner, limits.max_decompressed_bytes, str(target), raw=raw,
                                      max_ratio=limits.max_compression_ratio)
             yield io.BufferedReader(limited, buffer_size=1024 * 1024), True
@@ -666,16 +666,16 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
     limits = limits or Limits()
     stats = DecodeStats()
     source = str(path)
-    detected, compressed = detected or detect_format(path, hint=format, limits=limits)
-    stream = TraceStream(source, detected, compressed, iter(()), stats)
+    kind, compressed = detected or detect_format(path, hint=format, limits=limits)
+    stream = TraceStream(source, kind, compressed, iter(()), stats)
     enabled = gc.isenabled()
     gc.disable()
     try:
-        if detected in STREAMABLE:
+        if kind in STREAMABLE:
             size = check_input_path(path).stat().st_size
             with open_payload(path, limits) as (payload, _):
                 raw = payload if not compressed else None
-                events: Iterable[Event] = _decode(payload, detected, source=source, limits=limits, stats=stats)
+                events: Iterable[Event] = _decode(payload, kind, source=source, limits=limits, stats=stats)
                 if sort_on_disk:
                     def spilled(runs: int) -> None:
                         stream.spilled_runs = runs
@@ -691,7 +691,7 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
             return
         with open_payload(path, limits) as (payload, _):
             blob = payload.read()
-        if detected is InputFormat.OTLP_JSON:
+        if kind is InputFormat.OTLP_JSON:
             events, ordered, fraction = _document_events(blob, source, stats, limits, tap)
             del blob
         else:

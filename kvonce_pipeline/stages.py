@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -308,9 +308,10 @@ def write_artifacts(
     """
     if fed is not None:
         with gc_paused():
-            return _write_artifacts_fed(events, out_dir, fed, max_retries=max_retries, strict=strict,
+            events_list = cast("list[Event]", events)  # a fed run hands over the reader's own list
+            return _write_artifacts_fed(events_list, out_dir, fed, max_retries=max_retries, strict=strict,
                                         input_summary=input_summary, progress=progress, total=total)
-    write = _write_artifacts
+    write: Callable[..., ArtifactsResult] = _write_artifacts
     if parallel:
         from .parallel import can_fork
 

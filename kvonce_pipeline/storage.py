@@ -47,7 +47,7 @@ def is_remote(location: str | os.PathLike[str]) -> bool:
     if not isinstance(location, str):
         return False
     match = _SCHEME.match(location)
-    return bool(match) and match.group(1).lower() != "file"
+    return match is not None and match.group(1).lower() != "file"
 
 
 def local_path(location: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ O(events) time, memory proportional to the number of keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -71,7 +71,8 @@ def _pointer(index: int, where: Event | tuple[str, str, str]) -> dict[str, Any]:
     if type(where) is tuple:
         origin, trace_id, span_id = where
     else:
-        origin, trace_id, span_id = where.origin, where.trace_id, where.span_id
+        event = cast(Event, where)
+        origin, trace_id, span_id = event.origin, event.trace_id, event.span_id
     pointer: dict[str, Any] = {"eventIndex": index}
     if origin:
         pointer["origin"] = origin

@@ -359,7 +359,7 @@ def build_conformance_assets(
 
 def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
          hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
-         parallel: bool | None) -> Iterator[dg.MaterializeResult]:
+         parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     try:
         yield from _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
                          output_for=output_for, parallel=parallel)
@@ -369,7 +369,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
 
 def _step(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
           hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
-          parallel: bool | None) -> Iterator[dg.MaterializeResult]:
+          parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The step: collect, one pass, the checks, then the four materializations in graph order."""
     out_dir = output_for(context, settings)
     clock = _Clock()
@@ -640,7 +640,7 @@ def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSetting
 
 def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, keys: dict[str, dg.AssetKey],
                    hooks: ConformanceHooks, out_dir: Path, collected: collect.Collected,
-                   done: _Pass) -> Iterator[dg.MaterializeResult]:
+                   done: _Pass) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The events, projection and validation materializations, with their checks."""
     summary = done.trace_summary
     events_file = done.artifacts.events_file

@@ -17,6 +17,7 @@ one pass goes over the events (its observer), so no stage reads the events a sec
 
 import hashlib
 import inspect
+import sys
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +47,7 @@ TAG_ARRIVED = "kvonce/source_arrived_at"
 TAG_SCOPE = "kvonce/store-scope"
 
 _EXTRA_CODE = hashlib.sha256(b"".join(inspect.getsource(m).encode() for m in (drops, store, envelope)))
-_EXTRA_CODE.update(inspect.getsource(inspect.getmodule(ConformanceHooks)).encode())
+_EXTRA_CODE.update(inspect.getsource(sys.modules[ConformanceHooks.__module__]).encode())
 
 
 def _key(context: dg.AssetExecutionContext) -> str:

@@ -34,9 +34,9 @@ def run_verdict(instance: dg.DagsterInstance, job_name: str) -> tuple[int, str]:
         return 0, ""
     for record in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
         event = record.dagster_event
-        data = event.step_failure_data if event is not None else None
-        if data is None:
+        if event is None or event.step_failure_data is None:
             continue
+        data = event.step_failure_data
         user = data.user_failure_data
         verdict = user.metadata.get("verdict") if user is not None else None
         if user is not None and verdict is not None and verdict.value in EXIT_CODES:

@@ -24,7 +24,7 @@ import dagster as dg
 import orjson
 
 from .. import drops
-from .drop_assets import (DROP_JUDGED_KEY, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
+from .drop_assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from .resources import KvonceSettings
 
@@ -88,7 +88,7 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
     # Content is the identity: the sha256 prefix that ends every key built by drops.partition_key_for.
     # Per scope: the same bytes dropped into two scopes are two systems' payloads.
     by_content = {(drops.scope_of(key), key[-drops.SHA_PREFIX:]): key
-                  for key in context.instance.get_dynamic_partitions(drop_partitions.name)}
+                  for key in context.instance.get_dynamic_partitions(PARTITIONS_NAME)}
     new_keys: list[str] = []
     requests: list[dg.RunRequest] = []
     for found in scan.ready:
