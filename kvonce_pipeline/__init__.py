@@ -1,18 +1,65 @@
 """kvonce_pipeline: prove or disprove that a KvOnce run obeyed its spec, from its OTLP traces.
 
-The core (reading, projection, validation, reports) is plain Python and imports no Dagster.
-``kvonce_pipeline.defs`` (the Dagster ``Definitions``) is loaded only when asked for, so that
-``dagster job execute -m kvonce_pipeline`` finds it while the CLI and library users never pay for
-importing Dagster.
+The public API is the names in ``__all__``; everything else is internal and may change. The core
+(reading, projection, validation, reports) is plain Python and imports no Dagster. Names are
+imported when first used, so ``import kvonce_pipeline`` stays cheap for the CLI, and ``defs`` (the
+Dagster ``Definitions``, which ``dagster job execute -m kvonce_pipeline`` finds) is the only name
+that imports Dagster.
+
+>>> from kvonce_pipeline import ConformanceOptions, run_conformance
+>>> result = run_conformance("trace.json", "reports/", ConformanceOptions(strict=True))  # doctest: +SKIP
+>>> result.valid, result.exit_code, result.report["summary"]["errors"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "defs"]
+#: public name -> the module that defines it (``module:name`` when the name there differs)
+_EXPORTS = {
+    # checking a trace: the same pass as `kvonce conformance`
+    "run_conformance": "conformance",
+    "ConformanceOptions": "conformance",
+    "ConformanceResult": "conformance",
+    # reading traces in any supported format, and checking events already in memory
+    "read_trace": "reader",
+    "open_trace": "reader",
+    "TraceRead": "reader",
+    "Event": "events",
+    "validate_events": "validation",
+    # limits and the errors every entry point raises
+    "Limits": "limits",
+    "KvonceError": "errors",
+    "InputError": "errors",
+    "OutputError": "errors",
+    "ConfigError": "errors",
+    # the OTLP receiver behind `kvonce collector`
+    "Receiver": "receiver",
+    "ReceiverConfig": "receiver",
+    # the lineage envelope a drop run writes beside its artifacts
+    "read_envelope": "envelope",
+    # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
+    "generate_trace": "generate:generate",
+    "GenerateOptions": "generate",
+}
+
+__all__ = ["__version__", "defs", *_EXPORTS]
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time the names load on first use
+    from .conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .definitions import defs
+    from .envelope import read_envelope
+    from .errors import ConfigError, InputError, KvonceError, OutputError
+    from .events import Event
+    from .generate import GenerateOptions
+    from .generate import generate as generate_trace
+    from .limits import Limits
+    from .reader import TraceRead, open_trace, read_trace
+    from .receiver import Receiver, ReceiverConfig
+    from .validation import validate_events
 
 
 def __getattr__(name: str) -> Any:
@@ -20,8 +67,14 @@ def __getattr__(name: str) -> Any:
         from .definitions import defs
 
         return defs
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = where.partition(":")
+    value = getattr(import_module(f".{module}", __name__), attribute or name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"defs"})
+    return sorted(set(globals()) | set(__all__))

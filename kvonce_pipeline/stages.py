@@ -22,10 +22,8 @@ from . import artifacts
 from .atomic import atomic_writer
 from .errors import OutputError
 from .events import Event, format_timestamp
-from .limits import Limits
-from .ndjson import EventLine, dump_events, encode_lines, event_line, iter_ndjson_events
+from .ndjson import EventLine, dump_events, encode_lines, event_line
 from .projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
-from .reader import TraceRead
 from .summary import render_summary
 from .validation import DEFAULT_MAX_RETRIES, Validator
 
@@ -141,11 +139,6 @@ def write_events(events: Iterable[Event], path: Path, *, progress: ProgressCallb
     return out.written
 
 
-def with_progress(items: Iterable[Any], progress: ProgressCallback | None, stage: str) -> Iterable[Any]:
-    """``items`` unchanged, calling ``progress(stage, count, None)`` every :data:`BATCH` items."""
-    return _progressed(items, progress, stage)
-
-
 def _progressed(items: Iterable[Any], progress: ProgressCallback | None, stage: str) -> Iterable[Any]:
     if progress is None:
         return items
@@ -159,14 +152,6 @@ def _report_every(items: Iterable[Any], progress: ProgressCallback, stage: str) 
         if not count % BATCH:
             progress(stage, count, None)
     progress(stage, count, None)
-
-
-def read_events_ndjson(path: Path, limits: Limits | None = None) -> Iterator[Event]:
-    """Stream events back from ``kvonce-events.ndjson`` (already in order)."""
-    limits = limits or Limits()
-    with open(path, "rb") as stream:
-        yield from iter_ndjson_events(stream, source=str(path), max_line=limits.max_line_bytes,
-                                      max_depth=limits.max_context_depth)
 
 
 @dataclass(frozen=True)
@@ -610,10 +595,6 @@ def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] |
                     **({"input": input_summary} if input_summary else {})},
     }
     write_report_files(report, out_dir)
-
-
-def summarize_trace(trace: TraceRead) -> dict[str, Any]:
-    return trace.summary()
 
 
 class EventColumns:

@@ -47,8 +47,6 @@ STORE_REPORT = "kvonce-store.json"
 STORE_SUMMARY = "kvonce-store.md"
 STORE_SCHEMA = "kvonce-store/v1"
 _SUCCESS, _DUPLICATE, _RETRY = "s", "d", "r"
-#: Rules the fold judges across payloads; the rest (attempt numbering, missing fields) stay per payload.
-CROSS_RULES = ("multiple-success", "duplicate-before-success", "duplicate-without-success", "retry-bound-exceeded")
 
 
 class FactsBuilder:
@@ -84,13 +82,6 @@ class FactsBuilder:
     def to_json(self) -> dict[str, Any]:
         return {"schemaVersion": FACTS_SCHEMA, "events": self.events, "untimed": self.untimed,
                 "firstTimeUnixNano": self.first_ns, "lastTimeUnixNano": self.last_ns, "keys": self.keys}
-
-
-def facts_of(events: Iterable[Event]) -> dict[str, Any]:
-    builder = FactsBuilder()
-    for index, event in enumerate(events):
-        builder.observe(index, event)
-    return builder.to_json()
 
 
 @dataclass(frozen=True)

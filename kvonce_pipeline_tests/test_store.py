@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from kvonce_pipeline.events import Event, parse_timestamp
-from kvonce_pipeline.store import PayloadFacts, facts_of, fold, reconcile_report
+from kvonce_pipeline.store import FactsBuilder, PayloadFacts, fold, reconcile_report
 from kvonce_pipeline.validation import validate_events
+
+
+def facts_of(events: list[Event]) -> dict[str, Any]:
+    """The key facts a drop run gathers while its events stream past."""
+    builder = FactsBuilder()
+    for index, event in enumerate(events):
+        builder.observe(index, event)
+    return builder.to_json()
 
 
 def ev(at: str, kind: str, key: str, value: Any = None, reason: str | None = None) -> Event:
