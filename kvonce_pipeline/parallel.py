@@ -122,8 +122,8 @@ class _Incomplete(Exception):
 def _worker(out_dir: Path) -> int:
     from . import artifacts
     from .events import Event
+    from .one_pass import BATCH, BackgroundWriter, projection_file
     from .projection import ProjectionBuilder, StateSequence
-    from .stages import BATCH, BackgroundWriter, _projection_file
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     builder = ProjectionBuilder()
@@ -148,7 +148,7 @@ def _worker(out_dir: Path) -> int:
             if not finished:
                 raise _Incomplete
             states.write(sequence.close())
-        projection, projection_file = _projection_file(builder.per_key_fold, out_dir / artifacts.PROJECTION,
+        projection, projection_written = projection_file(builder.per_key_fold, out_dir / artifacts.PROJECTION,
                                                        entries=False)
     except _Incomplete:
         return 3
@@ -160,7 +160,7 @@ def _worker(out_dir: Path) -> int:
     sys.stdout.buffer.write(orjson.dumps({
         "stats": projection["stats"],
         "state": {"sha256": state_file.sha256, "size": state_file.size},
-        "projection": {"sha256": projection_file.sha256, "size": projection_file.size},
+        "projection": {"sha256": projection_written.sha256, "size": projection_written.size},
     }))
     sys.stdout.buffer.flush()
     os._exit(0)  # the per-key entries need no freeing: the process ends here
@@ -267,7 +267,9 @@ class ForkedProjection(_StagedProjection):
 
     def __init__(self, events: list[Any], out_dir: Path, validator: Any, input_summary: dict[str, Any] | None) -> None:
         from .atomic import fsync_directory  # noqa: F401 - imported before the fork, used by publish()
-        from .stages import project_per_key  # imported before the fork: the child imports nothing
+        from .one_pass import (
+            project_per_key,  # imported before the fork: the child imports nothing
+        )
 
         self._stage(out_dir, "fork")
         read_fd, write_fd = os.pipe()
@@ -524,7 +526,7 @@ def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
 
 def _fed_worker(events_path: Path, states_path: Path, projection_path: Path) -> int:
     """The fed worker: frames of :class:`WireEvent` arrays on stdin, its result as JSON on stdout."""
-    from .stages import write_fed_files
+    from .one_pass import write_fed_files
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     decode = msgspec.msgpack.Decoder(list[WireEvent]).decode

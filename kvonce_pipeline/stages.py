@@ -6,12 +6,8 @@ byte-identical artifacts. Every write goes through :mod:`kvonce_pipeline.atomic`
 
 from __future__ import annotations
 
-import gc
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -23,109 +19,22 @@ from .atomic import atomic_writer
 from .errors import OutputError
 from .events import Event, format_timestamp
 from .ndjson import EventLine, dump_events, encode_lines, event_line
+from .one_pass import (
+    BATCH,
+    BackgroundWriter,
+    ProgressCallback,
+    Written,
+    gc_paused,
+    progressed,
+    projection_file,
+    write_events_and_states,
+)
 from .projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
 from .summary import render_summary
 from .validation import DEFAULT_MAX_RETRIES, Validator
 
 if TYPE_CHECKING:
     from .parallel import FedProjection
-
-
-#: ``progress(stage, done, total)``: called every :data:`BATCH` events (``total`` None if unknown).
-ProgressCallback = Callable[[str, int, "int | None"], None]
-#: Events per write batch and per progress call: large enough that per-batch costs vanish,
-#: small enough (about a megabyte of output) that memory and progress stay fine-grained.
-BATCH = 4096
-
-
-@dataclass(frozen=True)
-class Written:
-    """A file this package wrote, with what lineage needs."""
-
-    path: Path
-    sha256: str
-    size: int
-
-
-class BackgroundWriter:
-    """An atomic file written and hashed by a thread, fed batches through a small queue.
-
-    ``sha256`` and file writes release the GIL, so on two cores hashing and writing several
-    hundred megabytes (and the final fsync) overlap with building the next batches instead of
-    adding to the run. The queue is bounded, so memory stays a few batches. Used as a context
-    manager: leaving it normally publishes the file (:attr:`written`); leaving it with an
-    exception discards the temporary file and keeps the previous artifact.
-    """
-
-    _DONE = object()
-    _ABORT = object()
-
-    def __init__(self, path: Path, depth: int = 8) -> None:
-        self.path = path
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._written: Written | None = None
-        self._thread = threading.Thread(target=self._run, name=f"write {path.name}", daemon=True)
-
-    def __enter__(self) -> "BackgroundWriter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self._put(self._DONE if kind is None else self._ABORT)
-        self._thread.join()
-        if kind is None and self._error is not None:
-            raise self._error
-
-    @property
-    def written(self) -> Written:
-        if self._written is None:
-            raise RuntimeError(f"{self.path} was not written")
-        return self._written
-
-    def write(self, data: bytes) -> int:
-        self._put(data)
-        return len(data)
-
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._error is not None and item is not self._ABORT:
-                raise self._error
-            if not self._thread.is_alive() and item is not self._DONE and item is not self._ABORT:
-                raise RuntimeError(f"the writer of {self.path} stopped")
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if not self._thread.is_alive():
-                    return
-
-    def _run(self) -> None:
-        get = self._queue.get
-        try:
-            with atomic_writer(self.path) as out:
-                while True:
-                    item = get()
-                    if item is self._DONE:
-                        break
-                    if item is self._ABORT:
-                        raise _Aborted
-                    out.write(item)
-            self._written = Written(self.path, out.hexdigest(), out.size)
-        except _Aborted:
-            pass
-        except BaseException as error:  # noqa: BLE001 - handed to the producing thread
-            self._error = error
-            while True:  # unblock a producer waiting on a full queue
-                try:
-                    get_nowait = self._queue.get_nowait
-                    get_nowait()
-                except queue.Empty:
-                    break
-
-
-class _Aborted(Exception):
-    """The producer failed: discard the temporary file."""
 
 
 def _timestamped(events: Iterable[Event]) -> Iterator[tuple[Event, str | None]]:
@@ -135,23 +44,8 @@ def _timestamped(events: Iterable[Event]) -> Iterator[tuple[Event, str | None]]:
 
 def write_events(events: Iterable[Event], path: Path, *, progress: ProgressCallback | None = None) -> Written:
     with BackgroundWriter(path) as out:
-        dump_events(_progressed(_timestamped(events), progress, "events"), out)
+        dump_events(progressed(_timestamped(events), progress, "events"), out)
     return out.written
-
-
-def _progressed(items: Iterable[Any], progress: ProgressCallback | None, stage: str) -> Iterable[Any]:
-    if progress is None:
-        return items
-    return _report_every(items, progress, stage)
-
-
-def _report_every(items: Iterable[Any], progress: ProgressCallback, stage: str) -> Iterator[Any]:
-    count = 0
-    for count, item in enumerate(items, 1):
-        yield item
-        if not count % BATCH:
-            progress(stage, count, None)
-    progress(stage, count, None)
 
 
 @dataclass(frozen=True)
@@ -179,50 +73,8 @@ def write_projection(events: Iterable[Event], out_dir: Path, *,
     return _write_projection_file(builder.per_key_fold, out_dir, states.written)
 
 
-def project_per_key(events: Iterable[Event], path: Path, validator: Validator,
-                    input_summary: dict[str, Any] | None) -> bytes:
-    """``kvonce-projection.json`` (written to ``path``) and the verdict for ``events``, as JSON for the parent.
-
-    The other half of :func:`_write_artifacts_forked`, run in the forked child.
-    """
-    per_key = PerKeyFold(share=False)  # the events hold their contexts anyway
-    fold, observe, stamp_of = per_key.fold, validator.observe, format_timestamp
-    for index, event in enumerate(events):
-        time_ns = event.time_unix_nano
-        fold(event, None if time_ns is None else stamp_of(time_ns))
-        observe(index, event)
-    projection, written = _projection_file(per_key, path, entries=False)
-    return orjson.dumps({"stats": projection["stats"], "report": validator.report(input_summary=input_summary),
-                         "projection": {"sha256": written.sha256, "size": written.size}})
-
-
-def write_fed_files(events: Iterable[Any], events_path: Path, states_path: Path, projection_path: Path) -> bytes:
-    """The fed worker's pass (:class:`~kvonce_pipeline.parallel.FedProjection`): the events file,
-    the state sequence and ``kvonce-projection.json`` of stamped events, under the given (staged)
-    names; what the parent needs of them, as JSON."""
-    per_key = PerKeyFold(share=False)  # each context arrived once: nothing to share
-    events_file, state_file = _write_events_and_states(events, projection_path.parent, StateFold(), per_key, None,
-                                                       None, None, paths=(events_path, states_path), stamped=True)
-    projection, written = _projection_file(per_key, projection_path, entries=False)
-    return orjson.dumps({"stats": projection["stats"],
-                         "events": {"sha256": events_file.sha256, "size": events_file.size},
-                         "state": {"sha256": state_file.sha256, "size": state_file.size},
-                         "projection": {"sha256": written.sha256, "size": written.size}})
-
-
 def _write_projection_file(folded: PerKeyFold, out_dir: Path, state_file: Written) -> ProjectionResult:
-    return ProjectionResult(*_projection_file(folded, out_dir / artifacts.PROJECTION), state_file)
-
-
-def _projection_file(folded: PerKeyFold, projection_path: Path, *,
-                     entries: bool = True) -> tuple[dict[str, Any], Written]:
-    """Write ``kvonce-projection.json``; returns the projection (only its stats without ``entries``)."""
-    data, stats = folded.encoded(state_sequence_path=artifacts.STATE_SEQUENCE, indent=folded.event_count < 10_000)
-    with atomic_writer(projection_path) as out:
-        out.write(data)
-        out.write(b"\n")
-    projection = folded.result(state_sequence_path=artifacts.STATE_SEQUENCE) if entries else {"stats": stats}
-    return projection, Written(projection_path, out.hexdigest(), out.size)
+    return ProjectionResult(*projection_file(folded, out_dir / artifacts.PROJECTION), state_file)
 
 
 @dataclass(frozen=True)
@@ -248,7 +100,7 @@ def write_validation(
 ) -> ValidationResult:
     validator = Validator(max_retries=max_retries, strict=strict)
     observe = validator.observe
-    for index, event in enumerate(_progressed(events, progress, "validation")):
+    for index, event in enumerate(progressed(events, progress, "validation")):
         observe(index, event)
     report = validator.report(input_summary=input_summary)
     return ValidationResult(report, *write_report_files(report, out_dir, projection_stats))
@@ -363,7 +215,7 @@ def _write_artifacts_forked(
         child.publish()
 
     try:
-        events_file, state_file = _write_events_and_states(events, out_dir, StateFold(), None, None, progress,
+        events_file, state_file = write_events_and_states(events, out_dir, StateFold(), None, None, progress,
                                                            total or len(events), before_publish=child_done)
     except BaseException:
         child.abort()
@@ -450,23 +302,6 @@ def _with_worker_projection(outcome: dict[str, Any], events_file: Written, repor
     return ArtifactsResult(events_file, projection_result, validation)
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector around a bulk pass over millions of live objects.
-
-    Nothing in these passes makes reference cycles, yet with a million events alive every
-    collection of the oldest generation walks all of them: measured at about a quarter of a
-    1M-event run. Objects are still freed by reference counting; the collector resumes after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _write_artifacts(
     events: Iterable[Event],
     out_dir: Path,
@@ -479,66 +314,13 @@ def _write_artifacts(
 ) -> ArtifactsResult:
     builder = ProjectionBuilder()
     validator = Validator(max_retries=max_retries, strict=strict)
-    events_file, state_file = _write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
+    events_file, state_file = write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
                                                          validator, progress, total)
     projection = _write_projection_file(builder.per_key_fold, out_dir, state_file)
     summary = input_summary() if callable(input_summary) else input_summary
     report = validator.report(input_summary=summary)
     validation = ValidationResult(report, *write_report_files(report, out_dir, projection.projection["stats"]))
     return ArtifactsResult(events_file, projection, validation)
-
-
-def _write_events_and_states(events: Iterable[Event], out_dir: Path, states: StateFold,
-                             per_key: PerKeyFold | None, validator: Validator | None,
-                             progress: ProgressCallback | None, total: int | None, *,
-                             before_publish: Callable[[], None] | None = None,
-                             paths: tuple[Path, Path] | None = None,
-                             stamped: bool = False) -> tuple[Written, Written]:
-    """The one pass: events file, state sequence and the validator, each timestamp formatted once.
-
-    ``per_key`` and ``validator`` None: the per-key projection and the verdict are made
-    elsewhere (the forked child's half). ``before_publish`` runs after the last event, before
-    either file is renamed into place. ``paths``: where the events file and the state sequence
-    go instead of ``out_dir`` (the fed worker's staged names). ``stamped``: the events carry
-    their formatted timestamp as ``stamp``.
-    """
-    sequence = StateSequence(states)
-    add_state = sequence.add
-    fold = per_key.fold if per_key is not None else _ignore
-    observe = validator.observe if validator is not None else _ignore
-    stamp_of = format_timestamp
-    events_path, states_path = paths or (out_dir / artifacts.EVENTS, out_dir / artifacts.STATE_SEQUENCE)
-    index = -1
-    with BackgroundWriter(events_path) as event_out, BackgroundWriter(states_path) as state_out:
-        lines: list[EventLine] = []
-        for index, event in enumerate(events):
-            if stamped:
-                stamp = event.stamp  # type: ignore[attr-defined]
-            else:
-                time_ns = event.time_unix_nano
-                stamp = None if time_ns is None else stamp_of(time_ns)
-            lines.append(event_line(event, stamp))
-            add_state(index, event, stamp)
-            fold(event, stamp)
-            observe(index, event)
-            if len(lines) >= BATCH:
-                event_out.write(encode_lines(lines))
-                state_out.write(sequence.take())
-                lines.clear()
-                if progress is not None:
-                    progress("write", index + 1, total)
-        if lines:
-            event_out.write(encode_lines(lines))
-        state_out.write(sequence.close())
-        if before_publish is not None:
-            before_publish()
-    if progress is not None:
-        progress("write", index + 1, total)
-    return event_out.written, state_out.written
-
-
-def _ignore(first: Any, second: Any) -> None:
-    """No per-key fold or verdict in this pass."""
 
 
 def write_report_files(report: dict[str, Any], out_dir: Path,
