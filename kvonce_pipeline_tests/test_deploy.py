@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,63 @@ def test_the_image_install_step_succeeds_in_a_clean_virtual_environment(tmp_path
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert check.returncode == 0, check.stderr[-3000:]
     assert int(check.stdout.strip()) >= 4
+
+
+# --- the run queue of the production instance, on a real daemon ----------------------------------
+
+from .test_daemon_restart_e2e import DagsterDev, dev  # noqa: E402,F401  (dev: the fixture)
+from .test_dagster_dev_e2e import _drop, _wait  # noqa: E402
+
+BILLING = b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"b0","value":"v"}\n'
+
+
+def _payloads(folder: Path, count: int) -> list[bytes]:
+    """Traces big enough (100k events) that a run lasts longer than the time between run starts on
+    two cores: without the scope limit, the runs of one scope would overlap."""
+    from kvonce_pipeline.generate import GenerateOptions, generate
+
+    out = []
+    for n in range(count):
+        generate(folder / f"g{n}.ndjson", GenerateOptions(events=100_000, keys=30_000, format="ndjson", seed=n))
+        # keys of their own: a key written by two payloads of one scope is a (true) cross-payload violation
+        out.append((folder / f"g{n}.ndjson").read_bytes().replace(b'"key":"', b'"key":"p%d-' % n))
+    return out
+
+
+@pytest.mark.e2e
+def test_runs_of_one_scope_never_overlap_on_the_deployed_queue(dev: DagsterDev, postgres_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dagster dev`` on deploy/dagster.yaml (PostgreSQL, queued runs, one run per store scope):
+    three payloads dropped at once into the ``orders`` scope run one after another (their start and
+    end times, as the instance recorded them, never overlap), a ``billing`` payload runs beside them,
+    and all succeed."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.instance.ref import InstanceRef
+
+    deadline = time.monotonic() + 150
+    dev.extra_env = {"DAGSTER_PG_URL": postgres_url}
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres_url)
+    dagit = dev.start(DEPLOY_CONFIG.read_text(), "queue")
+    _wait(dagit, "the webserver", deadline, dagit.up)
+    (dev.drop_dir / "orders").mkdir()
+    (dev.drop_dir / "billing").mkdir()
+    payloads = _payloads(dev.tmp_path, 3)
+    for n, data in enumerate(payloads):
+        _drop(dev.drop_dir / "orders", f"o{n}.ndjson", data)
+    _drop(dev.drop_dir / "billing", "b0.ndjson", BILLING)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(dev.home)))
+    try:
+        def finished() -> list:
+            records = instance.get_run_records(filters=RunsFilter(job_name="kvonce_drop_job"))
+            done = [r for r in records if r.dagster_run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)]
+            return records if len(done) == 4 else []
+
+        records = _wait(dagit, "four drop runs to finish", deadline, finished)
+    finally:
+        instance.dispose()
+    assert {r.dagster_run.status for r in records} == {DagsterRunStatus.SUCCESS}
+    scopes = {r.dagster_run.run_id: r.dagster_run.tags["kvonce/store-scope"] for r in records}
+    assert sorted(scopes.values()) == ["billing", "orders", "orders", "orders"]
+    orders = sorted((r.start_time, r.end_time) for r in records if scopes[r.dagster_run.run_id] == "orders")
+    for (_, first_end), (second_start, _) in zip(orders, orders[1:]):
+        assert second_start >= first_end, f"two runs of one scope overlapped: {orders}"
