@@ -46,7 +46,8 @@ _EXPORTS = {
     "GenerateOptions": "generate",
 }
 
-__all__ = ["__version__", "defs", *_EXPORTS]
+# ``defs`` is public too but not in ``__all__``: ``from kvonce_pipeline import *`` must not import Dagster
+__all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time the names load on first use
     from .conformance import ConformanceOptions, ConformanceResult, run_conformance
@@ -77,4 +78,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"defs"})

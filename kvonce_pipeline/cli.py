@@ -13,7 +13,6 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from .errors import InputError, KvonceError, OutputError
@@ -51,37 +50,21 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
         return EXIT_UNUSABLE
-    from .artifacts import COLLECTED, VALIDATION
-    from .stages import write_input_error
-    from .storage import is_remote, local_path, publish, staged_input, staged_reports
+    from .artifacts import VALIDATION
+    from .storage import is_remote, local_path
 
-    remote_out = args.output_dir if args.output_dir and is_remote(args.output_dir) else None
-    out_dir = local_path(args.output_dir) if args.output_dir else cli_trace_dir()
-    if remote_out is None and out_dir.exists() and not out_dir.is_dir():
+    out_dir: str | Path = cli_trace_dir()
+    if args.output_dir:
+        out_dir = args.output_dir if is_remote(args.output_dir) else local_path(args.output_dir)
+    if isinstance(out_dir, Path) and out_dir.exists() and not out_dir.is_dir():
         print(f"kvonce: --output-dir {out_dir} is a file, not a folder: give a folder for the reports",
               file=sys.stderr)
         return EXIT_UNUSABLE
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
-    with ExitStack() as staging:
-        if remote_out is not None:
-            out_dir = staging.enter_context(staged_reports(remote_out))
-        source: str | os.PathLike[str] = args.input
-        if args.input.lower().startswith("file://"):
-            source = local_path(args.input)
-        try:
-            if is_remote(args.input):
-                try:
-                    source = staging.enter_context(staged_input(args.input))
-                except InputError as error:  # reported like any unusable input
-                    write_input_error(error, out_dir, also_remove=(COLLECTED,))
-                    raise
-            result = run_conformance(source, out_dir, options, progress=progress)
-        finally:  # an unusable input's report is published too
-            if remote_out is not None and (out_dir / VALIDATION).is_file():
-                publish(out_dir, remote_out)
-    shown = remote_out.rstrip("/") if remote_out is not None else str(out_dir)  # what the messages name
+    result = run_conformance(args.input, out_dir, options, progress=progress)
+    shown = str(result.output_dir)  # the folder, or the URL the reports were published to
     if progress is not None:
         progress.finish()
     summary = result.report["summary"]

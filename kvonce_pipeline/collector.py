@@ -133,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
+    # uvicorn's own lines ("Invalid HTTP request received.") repeat ours with less detail
+    logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     try:
         config = build_config(args)
     except ValueError as error:

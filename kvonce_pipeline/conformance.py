@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .mapping import Tap
 from .parallel import FedProjection
 from .reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error
+from .storage import is_remote, run_staged
 from .validation import DEFAULT_MAX_RETRIES
 
 
@@ -63,23 +64,42 @@ def use_parallel(input_path: str | os.PathLike[str], option: bool | None) -> boo
 class ConformanceResult:
     valid: bool
     report: dict[str, Any]
-    output_dir: Path
+    #: where the reports are: a folder, or the URL they were published to
+    output_dir: Path | str
 
     @property
     def exit_code(self) -> int:
         return 0 if self.valid else 1
 
 
-def run_conformance(input_path: str | os.PathLike[str], output_dir: str | Path,
+def run_conformance(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                     options: ConformanceOptions = ConformanceOptions(), *,
                     progress: ProgressCallback | None = None) -> ConformanceResult:
     """Write every artifact for ``input_path`` into ``output_dir``.
 
     Raises :class:`InputError` for unusable input, after writing a validation report that says
     so (a half-written artifact is never published: the writers discard their temporary files).
-    ``progress(stage, done, total)`` is called every few thousand events.
+    ``progress(stage, done, total)`` is called every few thousand events. Either may be a URL
+    (``s3://...``): see :mod:`kvonce_pipeline.storage`.
     """
-    out = Path(output_dir)
+    def run(source: str | os.PathLike[str], out: Path) -> ConformanceResult:
+        return _run_local(source, out, options, progress)
+
+    result = run_staged(input_path, output_dir, run, limits=options.limits, report_input_error=report_input_error)
+    out_text = os.fspath(output_dir)
+    return replace(result, output_dir=out_text.rstrip("/")) if is_remote(out_text) else result
+
+
+def report_input_error(error: InputError, out: Path) -> None:
+    """The report of an unusable input (a report that cannot be written becomes a note on the error)."""
+    try:
+        write_input_error(error, out, also_remove=(artifacts.COLLECTED,))
+    except OutputError as output_error:
+        error.add_note(f"no report written: {output_error}")
+
+
+def _run_local(input_path: str | os.PathLike[str], out: Path, options: ConformanceOptions,
+               progress: ProgressCallback | None) -> ConformanceResult:
     try:
         if not options.streaming:
             trace = read_trace(input_path, format=options.format, limits=options.limits)
@@ -93,10 +113,7 @@ def run_conformance(input_path: str | os.PathLike[str], output_dir: str | Path,
         except OutOfOrder:
             return _streamed(input_path, out, options, progress, sort_on_disk=True)
     except InputError as error:
-        try:
-            write_input_error(error, out, also_remove=(artifacts.COLLECTED,))
-        except OutputError as output_error:
-            error.add_note(f"no report written: {output_error}")
+        report_input_error(error, out)
         raise
 
 

@@ -26,6 +26,11 @@ _UNITS = {"": 1, "kib": KIB, "mib": MIB, "gib": GIB}
 _SIZE = re.compile(r"^\s*([0-9][0-9_]*)\s*([kmg]ib)?\s*$", re.IGNORECASE)
 
 
+#: Inflated bytes before the compression ratio (``max_compression_ratio``) is judged, for files and
+#: requests alike: small inputs may compress very well.
+RATIO_GRACE = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
     # 20 MiB: one OTLP request the collector accepts, after decompression (the OpenTelemetry
@@ -93,8 +98,8 @@ REASONS: dict[str, str] = {
     "max_request_bytes": "the OpenTelemetry Collector's default request cap after decompression "
                          "(413 / RESOURCE_EXHAUSTED above it); exporters batch far below it",
     "max_body_bytes": "the largest record of a length-delimited protobuf file (other tools' files may "
-                      "batch more than one request); also the collector's request cap when "
-                      "KVONCE_MAX_REQUEST_BYTES is not set",
+                      "batch more than one request); also the collector's request cap when it "
+                      "is set and KVONCE_MAX_REQUEST_BYTES is not",
     "max_decompressed_bytes": "a day of busy traffic is a few GB of OTLP/JSON; a gzip bomb stops here "
                               "instead of filling memory",
     "max_line_bytes": "an OpenTelemetry file exporter writes one request per line; a longer line is not a request",

@@ -18,6 +18,7 @@ parse a second time.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +95,10 @@ class GrpcReceiver:
     def start(self) -> None:
         self._server.start()
 
-    def stop(self, grace: float) -> None:
-        """Refuse new calls, give calls in progress ``grace`` seconds, then cancel the rest."""
-        self._server.stop(grace).wait()
+    def begin_stop(self, grace: float) -> threading.Event:
+        """Refuse new calls, give calls in progress ``grace`` seconds, then cancel the rest; the
+        event is set once the server has stopped."""
+        return self._server.stop(grace)
 
     def _export(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         receiver = self.receiver

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
+from .limits import RATIO_GRACE
 from .mapping import DecodeStats
 
 #: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
@@ -102,8 +103,6 @@ def content_coding(content_encoding: str | None) -> str:
 INFLATE_SLICE = 16 * 1024
 #: Concatenated gzip members accepted in one body (RFC 1952 allows several; exporters send one).
 MAX_GZIP_MEMBERS = 1024
-#: Inflated bytes before the compression ratio is judged: small bodies may compress very well.
-RATIO_GRACE = 1024 * 1024
 
 
 def decompress(body: bytes, coding: str, limit: int, max_ratio: int | None = None) -> bytes:

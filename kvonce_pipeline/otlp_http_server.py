@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,14 +70,23 @@ MAX_CONNECTIONS = 256
 HEADER_SECONDS = 15.0
 #: Longest silence while a body is being read (a client that stops sending mid-body).
 BODY_IDLE_SECONDS = 30.0
+#: The whole body must arrive within this, plus one second per :data:`MIN_BODY_RATE` bytes: a
+#: client that sends a byte just often enough to beat the idle time cannot hold a body slot.
+BODY_SECONDS = 60.0
+MIN_BODY_RATE = 64 * 1024
+#: How long a request waits for a body slot (:data:`MAX_BODIES_IN_FLIGHT`) before 503 + Retry-After.
+SLOT_WAIT_SECONDS = 10.0
 #: Requests reading or decoding a body at once; the others wait with their bodies in the kernel's
 #: buffers (uvicorn stops reading a connection once 64 KiB of its body are buffered). Memory held by
 #: bodies in flight is so at most about 2 x this x the body cap (the compressed body and what it
 #: inflates to), plus at most 64 KiB + one socket read per waiting connection.
 MAX_BODIES_IN_FLIGHT = 8
-#: The request line and headers together: h11 answers 431 when a head still incomplete passes it
-#: (a head that arrives whole in one socket read, at most 256 KiB, is taken).
+#: The request line and headers together: h11 refuses a head still incomplete past it (a head that
+#: arrives whole in one socket read, at most 256 KiB, is taken).
 MAX_HEADER_BYTES = 64 * 1024
+#: Set in a request's ``scope["state"]`` when the protocol answered it itself (a parse error, an
+#: oversized chunk): the application's own answer is dropped and must not be counted again.
+ANSWERED = "kvonce.answered"
 _JSON = Media.JSON.value.encode()
 _OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 69\r\nRetry-After: 2\r\nConnection: close\r\n\r\n"
@@ -91,28 +102,13 @@ class _Disconnected(Exception):
     """The client went away before its body was read: nothing to answer."""
 
 
-class _StrictConnection(h11.Connection):
-    """h11's connection, remembering the protocol error it raised so the answer can name it."""
-
-    error: h11.RemoteProtocolError | None = None
-
-    def next_event(self) -> Any:
-        try:
-            return super().next_event()
-        except h11.RemoteProtocolError as exc:
-            self.error = exc
-            raise
-
-
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header deadline, a connection cap and errors that say why."""
 
     owner: "HttpServer"  # set on the subclass made for each server
-    conn: _StrictConnection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = _StrictConnection(h11.SERVER, MAX_HEADER_BYTES)
         self._header_timer: asyncio.TimerHandle | None = None
         self._turned_away = False
 
@@ -168,14 +164,24 @@ class _Protocol(H11Protocol):
             self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """Answer a request h11 refused with h11's reason and status (uvicorn's says neither)."""
-        error = self.conn.error
+        """Answer a request h11 refused with h11's reason and status (uvicorn's says neither).
+
+        uvicorn calls this inside its ``except h11.RemoteProtocolError`` block, so the error in
+        hand is h11's."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, h11.RemoteProtocolError):
+            error = None
         status = error.error_status_hint if error is not None else 400
         reason = _BYTEARRAY.sub(r"\1", str(error or msg))  # h11 shows the offending bytes as bytearray(b'...')
         self._answer_and_close(status, f"malformed HTTP/1.1 request: {reason:.300}")
 
     def _answer_and_close(self, status: int, message: str) -> None:
         """Answer now, from the protocol (the application may be waiting for body bytes), and close."""
+        if self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+            self.transport.close()  # this request was answered already (its body is what broke): just close
+            return
+        if self.scope is not None:
+            self.scope["state"][ANSWERED] = True
         self.owner.receiver.refuse(status)
         log.warning("kvonce collector: %d %s from %s", status, message, (self.client or ("?",))[0])
         if self.cycle is not None and not self.cycle.response_complete:
@@ -203,6 +209,11 @@ def _reason(status: int) -> bytes:
         return b""
 
 
+def _has_body(scope: dict[str, Any]) -> bool:
+    length = _header(scope, b"content-length")
+    return _header(scope, b"transfer-encoding") is not None or (length is not None and length.strip() != "0")
+
+
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -224,13 +235,18 @@ class OtlpHttpApp:
         method = scope["method"]
         path = scope["path"].rstrip("/") or "/"
         if method in ("GET", "HEAD"):
+            # a body nobody reads would keep the connection busy (uvicorn discards it as it comes,
+            # and every byte resets the keep-alive timer): close after answering instead
+            close = _has_body(scope)
             if path in HEALTH_PATHS:
                 health = self.receiver.health()
-                await _respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health), _JSON)
+                await _respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health), _JSON,
+                               close=close)
             elif path == TRACES_PATH:
-                await _fail(send, 405, f"{method} is not allowed on {TRACES_PATH}: use POST", None)
+                await _fail(send, 405, f"{method} is not allowed on {TRACES_PATH}: use POST", None, close=close)
             else:
-                await _fail(send, 404, f"no such endpoint {path!r:.80}: send traces to POST {TRACES_PATH}", None)
+                await _fail(send, 404, f"no such endpoint {path!r:.80}: send traces to POST {TRACES_PATH}", None,
+                            close=close)
         elif method != "POST":
             if path == TRACES_PATH:
                 await _fail(send, 405, f"{method} is not allowed on {TRACES_PATH}: use POST", None, close=True)
@@ -246,6 +262,7 @@ class OtlpHttpApp:
         receiver = self.receiver
         request_id = receiver._enter()
         if request_id is None:
+            receiver.refuse(503)
             await _fail(send, 503, "the receiver is shutting down", None, close=True,
                         retry_after=RETRY_AFTER_SECONDS)
             return
@@ -255,6 +272,12 @@ class OtlpHttpApp:
             await self._export(scope, receive, send, label)
         except _Disconnected as exc:
             log.info("kvonce collector: %s: connection lost (%s)", label, exc)
+        except asyncio.CancelledError:
+            # stopped past the drain time: say "later" (exporters retry a 503, not the 500 uvicorn
+            # would send); if the spans did reach the journal, the retry is recognised by span id
+            receiver.refuse(503)
+            await _fail(send, 503, f"{label}: the receiver stopped before this request was done", None,
+                        close=True, retry_after=RETRY_AFTER_SECONDS)
         finally:
             receiver._leave()
 
@@ -278,15 +301,24 @@ class OtlpHttpApp:
                 raise HttpError(411, "Content-Length (or chunked transfer encoding) is required")
             if length is not None and int(length) > config.max_body_bytes:  # digits only: checked by h11
                 raise HttpError(413, f"request body of {length} bytes exceeds the limit of {config.max_body_bytes} bytes")
-            async with self.bodies:
+            try:
+                await asyncio.wait_for(self.bodies.acquire(), SLOT_WAIT_SECONDS)
+            except TimeoutError:
+                raise HttpError(503, f"{MAX_BODIES_IN_FLIGHT} requests are being read: retry in a moment",
+                                retry_after=RETRY_AFTER_SECONDS) from None
+            try:  # the slot is held until the spans are in the journal: decoded requests never pile up
                 body = await _read_body(receive, config.max_body_bytes)
                 body_read = True
                 decoded = await loop.run_in_executor(self.executor, _decode, body, coding, media, label,
                                                      config.max_body_bytes, config.max_compression_ratio,
                                                      config.max_context_depth)
                 del body
-            stored, duplicates = await loop.run_in_executor(self.executor, receiver.accept, decoded)
+                stored, duplicates = await loop.run_in_executor(self.executor, receiver.accept, decoded)
+            finally:
+                self.bodies.release()
         except HttpError as error:
+            if scope["state"].get(ANSWERED):
+                return  # the protocol answered (and counted) this request already
             receiver.refuse(error.status)
             message = error.message if error.message.startswith(label) else f"{label}: {error.message}"
             log.log(logging.INFO if error.status in (401, 503) else logging.WARNING,
@@ -299,13 +331,22 @@ class OtlpHttpApp:
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body, never more than ``limit`` bytes held; 413 past it, 408 after a long silence."""
+    """The whole body, never more than ``limit`` bytes held; 413 past it, 408 after a long silence
+    or when it comes slower than :data:`MIN_BODY_RATE` after the first :data:`BODY_SECONDS`."""
     parts: list[bytes] = []
     total = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
+        allowed = started + BODY_SECONDS + total / MIN_BODY_RATE - loop.time()
+        if allowed <= 0:
+            raise HttpError(408, f"the body arrives too slowly ({total} bytes in {loop.time() - started:.0f} s)")
         try:
-            message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
+            message = await asyncio.wait_for(receive(), min(BODY_IDLE_SECONDS, allowed))
         except TimeoutError:
+            if loop.time() - started >= BODY_SECONDS:
+                raise HttpError(408, f"the body arrives too slowly ({total} bytes in "
+                                     f"{loop.time() - started:.0f} s)") from None
             raise HttpError(408, f"no body bytes for {BODY_IDLE_SECONDS:.0f} s") from None
         if message["type"] == "http.disconnect":
             raise _Disconnected(f"body ended after {total} bytes")
@@ -373,10 +414,11 @@ class HttpServer:
                                             thread_name_prefix="kvonce-collector-http")
         protocol = type("KvonceH11Protocol", (_Protocol,), {"owner": self})
         config = uvicorn.Config(
-            OtlpHttpApp(receiver, self._executor), http=protocol, interface="asgi3", lifespan="off",
+            OtlpHttpApp(receiver, self._executor), http=protocol, ws="none", interface="asgi3", lifespan="off",
             loop="asyncio", proxy_headers=False, server_header=False, headers=[("server", "kvonce-collector")],
-            timeout_keep_alive=int(HEADER_SECONDS), timeout_graceful_shutdown=int(receiver.config.drain_seconds),
-            backlog=128, log_config=None, log_level="error", access_log=False)
+            timeout_keep_alive=math.ceil(HEADER_SECONDS), h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            # Receiver.stop drains first; this only bounds requests still running after that
+            timeout_graceful_shutdown=1, backlog=128, log_config=None, log_level=None, access_log=False)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -390,12 +432,14 @@ class HttpServer:
                 break
             self._thread.join(0.05)
         if not self._server.started:
+            self.stop()
             raise OSError(f"the OTLP/HTTP server on {self.address} did not start")
 
     def stop(self) -> None:
-        """Stop listening, let requests in progress finish (up to the drain time), close."""
+        """Stop listening, close the connections (a request still running gets 503 after a second:
+        :meth:`Receiver.stop` has let requests drain first), wait (bounded) for the loop to end."""
         self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(self.receiver.config.drain_seconds + 5)
-        self._executor.shutdown(wait=True)
+            self._thread.join(10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._socket.close()

@@ -37,7 +37,7 @@ import orjson
 from .atomic import private_folder_name, sweep_stale_folders
 from .errors import InputError
 from .events import Event
-from .limits import Limits
+from .limits import RATIO_GRACE, Limits
 from .mapping import TAP_EVENTS, DecodeStats, Tap
 from .ndjson import iter_lines, iter_ndjson_events, loads_line
 from .otlp_json import AnyValueDecoder, count_resources, iter_request_events
@@ -94,9 +94,6 @@ class TraceRead:
 class _LimitedReader(io.RawIOBase):
     """Counts decompressed bytes and stops at the limit: a gzip bomb fails cheaply."""
 
-    #: Inflated bytes before the compression ratio is judged: small files may compress very well.
-    RATIO_GRACE = 1024 * 1024
-
     def __init__(self, inner: BinaryIO, limit: int, source: str, *, raw: BinaryIO | None = None,
                  max_ratio: int | None = None) -> None:
         self._inner = inner
@@ -118,7 +115,7 @@ class _LimitedReader(io.RawIOBase):
         if self._seen > self._limit:
             raise InputError(self._source, f"decompressed size exceeds the limit of {self._limit} bytes "
                              "(KVONCE_MAX_DECOMPRESSED_BYTES)")
-        if self._max_ratio and self._raw is not None and self._seen > self.RATIO_GRACE:
+        if self._max_ratio and self._raw is not None and self._seen > RATIO_GRACE:
             compressed = max(self._raw.tell(), 1)  # read ahead by the decompressor: errs low
             if self._seen > self._max_ratio * compressed:
                 raise InputError(self._source, f"gzip data inflates more than {self._max_ratio}:1 "

@@ -104,9 +104,16 @@ class Receiver:
                 raise OSError(f"OTLP/gRPC port {self.config.grpc_port}: {exc}") from None
         self.http = http
         self.batcher.start()
-        if self.grpc is not None:
-            self.grpc.start()
-        http.start()
+        try:
+            if self.grpc is not None:
+                self.grpc.start()
+            http.start()
+        except BaseException:
+            if self.grpc is not None:
+                self.grpc.begin_stop(0).wait(5)
+            http.stop()
+            self.batcher.close()
+            raise
         return self
 
     def recover(self) -> list[tuple[Path, int]]:
@@ -174,14 +181,17 @@ class Receiver:
                 return
             self._stopped = True
             self._draining = True
-        if self.grpc is not None:
-            self.grpc.stop(self.config.drain_seconds)
-        if self.http is not None:
-            self.http.stop()
+        # New requests are refused from here (503 / UNAVAILABLE, which clients retry); those in
+        # progress on either listener share one drain time; what is left then is answered 503 too.
+        grpc_stopped = self.grpc.begin_stop(self.config.drain_seconds) if self.grpc is not None else None
         with self._cond:
             if not self._cond.wait_for(lambda: self._inflight == 0, timeout=self.config.drain_seconds):
-                log.warning("kvonce collector: %d requests still in progress after %.0f s; they will "
-                            "not be acknowledged", self._inflight, self.config.drain_seconds)
+                log.warning("kvonce collector: %d requests still in progress after %g s; they are answered "
+                            "503 / UNAVAILABLE and their clients retry", self._inflight, self.config.drain_seconds)
+        if self.http is not None:
+            self.http.stop()
+        if grpc_stopped is not None:
+            grpc_stopped.wait(5)
         self.batcher.close()
 
     def __enter__(self) -> "Receiver":

@@ -245,20 +245,28 @@ def span_ids_at(events_file: Path, indices: Iterable[int]) -> dict[int, dict[str
         with open(events_file, "rb") as handle:
             for index, raw in enumerate(handle):
                 if index in wanted:
-                    event = orjson.loads(raw)
-                    ids = {name: event[name] for name in ("traceId", "spanId") if isinstance(event.get(name), str)}
+                    try:
+                        event = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue  # this finding keeps partition and index only; the others get theirs
+                    ids = {name: event[name] for name in ("traceId", "spanId")
+                           if isinstance(event, dict) and isinstance(event.get(name), str)}
                     if ids:
                         found[index] = ids
                 if index >= last:
                     break
-    except (OSError, orjson.JSONDecodeError):
-        pass  # the finding still names partition and event index
+    except OSError:
+        pass  # the file is gone: the findings still name partition and event index
     return found
 
 
 def attach_span_ids(refs: Iterable[dict[str, Any]], folder_of: Callable[[str], Path]) -> None:
     """Add ``traceId``/``spanId`` to event references (``{"partition", "eventIndex", ...}``) in place,
-    reading each partition's events file once (``folder_of(partition)`` is its report folder)."""
+    reading each partition's events file once (``folder_of(partition)`` is its report folder).
+
+    Cost: each store materialization reads every involved payload's events file up to its last
+    referenced line. Findings are few, but one late in a big payload costs reading that file up
+    to it (about 1 s per million events), every time the store is refolded."""
     by_partition: dict[str, list[dict[str, Any]]] = {}
     for ref in refs:
         by_partition.setdefault(ref["partition"], []).append(ref)

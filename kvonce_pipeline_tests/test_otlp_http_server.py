@@ -247,3 +247,89 @@ def test_a_body_that_stops_is_answered_408_after_the_idle_time(start_receiver,
     reply = raw(receiver, HEAD + b"Content-Length: 1000\r\n\r\n" + b"x" * 10, timeout=10)
     assert statuses(reply) == [408] and time.monotonic() - started < 6
     assert receiver.health()["refused"] == {"408": 1}
+
+
+# --- clients that hold what they should not ------------------------------------------------------
+
+def _trickle(conn: socket.socket, stop_after: float, every: float = 0.3) -> None:
+    """Send a body byte every ``every`` seconds for ``stop_after`` seconds (or until refused)."""
+    end = time.monotonic() + stop_after
+    while time.monotonic() < end:
+        try:
+            conn.sendall(b"x")
+        except OSError:
+            return
+        time.sleep(every)
+
+
+def test_a_body_that_trickles_is_cut_by_the_total_deadline(start_receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_http_server, "BODY_SECONDS", 1.0)
+    monkeypatch.setattr(otlp_http_server, "MIN_BODY_RATE", 1 << 30)  # no allowance for bytes received
+    receiver = start_receiver()
+    host, port = receiver.address
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(HEAD + b"Content-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        _trickle(conn, 2.5)  # a byte every 0.3 s: the idle time (30 s) alone would never end it
+        conn.settimeout(5)
+        reply = conn.recv(65536)
+    assert statuses(reply) == [408] and b"too slowly" in reply
+    assert time.monotonic() - started < 6
+
+
+def test_a_request_that_waits_too_long_for_a_body_slot_gets_503(start_receiver,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_http_server, "MAX_BODIES_IN_FLIGHT", 1)
+    monkeypatch.setattr(otlp_http_server, "SLOT_WAIT_SECONDS", 1.0)
+    receiver = start_receiver()
+    host, port = receiver.address
+    with socket.create_connection((host, port), timeout=10) as holder:
+        holder.sendall(HEAD + b"Content-Length: 1000\r\n\r\nxx")  # takes the only slot and keeps it
+        time.sleep(0.3)
+        started = time.monotonic()
+        reply = raw(receiver, HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+    assert statuses(reply) == [503] and b"Retry-After" in reply.replace(b"retry-after", b"Retry-After")
+    assert time.monotonic() - started < 5
+
+
+def test_a_get_with_a_body_is_answered_and_closed(start_receiver) -> None:
+    """A body nobody reads must not keep the connection (and its keep-alive timer) busy."""
+    receiver = start_receiver()
+    host, port = receiver.address
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nabc")
+        conn.settimeout(5)
+        reply = b""
+        while block := conn.recv(65536):
+            reply += block
+    assert statuses(reply) == [200] and b"connection: close" in reply.lower()
+
+
+def test_a_request_still_running_past_the_drain_time_gets_503_not_500(start_receiver) -> None:
+    receiver = start_receiver(drain_seconds=0.5)
+    host, port = receiver.address
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(HEAD + b"Content-Length: 1000\r\n\r\nxx")  # in progress: its body never completes
+        time.sleep(0.3)
+        stopper = threading.Thread(target=receiver.stop)
+        stopper.start()
+        conn.settimeout(10)
+        reply = b""
+        while block := conn.recv(65536):
+            reply += block
+        stopper.join(20)
+    assert statuses(reply) == [503] and b"stopped before this request was done" in reply
+
+
+def test_a_request_the_protocol_refused_is_counted_once(start_receiver) -> None:
+    receiver = start_receiver()
+    raw(receiver, HEAD + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\nabcd"
+                         b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert receiver.health()["refused"] == {"400": 1}
+
+
+def test_a_websocket_upgrade_is_an_ordinary_request(start_receiver) -> None:
+    receiver = start_receiver()
+    reply = raw(receiver, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                          b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert statuses(reply) == [200]

@@ -122,3 +122,24 @@ def test_file_urls_and_paths_are_local() -> None:
     assert local_path("file:///tmp/x.json") == Path("/tmp/x.json")
     staged = StagedInput("s3://b/k.json", Path("/tmp/copy/k.json"))
     assert (str(staged), os.fspath(staged)) == ("s3://b/k.json", "/tmp/copy/k.json")
+
+
+def test_a_bucket_that_does_not_exist_is_exit_2_and_is_not_created(s3_env: dict[str, str]) -> None:
+    result = _kvonce(s3_env, "--input", str(SAMPLE), "--output-dir", "s3://no-such-bucket-typo/reports")
+    assert result.returncode == 2 and "the bucket no-such-bucket-typo does not exist" in result.stderr
+    s3 = _s3(s3_env)
+    s3.invalidate_cache()
+    assert not s3.exists("no-such-bucket-typo")
+
+
+def test_a_store_that_cannot_be_reached_is_exit_2_not_a_violation(s3_env: dict[str, str]) -> None:
+    """botocore's errors are not OSErrors: each is mapped to an unusable input or output (exit 2)."""
+    unreachable = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
+    result = _kvonce(unreachable, "--input", f"s3://{BUCKET}/in/sample.json", "--output-dir", "/dev/null/x")
+    assert result.returncode == 2 and f"s3://{BUCKET}/in/sample.json: cannot read:" in result.stderr
+    assert "Traceback" not in result.stderr
+    no_keys = {k: v for k, v in s3_env.items() if not k.startswith("AWS_")}
+    no_keys.update({"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                    "AWS_EC2_METADATA_DISABLED": "true"})
+    result = _kvonce(no_keys, "--input", str(SAMPLE), "--output-dir", f"s3://{BUCKET}/reports/nokeys")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

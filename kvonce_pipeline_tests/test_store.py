@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvonce_pipeline.events import Event, parse_timestamp
-from kvonce_pipeline.store import FactsBuilder, PayloadFacts, fold, reconcile_report
+from kvonce_pipeline.store import FactsBuilder, PayloadFacts, fold, reconcile_report, span_ids_at
 from kvonce_pipeline.validation import validate_events
 
 
@@ -138,3 +138,14 @@ def test_a_late_payload_that_wrote_first_carries_the_finding_its_run_is_first_to
     assert issue["type"] == "multiple-success" and issue["eventIndex"] == 0
     assert issue["crossPayload"]["otherPartition"] == "new-000000000001"
     assert "key written again in new-000000000001" in issue["message"]
+
+
+def test_span_ids_are_read_at_their_lines_and_a_bad_line_costs_only_its_own(tmp_path) -> None:
+    lines = [b'{"key":"a","traceId":"t0","spanId":"s0"}', b"{not json", b'{"key":"c"}',
+             b'{"key":"d","traceId":"t3","spanId":"s3"}', b'{"key":"e","traceId":"t4"}']
+    events = tmp_path / "kvonce-events.ndjson"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    assert span_ids_at(events, {4, 1, 0, 3, 2}) == {0: {"traceId": "t0", "spanId": "s0"},
+                                                    3: {"traceId": "t3", "spanId": "s3"}, 4: {"traceId": "t4"}}
+    assert span_ids_at(events, {3}) == {3: {"traceId": "t3", "spanId": "s3"}}
+    assert span_ids_at(tmp_path / "gone.ndjson", {0}) == {}
