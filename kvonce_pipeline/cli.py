@@ -36,6 +36,7 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or summary line on stderr")
+    _add_shard_options(parser)
     parser.set_defaults(run=_conformance, one_pass=True)
 
 
@@ -56,7 +57,10 @@ def _conformance(args: argparse.Namespace) -> int:
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
-    result = run_conformance(args.input, out_dir, options, progress=progress)
+    if _sharded(args):
+        result = _run_sharded(args, out_dir, options, progress)
+    else:
+        result = run_conformance(args.input, out_dir, options, progress=progress)
     if progress is not None:
         progress.finish()
     summary = result.report["summary"]
@@ -73,6 +77,39 @@ def _conformance(args: argparse.Namespace) -> int:
         print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
               f"the full list is in {out_dir / 'kvonce-validation.json'}", file=sys.stderr)
     return result.exit_code
+
+
+def _add_shard_options(parser: argparse.ArgumentParser) -> None:
+    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.shards)."""
+    parser.add_argument("--shards", type=int, default=1,
+                        help="split the trace by a hash of the key into S shards checked independently and merged "
+                             "(the same reports, byte for byte; default 1: one pass, no engine)")
+    parser.add_argument("--engine", default=None, choices=("local", "dask"),
+                        help="where the shards run: 'dask' (the default with --shards > 1) on a dask.distributed "
+                             "cluster, 'local' one after the other in this process")
+    parser.add_argument("--scheduler", default=None,
+                        help="a running dask scheduler (tcp://host:8786; default KVONCE_DASK_SCHEDULER); without one "
+                             "--engine dask starts a local cluster of S worker processes and stops it after the run")
+
+
+def _sharded(args: argparse.Namespace) -> bool:
+    """Today's one pass unless shards, an engine or a scheduler were asked for."""
+    return args.shards != 1 or args.engine is not None or bool(args.scheduler)
+
+
+def _run_sharded(args: argparse.Namespace, out_dir: Path, options: object, progress: object) -> object:
+    from .shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
+
+    if not 1 <= args.shards <= MAX_SHARDS:
+        raise KvonceError(f"--shards must be 1 to {MAX_SHARDS}, not {args.shards}")
+    if args.scheduler and args.engine == "local":
+        raise KvonceError("--scheduler needs --engine dask")
+    # KVONCE_DASK_SCHEDULER counts only where dask runs the shards: a local run ignores it
+    engine_name = args.engine or ("dask" if args.shards > 1 or args.scheduler else "local")
+    scheduler = args.scheduler or (os.environ.get(SCHEDULER_ENV) if engine_name == "dask" else None) or None
+    with engine_for(engine_name, shards=args.shards, scheduler=scheduler) as engine:
+        return run_sharded(args.input, out_dir, options, shards=args.shards, engine=engine,  # type: ignore[arg-type]
+                           progress=progress).result  # type: ignore[arg-type]
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
