@@ -326,19 +326,22 @@ def _write_per_key(per_key: PerKeyFold, path: Path, *, indent: bool) -> None:
     NUL in a string, so none is there) and put back by the merge.
     """
     with atomic_writer(path) as out:
-        lines: list[bytes] = []
-        if indent:
-            for key, entry in per_key.per_key.items():
+        lines: list[bytes] = []  # a batch at a time, not a second copy of every key's entry
+        encode = _encode
+        for key, entry in per_key.per_key.items():
+            if indent:
                 text = orjson.dumps({key: msgspec.to_builtins(entry)}, option=orjson.OPT_INDENT_2)
                 inner = text.split(b"\n")[1:-1]  # without the wrapping object's braces
                 lines.append(b"\x00".join(b"  " + line for line in inner))
-        else:
-            encode = _encode
-            for key, entry in per_key.per_key.items():
+            else:  # msgspec encodes a dict of structs exactly as these pieces joined by commas
                 lines.append(encode(key) + b":" + encode(entry))
-            # (msgspec encodes a dict of structs exactly as these pieces joined by commas)
-        for start in range(0, len(lines), BATCH):
-            out.write(b"".join(line + b"\n" for line in lines[start:start + BATCH]))
+            if len(lines) >= BATCH:
+                lines.append(b"")
+                out.write(b"\n".join(lines))
+                lines.clear()
+        if lines:
+            lines.append(b"")
+            out.write(b"\n".join(lines))
 
 
 # --- merge -----------------------------------------------------------------------------------------
