@@ -41,9 +41,9 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -604,7 +604,6 @@ class ShardedRun:
     shards: list[ShardResult]
     check_seconds: float
     merge_seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_sharded(input_path: str | Path, output_dir: str | Path, options: ConformanceOptions = ConformanceOptions(),

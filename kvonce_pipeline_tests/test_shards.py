@@ -20,7 +20,7 @@ import pytest
 
 import orjson
 
-from kvonce_pipeline import artifacts, cli
+from kvonce_pipeline import cli
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.generate import GenerateOptions, generate
