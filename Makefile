@@ -53,6 +53,11 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
 
+## bench-shards: key shards on a local dask cluster, S = 1, 2, 4 (SHARDS_ARGS="--events 1000000 --keys 400000" for 1M)
+.PHONY: bench-shards
+bench-shards: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/shards_scale.py $(SHARDS_ARGS)
+
 ## fuzz: two minutes of coverage-guided fuzzing of the sniffer and decoders (FUZZ_SECONDS=120)
 FUZZ_SECONDS ?= 120
 fuzz: $(VENV)/.installed-dev

@@ -80,7 +80,7 @@ class _HashingWriter:
         self.size = 0
         self._synced = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hash.update(data)
         self.size += len(data)
         written = self._raw.write(data)

@@ -14,8 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError, KvonceError, OutputError
+
+if TYPE_CHECKING:
+    from .conformance import ConformanceOptions, ConformanceResult
+    from .stages import ProgressCallback
 
 EXIT_VALID = 0
 EXIT_VIOLATIONS = 1
@@ -38,6 +43,7 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or summary line on stderr")
+    _add_shard_options(parser)
     parser.set_defaults(run=_conformance, one_pass=True)
 
 
@@ -63,7 +69,10 @@ def _conformance(args: argparse.Namespace) -> int:
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
-    result = run_conformance(args.input, out_dir, options, progress=progress)
+    if _sharded(args):
+        result = _run_sharded(args, out_dir, options, progress)
+    else:
+        result = run_conformance(args.input, out_dir, options, progress=progress)
     shown = str(result.output_dir)  # the folder, or the URL the reports were published to
     if progress is not None:
         progress.finish()
@@ -81,6 +90,51 @@ def _conformance(args: argparse.Namespace) -> int:
         print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
               f"the full list is in {shown}/{VALIDATION}", file=sys.stderr)
     return result.exit_code
+
+
+def _add_shard_options(parser: argparse.ArgumentParser) -> None:
+    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.shards)."""
+    parser.add_argument("--shards", type=int, default=1,
+                        help="split the trace by a hash of the key into S shards checked independently and merged "
+                             "(the same reports, byte for byte; default 1: one pass, no engine)")
+    parser.add_argument("--engine", default=None, choices=("local", "dask"),
+                        help="where the shards run: 'dask' (the default with --shards > 1) on a dask.distributed "
+                             "cluster, 'local' one after the other in this process")
+    parser.add_argument("--scheduler", default=None,
+                        help="a running dask scheduler (tcp://host:8786; default KVONCE_DASK_SCHEDULER); without one "
+                             "--engine dask starts a local cluster of S worker processes and stops it after the run")
+
+
+def _sharded(args: argparse.Namespace) -> bool:
+    """Today's one pass unless shards, an engine or a scheduler were asked for."""
+    return args.shards != 1 or args.engine is not None or bool(args.scheduler)
+
+
+def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "ConformanceOptions",
+                 progress: "ProgressCallback | None") -> "ConformanceResult":
+    from dataclasses import replace
+
+    from .conformance import report_input_error
+    from .shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
+    from .storage import is_remote, run_staged
+
+    if not 1 <= args.shards <= MAX_SHARDS:
+        raise KvonceError(f"--shards must be 1 to {MAX_SHARDS}, not {args.shards}")
+    if args.scheduler and args.engine == "local":
+        raise KvonceError("--scheduler needs --engine dask")
+    # KVONCE_DASK_SCHEDULER counts only where dask runs the shards: a local run ignores it
+    engine_name = args.engine or ("dask" if args.shards > 1 or args.scheduler else "local")
+    scheduler = args.scheduler or (os.environ.get(SCHEDULER_ENV) if engine_name == "dask" else None) or None
+    remote_out = isinstance(out_dir, str) and is_remote(out_dir)
+    if scheduler and remote_out:
+        raise KvonceError("--output-dir must be a folder every dask worker sees when the shards run on a "
+                          f"scheduler ({scheduler}): the shard files are written beside the reports")
+    with engine_for(engine_name, shards=args.shards, scheduler=scheduler) as engine:
+        def run(source: str | os.PathLike[str], out: Path) -> "ConformanceResult":
+            return run_sharded(source, out, options, shards=args.shards, engine=engine, progress=progress).result
+
+        result = run_staged(args.input, out_dir, run, limits=options.limits, report_input_error=report_input_error)
+    return replace(result, output_dir=str(out_dir).rstrip("/")) if remote_out else result
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:

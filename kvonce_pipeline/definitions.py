@@ -16,6 +16,7 @@ from .orchestration.drop_assets import (drop_assets, kvonce_drop_job, kvonce_sto
                                          kvonce_store_reset_job)
 from .orchestration.resources import KvonceSettings
 from .orchestration.sensors import kvonce_drop_sensor
+from .orchestration.sharded import kvonce_sharded_job
 
 conformance_assets = build_conformance_assets()
 
@@ -32,7 +33,7 @@ kvonce_conformance_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[*conformance_assets, *drop_assets, kvonce_store],
-    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job, kvonce_store_reset_job],
+    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job, kvonce_store_reset_job, kvonce_sharded_job],
     sensors=[kvonce_drop_sensor],
     resources={"kvonce": KvonceSettings.from_env()},
 )

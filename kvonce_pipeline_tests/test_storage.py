@@ -143,3 +143,19 @@ def test_a_store_that_cannot_be_reached_is_exit_2_not_a_violation(s3_env: dict[s
                     "AWS_EC2_METADATA_DISABLED": "true"})
     result = _kvonce(no_keys, "--input", str(SAMPLE), "--output-dir", f"s3://{BUCKET}/reports/nokeys")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_key_shards_read_and_publish_through_the_store_too(s3_env: dict[str, str], tmp_path: Path) -> None:
+    s3 = _s3(s3_env)
+    trace = tmp_path / "t.ndjson"
+    generate(trace, GenerateOptions(events=2000, keys=300, format="ndjson", violations=0.05, seed=3))
+    s3.put_file(str(trace), f"{BUCKET}/in/t.ndjson")
+    sharded = _kvonce(s3_env, "--input", f"s3://{BUCKET}/in/t.ndjson", "--output-dir", f"s3://{BUCKET}/sh",
+                      "--shards", "2", "--engine", "local")
+    one = _kvonce(s3_env, "--input", f"s3://{BUCKET}/in/t.ndjson", "--output-dir", f"s3://{BUCKET}/one")
+    assert sharded.returncode == one.returncode == 1, sharded.stderr
+    for name in (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.VALIDATION):
+        assert s3.cat_file(f"{BUCKET}/sh/{name}") == s3.cat_file(f"{BUCKET}/one/{name}"), name
+    refused = _kvonce(s3_env, "--input", str(trace), "--output-dir", f"s3://{BUCKET}/x", "--shards", "2",
+                      "--scheduler", "tcp://127.0.0.1:1")
+    assert refused.returncode == 2 and "a folder every dask worker sees" in refused.stderr
