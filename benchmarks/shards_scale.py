@@ -203,7 +203,7 @@ def child_coordinator(input_path: str, out_dir: str, shards: int, scheduler: str
                                   "cpu_s": r.cpu_seconds, "peak_rss_mb": r.peak_rss_mb, "pid": r.pid}
                                  for r in run.shards]}))
     sys.stdout.flush()
-    os._exit(0)  # the heap is the OS's to free (as the CLI)
+    os._exit(run.result.exit_code)  # the verdict, as the CLI gives it; the heap is the OS's to free
 
 
 def bench_one_pass(path: Path, work: Path) -> dict[str, Any]:

@@ -32,6 +32,8 @@ ProgressCallback = Callable[[str, int, "int | None"], None]
 #: Events per write batch and per progress call: large enough that per-batch costs vanish,
 #: small enough (about a megabyte of output) that memory and progress stay fine-grained.
 BATCH = 4096
+#: Below this many events the projection file is indented (small runs are read by people).
+INDENT_BELOW = 10_000
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def write_fed_files(events: Iterable[Any], events_path: Path, states_path: Path,
 def projection_file(folded: PerKeyFold, projection_path: Path, *,
                      entries: bool = True) -> tuple[dict[str, Any], Written]:
     """Write ``kvonce-projection.json``; returns the projection (only its stats without ``entries``)."""
-    data, stats = folded.encoded(state_sequence_path=artifacts.STATE_SEQUENCE, indent=folded.event_count < 10_000)
+    data, stats = folded.encoded(state_sequence_path=artifacts.STATE_SEQUENCE, indent=folded.event_count < INDENT_BELOW)
     with atomic_writer(projection_path) as out:
         out.write(data)
         out.write(b"\n")

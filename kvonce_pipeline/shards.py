@@ -38,6 +38,7 @@ import mmap
 import os
 import resource
 import shutil
+import socket
 import tempfile
 import time
 import zlib
@@ -59,6 +60,7 @@ from .ndjson import encode_lines, event_line
 from .projection import SCHEMA_VERSION as PROJECTION_SCHEMA
 from .projection import KeyState, PerKeyFold, StateFold
 from .reader import OutOfOrder, open_trace
+from .one_pass import INDENT_BELOW
 from .stages import BATCH, BackgroundWriter, ProgressCallback, gc_paused, write_input_error, write_report_files
 from .validation import SCHEMA_VERSION as VALIDATION_SCHEMA
 from .validation import Validator
@@ -67,8 +69,8 @@ from .validation import Validator
 MAX_SHARDS = 256
 #: The private folder's prefix (swept when its process is gone, like the on-disk sort's).
 FOLDER_PREFIX = ".kvonce-shards-"
-#: Below this many events the projection file is indented (as :func:`stages._projection_file` does).
-INDENT_BELOW = 10_000
+#: A file in the private folder for as long as the run wants its shards' files.
+_MARKER = "run"
 
 _KINDS = {"success": 0, "retry": 1, "failure": 2}  # anything else is "unknown" (3), as in StateFold
 _ZERO = ord("0")  # codes are written as '0'..'?' so that a code byte is never a newline
@@ -270,6 +272,7 @@ def check_shard(task: ShardTask) -> ShardResult:
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     folder, shard = Path(task.folder), task.shard
+    _still_there(folder)
     validator = Validator(max_retries=task.max_retries, strict=task.strict)
     per_key = PerKeyFold()
     states = StateFold()
@@ -309,14 +312,23 @@ def check_shard(task: ShardTask) -> ShardResult:
                 buffer[-1] = 10  # the entry's closing brace: the merge appends the totals and closes it
             count += len(batch)
             states_out.write(buffer)
+    _still_there(folder)
     _write_per_key(per_key, _shard_name(folder, shard, "perkey"), indent=task.events < INDENT_BELOW)
     report = validator.report()
+    _still_there(folder)
     with atomic_writer(_shard_name(folder, shard, "issues.json")) as out:
         out.write(orjson.dumps(report["issues"]))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return ShardResult(shard=shard, events=count, keys=report["summary"]["keys"], stats=per_key.stats(),
                        cpu_seconds=time.process_time() - cpu_started, wall_seconds=time.perf_counter() - started,
                        peak_rss_mb=usage.ru_maxrss / 1024, pid=os.getpid(), host=os.uname().nodename)
+
+
+def _still_there(folder: Path) -> None:
+    """Refuse to write once the run's folder is gone (stopped, or not visible on this worker): the
+    writer would create it again and leave it behind for nobody."""
+    if not (folder / _MARKER).is_file():
+        raise FileNotFoundError(2, "the run's shard folder is gone or not visible here", str(folder / _MARKER))
 
 
 def _write_per_key(per_key: PerKeyFold, path: Path, *, indent: bool) -> None:
@@ -345,12 +357,6 @@ def _write_per_key(per_key: PerKeyFold, path: Path, *, indent: bool) -> None:
 
 
 # --- merge -----------------------------------------------------------------------------------------
-
-@dataclass
-class MergeResult:
-    report: dict[str, Any]
-    stats: dict[str, Any]
-    seconds: float = 0.0
 
 
 def merge_stats(results: Sequence[ShardResult]) -> dict[str, Any]:
@@ -565,7 +571,15 @@ class DaskEngine:
             raise EngineError(f"the shards failed on the dask cluster ({self.scheduler or 'local cluster'}): "
                               f"{type(exc).__name__}: {exc}") from exc
         finally:
+            # a cancelled task that already runs is not stopped: wait (bounded) so that it is over
+            # before the coordinator removes the shard folder
+            from distributed import wait
+
             self._client.cancel(futures)
+            try:
+                wait(futures, timeout=60)
+            except Exception:  # noqa: BLE001 - a timeout or a closed client: nothing more to wait for
+                pass
 
 
 ENGINES = ("local", "dask")
@@ -579,15 +593,17 @@ SCHEDULER_ENV = "KVONCE_DASK_SCHEDULER"
 def engine_for(name: str, *, shards: int, scheduler: str | None = None) -> Iterator[ShardEngine]:
     """The engine called ``name`` (:data:`ENGINES`), started for the block and stopped after it.
 
-    ``dask`` uses ``scheduler``, else :data:`SCHEDULER_ENV`, else a local cluster of ``shards``
-    worker processes; ``local`` takes no scheduler (one given is a mistake worth saying).
+    ``dask`` uses ``scheduler``, else :data:`SCHEDULER_ENV`, else a local cluster of one worker
+    process per shard, at most one per core; ``local`` takes no scheduler (one given is a mistake worth saying).
     """
     if name == "local":
         if scheduler:
             raise EngineError("a scheduler address needs the dask engine (--engine dask)")
         yield LocalEngine()
     elif name == "dask":
-        with DaskEngine(scheduler or os.environ.get(SCHEDULER_ENV) or None, workers=shards) as engine:
+        # a local cluster gets one worker per core at most: more shards than cores wait their turn
+        workers = min(shards, os.cpu_count() or 1)
+        with DaskEngine(scheduler or os.environ.get(SCHEDULER_ENV) or None, workers=workers) as engine:
             yield engine
     else:
         raise EngineError(f"unknown shard engine {name!r}; use one of {', '.join(ENGINES)}")
@@ -622,55 +638,86 @@ def run_sharded(input_path: str | os.PathLike[str], output_dir: str | Path, opti
     if not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be 1 to {MAX_SHARDS}, not {shards}")
     out = Path(output_dir)
+    _allow_open_files(2 * shards + 64)  # the merge reads every shard's two parts at once
+    prefix = _folder_prefix()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        sweep_stale_folders(out, prefix)
+        folder = Path(tempfile.mkdtemp(prefix=private_folder_name(prefix), dir=out))
+        (folder / _MARKER).write_bytes(b"")
     except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
-    sweep_stale_folders(out, FOLDER_PREFIX)
-    folder = Path(tempfile.mkdtemp(prefix=private_folder_name(FOLDER_PREFIX), dir=out))
+        raise OutputError(f"cannot write reports in {out}: {exc.strerror or exc}") from exc
     try:
-        try:
-            split = split_trace(input_path, folder, shards, options, progress)
-        except InputError as error:
-            try:
-                write_input_error(error, out, also_remove=also_remove)
-            except OutputError as output_error:
-                error.add_note(f"no report written: {output_error}")
-            raise
-        tasks = [ShardTask(str(folder.resolve()), shard, shards, split.events, options.max_retries, options.strict)
-                 for shard in range(shards)]
-        started = time.perf_counter()
-        results = engine.run(tasks)
-        check_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        staged_states, staged_projection = folder / "state-sequence.json", folder / "projection.json"
-        with gc_paused():
-            stats = merge_files(split, results, staged_states, staged_projection, progress)
-            report = merge_report(folder, results, max_retries=options.max_retries, strict=options.strict,
-                                  input_summary=split.input_summary)
-        _publish(out, ((_events_path(folder), out / artifacts.EVENTS),
-                       (staged_states, out / artifacts.STATE_SEQUENCE),
-                       (staged_projection, out / artifacts.PROJECTION)))
-        write_report_files(report, out, stats)
-        for name in stale:
-            try:
-                (out / name).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise OutputError(f"cannot remove {out / name}: {exc.strerror or exc}") from exc
-        merge_seconds = time.perf_counter() - started
+        return _run_in(folder, input_path, out, options, shards=shards, engine=engine, progress=progress,
+                       also_remove=also_remove, stale=stale)
+    except OSError as exc:  # a write of ours that no writer turned into an OutputError: exit 2, not 1
+        raise OutputError(f"cannot write reports in {out}: {exc.strerror or exc}") from exc
     finally:
         if not keep_folder:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_in(folder: Path, input_path: str | os.PathLike[str], out: Path, options: ConformanceOptions, *,
+            shards: int, engine: ShardEngine, progress: ProgressCallback | None, also_remove: tuple[str, ...],
+            stale: tuple[str, ...]) -> ShardedRun:
+    try:
+        split = split_trace(input_path, folder, shards, options, progress)
+    except InputError as error:
+        try:
+            write_input_error(error, out, also_remove=also_remove)
+        except OutputError as output_error:
+            error.add_note(f"no report written: {output_error}")
+        raise
+    tasks = [ShardTask(str(folder.resolve()), shard, shards, split.events, options.max_retries, options.strict)
+             for shard in range(shards)]
+    started = time.perf_counter()
+    results = engine.run(tasks)
+    check_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    staged_states, staged_projection = folder / "state-sequence.json", folder / "projection.json"
+    with gc_paused():
+        stats = merge_files(split, results, staged_states, staged_projection, progress)
+        report = merge_report(folder, results, max_retries=options.max_retries, strict=options.strict,
+                              input_summary=split.input_summary)
+    _publish(out, ((_events_path(folder), out / artifacts.EVENTS),
+                   (staged_states, out / artifacts.STATE_SEQUENCE),
+                   (staged_projection, out / artifacts.PROJECTION)))
+    write_report_files(report, out, stats)
+    for name in stale:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot remove {out / name}: {exc.strerror or exc}") from exc
+    merge_seconds = time.perf_counter() - started
     return ShardedRun(ConformanceResult(bool(report["valid"]), report, out), split, results, check_seconds,
                       merge_seconds)
 
 
+def _folder_prefix() -> str:
+    """The private folder's prefix with this machine's name: on a folder shared by several machines
+    (or pods), a run sweeps only its own machine's abandoned folders, judged by pid."""
+    host = "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())[:63] or "host"
+    return f"{FOLDER_PREFIX}{host}-"
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft limit on open files towards the hard one when the merge needs more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # the merge will say which file it could not open
+
+
 def _publish(out: Path, moves: Sequence[tuple[Path, Path]]) -> None:
     """Rename the staged artifacts into place (one filesystem: the folder is under ``out``)."""
-    (out / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
+    target = out / artifacts.STATE_SEQUENCE
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         for staged, target in moves:
             os.replace(staged, target)
     except OSError as exc:

@@ -22,7 +22,7 @@ import orjson
 
 from kvonce_pipeline import cli
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.errors import InputError
+from kvonce_pipeline.errors import InputError, OutputError
 from kvonce_pipeline.generate import GenerateOptions, generate
 from kvonce_pipeline.shards import (FOLDER_PREFIX, SCHEDULER_ENV, DaskEngine, EngineError, LocalEngine,
                                     run_sharded, shard_of)
@@ -336,3 +336,44 @@ def test_unreachable_scheduler(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="cannot reach the dask scheduler"):
         with DaskEngine(f"tcp://127.0.0.1:{_free_port()}", timeout="2s") as engine:
             del engine
+
+
+@pytest.mark.parametrize(("strict", "max_retries"), [(True, 3), (False, 0)], ids=["strict", "no-retries"])
+def test_the_options_reach_every_shard(tmp_path: Path, strict: bool, max_retries: int) -> None:
+    """Each shard judges with the run's options (the merged header alone would hide a shard that did not)."""
+    path = tmp_path / "trace.ndjson"
+    generate(path, GenerateOptions(events=3000, keys=600, format="ndjson", violations=0.03, seed=5))
+    options = ConformanceOptions(strict=strict, max_retries=max_retries)
+    single = run_conformance(path, tmp_path / "single", options)
+    default = run_conformance(path, tmp_path / "default")
+    assert single.report["issues"] != default.report["issues"], "the option changes the findings"
+    run_sharded(path, tmp_path / "sharded", options, shards=3, engine=LocalEngine())
+    _same_artifacts(tmp_path / "single", tmp_path / "sharded")
+
+
+def test_a_report_folder_that_cannot_be_written_is_exit_2_as_for_the_one_pass(tmp_path: Path) -> None:
+    path = tmp_path / "trace.ndjson"
+    generate(path, GenerateOptions(events=500, keys=100, format="ndjson", seed=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "projected").write_text("a file where the state sequence's folder goes")
+    for extra in ([], ["--shards", "2", "--engine", "local"]):
+        code = cli.main(["conformance", "--input", str(path), "--output-dir", str(out), "--no-progress", *extra])
+        assert code == 2, extra
+    assert not list(out.glob(f"{FOLDER_PREFIX}*")), "no shard folder left behind"
+
+
+def test_a_shard_never_recreates_the_folder_of_a_stopped_run(tmp_path: Path) -> None:
+    path = tmp_path / "trace.ndjson"
+    generate(path, GenerateOptions(events=500, keys=100, format="ndjson", seed=2))
+
+    class StopsFirst(LocalEngine):
+        """The run is stopped (its folder removed) before its shards run."""
+
+        def run(self, tasks):  # type: ignore[no-untyped-def]
+            shutil.rmtree(tasks[0].folder)
+            return super().run(tasks)
+
+    with pytest.raises(OutputError, match="shard folder is gone"):
+        run_sharded(path, tmp_path / "out", shards=2, engine=StopsFirst())
+    assert not list((tmp_path / "out").glob(f"{FOLDER_PREFIX}*"))
