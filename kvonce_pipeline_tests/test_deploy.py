@@ -92,13 +92,13 @@ BILLING = b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"b0",
 
 
 def _payloads(folder: Path, count: int) -> list[bytes]:
-    """Traces big enough (100k events) that a run lasts longer than the time between run starts on
+    """Traces big enough (50k events) that a run lasts longer than the time between run starts on
     two cores: without the scope limit, the runs of one scope would overlap."""
     from kvonce_pipeline.generate import GenerateOptions, generate
 
     out = []
     for n in range(count):
-        generate(folder / f"g{n}.ndjson", GenerateOptions(events=100_000, keys=30_000, format="ndjson", seed=n))
+        generate(folder / f"g{n}.ndjson", GenerateOptions(events=50_000, keys=15_000, format="ndjson", seed=n))
         # keys of their own: a key written by two payloads of one scope is a (true) cross-payload violation
         out.append((folder / f"g{n}.ndjson").read_bytes().replace(b'"key":"', b'"key":"p%d-' % n))
     return out
