@@ -196,7 +196,8 @@ def bearer_matches(authorization: str, token: str) -> bool:
 
 
 def decode_request(body: bytes, media: Media, *, source: str, max_context_depth: int) -> DecodedRequest:
-    """Decode and fully validate one request body; 400 naming the span and the problem otherwise.
+    """Decode and fully validate one request body; 400 naming the span and the problem otherwise
+    (any failure of a decoder included: HTTP and gRPC both answer it, neither drops the request).
 
     Validation runs the same mapping as ``kvonce conformance``, so a request answered with 200
     can never make the payload file it lands in unreadable.
@@ -233,6 +234,10 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
         return DecodedRequest(message, message.SerializeToString(), stats.spans, events)
     except InputError as error:
         raise HttpError(400, str(error)) from None
+    except HttpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the request's 400, never a dropped answer
+        raise HttpError(400, f"cannot decode the request ({type(exc).__name__}: {exc!s:.200})") from None
 
 
 def _loads_json(body: bytes, source: str) -> Any:

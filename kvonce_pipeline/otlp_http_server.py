@@ -362,14 +362,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 def _decode(body: bytes, coding: str, media: Media, label: str, limit: int, max_ratio: int,
             max_context_depth: int) -> DecodedRequest:
-    """Decompress and validate (on a worker thread); any decoder failure is the request's 400."""
+    """Decompress and validate, on a worker thread (a decoder failure is decode_request's 400)."""
     data = decompress(body, coding, limit, max_ratio)
-    try:
-        return decode_request(data, media, source=label, max_context_depth=max_context_depth)
-    except HttpError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the request's, never a dropped answer
-        raise HttpError(400, f"cannot decode the request ({type(exc).__name__}: {exc!s:.200})") from None
+    return decode_request(data, media, source=label, max_context_depth=max_context_depth)
 
 
 async def _fail(send: Send, status: int, message: str, media: Media | None, *, close: bool = False,
