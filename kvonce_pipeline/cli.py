@@ -20,6 +20,7 @@ from .errors import InputError, KvonceError, OutputError
 
 if TYPE_CHECKING:
     from .conformance import ConformanceOptions, ConformanceResult
+    from .progress import ConsoleProgress
     from .stages import ProgressCallback
 
 EXIT_VALID = 0
@@ -43,6 +44,13 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-retries", type=int, default=3, help="MAX_RETRIES of the spec (default 3)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or summary line on stderr")
+    parser.add_argument("--domain", action="append", default=None, metavar="NAME",
+                        help="check only this domain (repeatable, or comma-separated; default: every installed "
+                             "domain the payload carries; an NDJSON event log is read as kvonce's unless this says)")
+    parser.add_argument("--option", action="append", default=[], metavar="[DOMAIN.]NAME=VALUE",
+                        help="set a domain option (e.g. inventory.onhand_min=5; `kvonce domain doc NAME` lists them)")
+    parser.add_argument("--disable", action="append", default=[], metavar="RULE[,RULE]",
+                        help="do not report these rule ids (domains on the generic engine)")
     _add_shard_options(parser)
     parser.set_defaults(run=_conformance, one_pass=True)
 
@@ -69,18 +77,81 @@ def _conformance(args: argparse.Namespace) -> int:
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
                                  limits=Limits.from_env())
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
-    if _sharded(args):
-        result = _run_sharded(args, out_dir, options, progress)
-    else:
-        result = run_conformance(args.input, out_dir, options, progress=progress)
-    shown = str(result.output_dir)  # the folder, or the URL the reports were published to
+    domains = _names(args.domain)
+    if _sharded(args) or is_remote(str(out_dir)) or is_remote(args.input):
+        if domains not in (None, ("kvonce",)) or args.option or args.disable:
+            raise KvonceError("--domain, --option and --disable work on local files with one pass; key shards "
+                              "and URLs check KvOnce only")
+        if _sharded(args):
+            result = _run_sharded(args, out_dir, options, progress)
+        else:
+            result = run_conformance(args.input, out_dir, options, progress=progress)
+        if progress is not None:
+            progress.finish()
+        _print_verdict(result.report, str(result.output_dir), VALIDATION, "")
+        return result.exit_code
+    return _check_payload(args, Path(out_dir), domains, options, progress)
+
+
+def _names(given: list[str] | None) -> tuple[str, ...] | None:
+    if not given:
+        return None
+    names = tuple(dict.fromkeys(name.strip() for item in given for name in item.split(",") if name.strip()))
+    return names or None
+
+
+def _domain_options(args: argparse.Namespace, domains: tuple[str, ...] | None) -> dict[str, dict[str, str]]:
+    """``--option [DOMAIN.]NAME=VALUE`` by domain (without a domain: the one --domain named)."""
+    out: dict[str, dict[str, str]] = {"kvonce": {"max_retries": str(args.max_retries)}}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise KvonceError(f"--option {item!r}: expected [DOMAIN.]NAME=VALUE")
+        domain, dot, option = name.strip().rpartition(".")
+        if not dot:
+            if not domains or len(domains) != 1:
+                raise KvonceError(f"--option {item!r}: say which domain (DOMAIN.NAME=VALUE) unless one --domain is given")
+            domain = domains[0]
+        out.setdefault(domain, {})[option] = value
+    return out
+
+
+def _check_payload(args: argparse.Namespace, out_dir: Path, domains: tuple[str, ...] | None,
+                   options: "ConformanceOptions", progress: "ConsoleProgress | None") -> int:
+    from .engine.payload import TRACE_SUMMARY, PayloadRequest, check_payload
+    from .engine.registry import get
+
+    for name in domains or ():
+        get(name)  # an unknown name fails before anything is read
+    request = PayloadRequest(args.input, out_dir, format=args.format, limits=options.limits, domains=domains,
+                             strict=args.strict,
+                             disabled=frozenset(_names(args.disable) or ()),
+                             options=_domain_options(args, domains), extra={"progress": progress})
+    outcome = check_payload(request)
     if progress is not None:
         progress.finish()
-    summary = result.report["summary"]
-    verdict = "valid" if result.valid else "INVALID"
-    print(f"kvonce: {verdict}: {summary['events']} events, {summary['keys']} keys, "
+    results = outcome.results
+    if len(results) == 1 and results[0].error is not None:
+        raise results[0].error  # reported as it always was: "unusable input", exit 2
+    for result in results:
+        tag = "" if result.domain.name == "kvonce" else f"[{result.domain.name}] "
+        if result.error is not None:
+            print(f"kvonce: {tag}unusable input: {result.error}", file=sys.stderr)
+            continue
+        _print_verdict(result.report, str(result.out_dir), result.names.validation, tag)
+    if len(results) > 1:
+        aggregate = outcome.summary["aggregate"]
+        print(f"kvonce: overall: {aggregate['status']} ({len(results)} domains); "
+              f"trace summary in {out_dir / TRACE_SUMMARY}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _print_verdict(report: dict, shown: str, validation_name: str, tag: str) -> None:
+    summary = report["summary"]
+    verdict = "valid" if report["valid"] else "INVALID"
+    print(f"kvonce: {tag}{verdict}: {summary['events']} events, {summary['keys']} keys, "
           f"{summary['errors']} errors, {summary['warnings']} warnings; reports in {shown}", file=sys.stderr)
-    issues = result.report["issues"]
+    issues = report["issues"]
     for issue in issues[:SHOWN_FINDINGS]:
         ids = " ".join(f"{name}={issue[field]}" for name, field in (("trace", "traceId"), ("span", "spanId"))
                        if issue.get(field))
@@ -88,8 +159,7 @@ def _conformance(args: argparse.Namespace) -> int:
               f" ({issue.get('origin', '')}): {issue['message']}{f' [{ids}]' if ids else ''}", file=sys.stderr)
     if len(issues) > SHOWN_FINDINGS:
         print(f"  ... and {len(issues) - SHOWN_FINDINGS} more findings ({len(issues)} in all): "
-              f"the full list is in {shown}/{VALIDATION}", file=sys.stderr)
-    return result.exit_code
+              f"the full list is in {shown}/{validation_name}", file=sys.stderr)
 
 
 def _add_shard_options(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +240,7 @@ def _convert(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_conformance, _add_convert]
 #: Modules of this package that add subcommands through a ``register(subparsers)`` function.
 #: Their top-level imports stay light; heavy imports happen inside the command.
-COMMAND_MODULES = ("collector", "mock_service", "generate", "store")
+COMMAND_MODULES = ("collector", "mock_service", "generate", "store", "domain_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,11 @@ Raw = TypeVar("Raw")
 Decode = Callable[[Any, str], Any]
 
 
+#: ``to_event(attrs, decode, resource, *, trace_id, span_id, start_ns, position, origin, stats)``: one
+#: span's event, ``None`` for a span that carries none. :func:`span_to_event` is KvOnce's; the decoders
+#: take another for the other domains (:mod:`kvonce_pipeline.engine.domain_decode`).
+SpanToEvent = Callable[..., Any]
+
 #: ``tap(start, events)``: called by the whole-document decoders with each run of new events in
 #: document order (``start`` is the first one's index), while the rest is still being decoded,
 #: so a consumer on another core can begin. A call whose ``start`` is not where the previous

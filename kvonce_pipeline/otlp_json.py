@@ -18,7 +18,8 @@ from typing import Any
 
 from .errors import InputError
 from .events import MAX_TIME_NS, Event
-from .mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
+from .mapping import (ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, SpanToEvent, resource_fallbacks,
+                      span_to_event)
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -224,6 +225,10 @@ _HEX16_LOWER = re.compile(r"[0-9a-f]{16}").fullmatch
 _SLOW = object()  # "this span needs the general path", from :func:`_fast_span_event`
 
 
+def _always_slow(span: Any, decoder: Any, actor: str, origin: str) -> Any:
+    return _SLOW
+
+
 def _fast_kvlist(raw: dict[str, Any], decoder: AnyValueDecoder) -> Any:
     """A ``kvlistValue`` of scalars (the usual context) without the general decoder's dispatch."""
     entries = raw["kvlistValue"]["values"]
@@ -329,8 +334,14 @@ def iter_request_events(
     resource_offset: int = 0,
     where_prefix: str = "",
     consume: bool = False,
-) -> Iterator[Event]:
+    to_event: SpanToEvent | None = None,
+) -> Iterator[Any]:
     """Yield the events of one decoded OTLP/JSON request, in document order.
+
+    ``to_event`` maps a span to an event of another domain (see
+    :data:`~kvonce_pipeline.mapping.SpanToEvent`); without it, spans become KvOnce events. Either
+    way a span goes through a fast path first when there is one (KvOnce's, or ``to_event.fast_json``):
+    it returns the event, ``None`` for a span without one, or :data:`_SLOW` for the general path.
 
     ``resource_offset`` numbers resources across the batches of a JSON Lines file, so the
     ``r{r}`` in origins and placeholder trace ids stays unique. ``consume=True`` (for a request
@@ -343,6 +354,7 @@ def iter_request_events(
     if "resourceSpans" not in request and "resource_spans" not in request and request:
         raise InputError(source, "not an OTLP trace request: there is no 'resourceSpans'",
                          where=where_prefix.strip() or None)
+    fast = _fast_span_event if to_event is None else getattr(to_event, "fast_json", _always_slow)
     r = s = p = -1
     where = where_prefix + "request"
     span_prefix = where_prefix + "span r"
@@ -369,14 +381,17 @@ def iter_request_events(
                 for p, span in enumerate(spans):
                     origin = f"{origin_prefix}{p}"
                     try:
-                        event = _fast_span_event(span, decoder, actor, origin)
+                        event = fast(span, decoder, actor, origin)
                     except Exception:  # noqa: BLE001 - the general path below names the error
                         event = _SLOW
+                    if event is None:  # a fast path's "no event here"
+                        stats.skipped_spans += 1
+                        continue
                     if event is _SLOW:
                         where = origin
                         if type(span) is not dict:
                             raise TypeError("spans must be objects")
-                        event = span_to_event(
+                        event = (to_event or span_to_event)(
                             _attr_map(span.get("attributes")),
                             decoder,
                             fallbacks,

@@ -18,7 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .errors import InputError
 from .events import Event
 from .events import MAX_TIME_NS
-from .mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
+from .mapping import (ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, SpanToEvent, resource_fallbacks,
+                      span_to_event)
 
 _SLOW_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(ACTOR_ATTRIBUTES)
 _SLOW = object()
@@ -165,7 +166,10 @@ def iter_message_events(
     decoder: ProtoAnyValueDecoder,
     resource_offset: int = 0,
     where_prefix: str = "",
-) -> Iterator[Event]:
+    to_event: SpanToEvent | None = None,
+) -> Iterator[Any]:
+    """Yield the events of one protobuf request in document order (``to_event``: as for OTLP/JSON's
+    :func:`~kvonce_pipeline.otlp_json.iter_request_events`)."""
     where = where_prefix + "request"
     try:
         for r_local, resource_spans in enumerate(message.resource_spans):
@@ -182,12 +186,12 @@ def iter_message_events(
                 for p, span in enumerate(spans):
                     origin = f"{origin_prefix}{p}"
                     try:
-                        event = _fast_span_event(span, decoder, actor, origin)
+                        event = _SLOW if to_event is not None else _fast_span_event(span, decoder, actor, origin)
                     except Exception:  # noqa: BLE001 - the general path below names the error
                         event = _SLOW
                     if event is _SLOW:
                         where = origin
-                        event = span_to_event(
+                        event = (to_event or span_to_event)(
                             _attr_map(span.attributes),
                             decoder,
                             fallbacks,

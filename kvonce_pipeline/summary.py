@@ -50,7 +50,13 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
     lines += ["| | |", "|---|---|"] + [f"| {name} | {_cell(value)} |" for name, value in rows]
     for warning in source.get("warnings", []) if source else []:
         lines += ["", f"> warning: {_cell(warning)}"]
-    issues = report.get("issues", [])
+    lines += findings_section(report.get("issues", []), "kvonce-events.ndjson", "kvonce-validation.json")
+    return "\n".join(lines) + "\n"
+
+
+def findings_section(issues: list[dict[str, Any]], events_name: str, validation_name: str) -> list[str]:
+    """The summary's findings by rule and its table of the first findings (every domain's summary)."""
+    lines: list[str] = []
     if issues:
         by_rule: dict[tuple[str, str], int] = {}
         for issue in issues:
@@ -59,7 +65,7 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
         lines += [f"| `{rule}` | {severity} | {count} |"
                   for (rule, severity), count in sorted(by_rule.items(), key=lambda item: (-item[1], item[0]))]
         lines += ["", "### Findings", "",
-                  "*event* is the 0-based line index into `kvonce-events.ndjson` (event 0 is line 1); "
+                  f"*event* is the 0-based line index into `{events_name}` (event 0 is line 1); "
                   "*where* is the place in the input (line, record or span `r<resource>/s<scope>/p<span>`); "
                   "*trace / span* are the span's ids, to open it in your tracing tool.", "",
                   "| severity | rule | key | event | where | trace / span | message |",
@@ -74,5 +80,5 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
                          f"{issue['eventIndex']} | {_cell(where_of(issue))} | {_cell(ids)} | {_cell(message)} |")
         if len(issues) > MAX_ROWS:
             lines.append(f"\n{len(issues) - MAX_ROWS} more findings are not shown here ({len(issues)} in all): "
-                         "the full list is `issues` in `kvonce-validation.json`, beside this file.")
-    return "\n".join(lines) + "\n"
+                         f"the full list is `issues` in `{validation_name}`, beside this file.")
+    return lines

@@ -45,3 +45,6 @@ def write_ndjson(path: Path, lines: list[str]) -> Path:
 
 # The embedded PostgreSQL server for the production-instance tests (imported here to register them).
 from .postgres import postgres_server, postgres_url  # noqa: E402,F401
+
+# A third domain made from the template, installed per test (kvonce_pipeline_tests/toy_domain.py).
+from .toy_domain import toy, toy_project  # noqa: E402,F401

@@ -164,7 +164,11 @@ def test_unreadable_input_is_exit_2_and_replaces_the_valid_report(sample_ndjson:
     assert "Traceback" not in done.stderr and "cannot read" in done.stderr
     report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
     assert report["valid"] is False and report["inputError"]["source"] == "/proc/self/mem"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvonce-summary.md", "kvonce-validation.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvonce-summary.md", "kvonce-validation.json",
+                                                          "trace-summary.json", "trace-summary.md"]
+    trace_summary = orjson.loads((tmp_path / "trace-summary.json").read_bytes())
+    assert [(d["key"], d["status"]) for d in trace_summary["domains"]] == [("kvonce", "error")]
+    assert trace_summary["aggregate"]["exitCode"] == 2
 
 
 def test_default_output_is_apart_from_the_dagster_jobs_artifacts(sample_ndjson: Path, tmp_path: Path) -> None:

@@ -29,11 +29,15 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .payload import DomainRun
+    from .domain_pass import DomainResult
 
 JsonType = Literal["string", "number", "integer", "boolean", "object", "array"]
 Severity = Literal["error", "warning"]
@@ -116,9 +120,6 @@ class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 return spec
         return None
 
-    def all_rules(self) -> tuple[RuleSpec, ...]:
-        """The engine's rules followed by the domain's own."""
-        return tuple(RuleSpec(rid, sev, text) for rid, sev, text in ENGINE_RULES) + self.rules
 
 
 def _check(definition: Definition, where: str) -> None:
@@ -260,25 +261,66 @@ MachineFactory = Callable[[Mapping[str, Any]], Machine]
 
 
 @dataclass(frozen=True)
+class ArtifactNames:
+    """The file names of one domain's artifacts (a contract: users' scripts open them)."""
+
+    events: str
+    state_sequence: str
+    projection: str
+    validation: str
+    summary: str
+
+    @classmethod
+    def of(cls, name: str) -> "ArtifactNames":
+        return cls(f"{name}-events.ndjson", f"{name}-state-sequence.json", f"{name}-projection.json",
+                   f"{name}-validation.json", f"{name}-summary.md")
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.state_sequence, self.projection, self.validation, self.summary)
+
+
+@dataclass(frozen=True)
 class Domain:
     """A loaded domain: its definition, its machine class, and the folder it came from."""
 
     definition: Definition
-    machine: MachineFactory
+    #: None only for a domain that brings its own pass (:attr:`runner`)
+    machine: MachineFactory | None
     folder: Path
     #: optional: a generator of synthetic events for ``kvonce generate --domain NAME`` (see the template)
     generate: Callable[..., Iterator[DomainEvent]] | None = field(default=None, compare=False)
+    #: optional: the domain's own whole pass, used instead of the engine's generic one (KvOnce has a
+    #: specialised pass with byte contracts older than the engine). It reads the payload itself.
+    runner: "Callable[[DomainRun], DomainResult] | None" = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
         return self.definition.name
 
     @classmethod
-    def from_folder(cls, folder: str | Path, machine: MachineFactory, *,
-                    generate: Callable[..., Iterator[DomainEvent]] | None = None) -> "Domain":
+    def from_folder(cls, folder: str | Path, machine: MachineFactory | None, *,
+                    generate: Callable[..., Iterator[DomainEvent]] | None = None,
+                    runner: "Callable[[DomainRun], DomainResult] | None" = None,
+                    names: ArtifactNames | None = None) -> "Domain":
         """The domain whose ``domain.toml`` is in ``folder`` (usually ``Path(__file__).parent``)."""
         folder = Path(folder)
-        return cls(load_definition(folder / "domain.toml"), machine, folder, generate)
+        if machine is None and runner is None:
+            raise ConfigError(f"{folder}: a domain needs a machine (or its own pass)")
+        return cls(load_definition(folder / "domain.toml"), machine, folder, generate, runner, names)
+
+    #: the artifacts' file names, when the domain's own pass names them otherwise than ``<name>-<role>``
+    names: ArtifactNames | None = field(default=None, compare=False)
+
+    def artifact_names(self) -> ArtifactNames:
+        return self.names or ArtifactNames.of(self.name)
+
+    def rules(self) -> tuple[RuleSpec, ...]:
+        """Every rule a run of this domain can report: the engine's checks, then the domain's own.
+        A domain with its own pass refuses a wrongly typed field as unusable input, so it has no
+        ``invalid-field-type``."""
+        engine = tuple(RuleSpec(rid, sev, text) for rid, sev, text in ENGINE_RULES
+                       if self.runner is None or rid != "invalid-field-type")
+        return engine + self.definition.rules
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Every option with its default, overridden by ``given`` (values or their text)."""

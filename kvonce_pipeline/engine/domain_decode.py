@@ -1,0 +1,376 @@
+"""Reading any domain's events: the same formats and limits as KvOnce, mapped by the definition.
+
+Every format the reader knows (NDJSON, OTLP/JSON documents and JSON Lines, OTLP protobuf and its
+length-delimited files, gzip or not) is read by the same sniffing, the same structural walkers and
+the same limits; only the last step, span or line to event, comes from the domain's definition:
+
+- OTLP: a span is an event of the domain whose ``<prefix>type`` attribute it carries. ``<prefix>key``
+  is its key, ``<prefix><field>`` each declared field. A field that may be an object or array is
+  also read from a JSON string holding one, or gathered from flattened ``<prefix><field>.<name>``
+  attributes when the field itself is absent (SDKs cannot set map attributes). Times, ids, actor and
+  trace-id fallbacks are exactly KvOnce's.
+- NDJSON: one object per line with ``timestamp`` (or ``timeUnixNano``), ``type`` (or ``event``),
+  ``key``, the declared fields by name, and optionally ``traceId``, ``spanId``, ``actor``, ``origin``.
+  An event log holds one domain's events: which one is the caller's choice (``--domain``).
+
+The JSON types of fields are not judged here: the pass reports a wrong one as a finding
+(``invalid-field-type``). Only what makes the input unreadable is an :class:`InputError` here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import InputError
+from ..events import check_time_range, scan_json
+from ..limits import Limits
+from ..mapping import DecodeStats, Decode, ResourceFallbacks, resource_fallbacks, scalar_text
+from ..mapping import TRACE_ID_ATTRIBUTES, _first_text
+from ..ndjson import _duplicate_key, _event_time, iter_lines, loads_line
+from ..events import MAX_TIME_NS
+from ..otlp_json import (_HEX16_LOWER, _HEX32_LOWER, _SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist,
+                         count_resources, iter_request_events)
+from ..otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
+from ..one_pass import gc_paused
+from ..reader import InputFormat, _loads_document, detect_format, open_payload
+from .domain import Domain, DomainEvent
+
+#: Actor attributes after the domain's own ``<prefix>actor`` (the same fallbacks as KvOnce's).
+GENERIC_ACTOR_ATTRIBUTES = ("actor", "enduser.id", "service.name", "service.instance.id")
+_TEXT_FIELDS = ("type", "event", "traceId", "spanId", "actor", "origin")
+_STRUCTURED = frozenset({"object", "array"})
+
+
+@dataclass
+class DomainRead:
+    """What one read of a payload found, per domain, in input order (not yet time-ordered)."""
+
+    source: str
+    format: InputFormat
+    compressed: bool
+    events: dict[str, list[DomainEvent]]
+    stats: DecodeStats = field(default_factory=DecodeStats)
+    #: spans of other installed domains this read was not asked for, per attribute prefix
+    foreign: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, domain: str) -> dict[str, Any]:
+        """The ``input`` part of one domain's report (the same fields as KvOnce's)."""
+        otlp = self.format.is_otlp
+        mine = len(self.events.get(domain, ()))
+        return {
+            "source": self.source,
+            "format": self.format.value,
+            "compressed": self.compressed,
+            "events": mine,
+            "spans": self.stats.spans if otlp else None,
+            "skippedSpans": self.stats.spans - mine if otlp else None,
+            "reordered": False,
+            "warnings": self.stats.report_warnings(),
+        }
+
+
+class _FieldReader:
+    """One domain's span mapping, prepared once (attribute names are built here, not per span)."""
+
+    def __init__(self, domain: Domain) -> None:
+        definition = domain.definition
+        prefix = definition.prefix
+        self.name = domain.name
+        self.prefix = prefix
+        self.type_attr = prefix + "type"
+        self.key_attr = prefix + "key"
+        self.actor_attrs = (prefix + "actor", *GENERIC_ACTOR_ATTRIBUTES)
+        #: (field name, attribute, flattened-attribute prefix or None)
+        self.fields = tuple(
+            (spec.name, prefix + spec.name, prefix + spec.name + "." if _STRUCTURED & set(spec.json) else None)
+            for spec in definition.fields
+        )
+
+    def event(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks, *,
+              trace_id: str, span_id: str, start_ns: int | None, position: tuple[int, int, int],
+              origin: str, stats: DecodeStats) -> DomainEvent | None:
+        raw_type = decode(attrs[self.type_attr], self.type_attr)
+        if raw_type is None or raw_type == "":
+            return None
+        if type(raw_type) is not str:
+            raise ValueError(f"attribute {self.type_attr} must be a string, got {type(raw_type).__name__}")
+        key_raw = attrs.get(self.key_attr)
+        key = None if key_raw is None else scalar_text(decode(key_raw, self.key_attr),
+                                                       f"attribute {self.key_attr}", stats)
+        if start_ns is not None:
+            start_ns = None if start_ns == 0 else check_time_range(start_ns)
+        if not trace_id:
+            trace_id = (_first_text(attrs, TRACE_ID_ATTRIBUTES, decode) or resource.trace_id
+                        or "otlp-missing-traceid-r{}-s{}-p{}".format(*position))
+        fields: dict[str, Any] = {}
+        for name, attribute, flat in self.fields:
+            raw = attrs.get(attribute)
+            if raw is not None:
+                value = decode(raw, attribute)
+                if flat is not None and type(value) is str and value[:1] in ("{", "["):
+                    try:
+                        value = orjson.loads(value)
+                    except orjson.JSONDecodeError:
+                        pass  # a string after all: the pass judges its type
+                if value is not None:
+                    fields[name] = value
+            elif flat is not None:
+                gathered = {item[len(flat):]: decode(raw_item, item)
+                            for item, raw_item in attrs.items() if item.startswith(flat)}
+                if gathered:
+                    fields[name] = gathered
+        actor = _first_text(attrs, self.actor_attrs, decode) or resource.actor or "unknown"
+        return DomainEvent(start_ns, raw_type, key, fields, trace_id, span_id, actor, origin)
+
+
+class SpanMapper:
+    """The ``to_event`` the OTLP walkers call: a span to ``[(domain name, event)]`` or ``None``.
+
+    ``watch``: attribute prefixes of domains not being read; their spans are only counted (so a
+    caller knows whether another domain has events without decoding them).
+    """
+
+    def __init__(self, domains: Sequence[Domain], watch: Iterable[str] = ()) -> None:
+        self._readers = tuple(_FieldReader(domain) for domain in domains)
+        self._watch = tuple((prefix, prefix + "type") for prefix in watch)
+        self.foreign: dict[str, int] = {}
+
+    def fast_json(self, span: dict[str, Any], decoder: AnyValueDecoder, actor: str, origin: str) -> Any:
+        """A spec-shaped OTLP/JSON span's events without the general path, or ``_SLOW``.
+
+        The same bargain as KvOnce's fast path (:func:`kvonce_pipeline.otlp_json._fast_span_event`):
+        spans as exporters write them (string type and key, hex ids, a decimal start time, fields as
+        plain AnyValues) are mapped here; anything else, every error included, goes to the general
+        path, so results and messages are the same either way. Measured: about half the general
+        path's time per span (docs/domains.md).
+        """
+        values: dict[str, Any] = {}
+        for attribute in span["attributes"]:
+            name = attribute["key"]
+            if name in values or name in _SLOW_NAMES:
+                return _SLOW
+            values[name] = attribute["value"]
+        found = None
+        for reader in self._readers:
+            raw_type = values.get(reader.type_attr)
+            if raw_type is None:
+                continue
+            if found is not None:
+                return _SLOW  # one span, two domains: rare, the general path does it
+            found = reader
+        if found is None:
+            for prefix, type_attr in self._watch:
+                if type_attr in values:
+                    self.foreign[prefix] = self.foreign.get(prefix, 0) + 1
+            return None
+        reader = found
+        kind = values[reader.type_attr]["stringValue"]
+        key = values[reader.key_attr]["stringValue"]
+        if type(kind) is not str or type(key) is not str or not kind or not key:
+            return _SLOW
+        trace_id = span["traceId"]
+        if type(trace_id) is not str or not _HEX32_LOWER(trace_id):
+            return _SLOW
+        span_id = span["spanId"]
+        if type(span_id) is not str or (span_id and not _HEX16_LOWER(span_id)):
+            return _SLOW
+        start = span["startTimeUnixNano"]
+        if type(start) is not str or not start.isascii() or not start.isdigit():
+            return _SLOW
+        start_ns = int(start)
+        if start_ns > MAX_TIME_NS:
+            return _SLOW
+        mine = 2
+        fields: dict[str, Any] = {}
+        for name, attribute, flat in reader.fields:
+            raw = values.get(attribute)
+            if raw is None:
+                continue
+            mine += 1
+            if type(raw) is dict and len(raw) == 1:
+                text = raw.get("stringValue")
+                if type(text) is str:
+                    if flat is not None and text[:1] in ("{", "["):
+                        return _SLOW
+                    fields[name] = text
+                    continue
+                if "kvlistValue" in raw:
+                    value = _fast_kvlist(raw, decoder)
+                    if value is _SLOW:
+                        return _SLOW
+                    fields[name] = value
+                    continue
+            value = decoder(raw, attribute)
+            if value is not None:
+                fields[name] = value
+        prefix = reader.prefix
+        if sum(1 for name in values if name.startswith(prefix)) != mine:
+            return _SLOW  # flattened fields, the actor attribute or an undeclared one: the general path
+        return [(reader.name, DomainEvent(start_ns or None, kind, key, fields, trace_id, span_id, actor, origin))]
+
+    def __call__(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks,
+                 **where: Any) -> list[tuple[str, DomainEvent]] | None:
+        found: list[tuple[str, DomainEvent]] | None = None
+        for reader in self._readers:
+            if reader.type_attr in attrs:
+                event = reader.event(attrs, decode, resource, **where)
+                if event is not None:
+                    if found is None:
+                        found = []
+                    found.append((reader.name, event))
+        if found is None:
+            for prefix, type_attr in self._watch:
+                if type_attr in attrs:
+                    self.foreign[prefix] = self.foreign.get(prefix, 0) + 1
+        return found
+
+
+def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max_depth: int,
+                      raw: bytes | None, stats: DecodeStats) -> DomainEvent:
+    """One NDJSON line of ``domain``'s event log. Unreadable lines are :class:`InputError`; the
+    fields' JSON types are judged by the pass."""
+    where = f"line {number}"
+    if type(obj) is not dict:
+        raise InputError(source, "an event must be a JSON object", where=where)
+    for name in _TEXT_FIELDS:
+        item = obj.get(name)
+        if item is not None and type(item) is not str:
+            raise InputError(source, f"field '{name}' must be a string, got {type(item).__name__}", where=where)
+    try:
+        key = scalar_text(obj.get("key"), "field 'key'", stats)
+    except ValueError as exc:
+        raise InputError(source, str(exc), where=where) from None
+    keys = len(obj)
+    fields: dict[str, Any] = {}
+    for spec in domain.definition.fields:
+        value = obj.get(spec.name)
+        if value is None:
+            continue
+        too_deep, nested_keys, wide = scan_json(value, max_depth)
+        if too_deep:
+            raise InputError(source, f"'{spec.name}' nests deeper than {max_depth} levels", where=where)
+        if wide is not None:
+            raise InputError(source, f"'{spec.name}' holds the integer {wide}, beyond 64 bits (OTLP cannot "
+                             "carry it)", where=where)
+        keys += nested_keys
+        fields[spec.name] = value
+    if raw is not None and raw.count(b'":') != keys:
+        duplicate = _duplicate_key(raw)  # the exact (slow) check, only when the cheap count disagrees
+        if duplicate is not None:
+            raise InputError(source, f"duplicate key {duplicate!r}: the line says two things", where=where)
+    try:
+        time_ns = _event_time(obj)
+    except ValueError as exc:
+        raise InputError(source, str(exc), where=where) from None
+    return DomainEvent(
+        time_ns,
+        obj.get("type") or obj.get("event"),
+        key,
+        fields,
+        obj.get("traceId") or f"ndjson-missing-traceid-l{number}",
+        obj.get("spanId") or "",
+        obj.get("actor") or "unknown",
+        obj.get("origin") or where,
+    )
+
+
+def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], *, format: str = "auto",
+                       limits: Limits | None = None, watch: Iterable[str] = ()) -> DomainRead:
+    """Read ``path`` once and return the events of every domain in ``domains``, in input order.
+
+    An NDJSON event log is read as ``domains[0]``'s. ``watch``: attribute prefixes of domains not
+    asked for, whose spans are counted in :attr:`DomainRead.foreign`.
+    """
+    limits = limits or Limits()
+    source = str(path)
+    detected, compressed = detect_format(path, hint=format, limits=limits)
+    stats = DecodeStats()
+    events: dict[str, list[DomainEvent]] = {domain.name: [] for domain in domains}
+    read = DomainRead(source, detected, compressed, events, stats)
+    count = 0
+
+    def over() -> InputError:
+        return InputError(source, f"more than {limits.max_events} events (KVONCE_MAX_EVENTS)")
+
+    with gc_paused(), open_payload(path, limits) as (stream, _compressed):
+        if detected is InputFormat.NDJSON:
+            domain = domains[0]
+            target = events[domain.name]
+            for number, line in iter_lines(stream, source=source, max_line=limits.max_line_bytes):
+                target.append(event_from_object(loads_line(line, source=source, number=number), domain,
+                                                source=source, number=number,
+                                                max_depth=limits.max_context_depth, raw=line, stats=stats))
+                if len(target) > limits.max_events:
+                    raise over()
+            return read
+        mapper = SpanMapper(domains, watch)
+        batches: Iterator[list[tuple[str, DomainEvent]]]
+        if detected in (InputFormat.OTLP_JSON, InputFormat.OTLP_JSONL):
+            decoder = AnyValueDecoder(stats, limits.max_context_depth)
+            if detected is InputFormat.OTLP_JSON:
+                request = _loads_document(stream.read(), source)
+                batches = iter_request_events(request, source=source, stats=stats, decoder=decoder,
+                                              consume=True, to_event=mapper)
+            else:
+                batches = _json_lines(stream, source, stats, decoder, limits, mapper)
+        else:
+            proto = ProtoAnyValueDecoder(limits.max_context_depth)
+            if detected is InputFormat.OTLP_PROTO:
+                message = parse_request(stream.read(), source=source)
+                batches = iter_message_events(message, source=source, stats=stats, decoder=proto, to_event=mapper)
+            else:
+                batches = _delimited(stream, source, stats, proto, limits, mapper)
+        for batch in batches:
+            for name, event in batch:
+                events[name].append(event)
+            count += len(batch)
+            if count > limits.max_events:
+                raise over()
+        read.foreign = mapper.foreign
+    return read
+
+
+def _json_lines(stream: Any, source: str, stats: DecodeStats, decoder: AnyValueDecoder, limits: Limits,
+                mapper: SpanMapper) -> Iterator[list[tuple[str, DomainEvent]]]:
+    offset = 0
+    for number, line in iter_lines(stream, source=source, max_line=limits.max_line_bytes):
+        request = loads_line(line, source=source, number=number)
+        yield from iter_request_events(request, source=source, stats=stats, decoder=decoder,
+                                       resource_offset=offset, where_prefix=f"line {number} ", to_event=mapper)
+        offset += count_resources(request)
+
+
+def _delimited(stream: Any, source: str, stats: DecodeStats, decoder: ProtoAnyValueDecoder, limits: Limits,
+               mapper: SpanMapper) -> Iterator[list[tuple[str, DomainEvent]]]:
+    offset = 0
+    for number, blob in iter_delimited_records(stream, source=source, max_record=limits.max_body_bytes):
+        message = parse_request(blob, source=source, where=f"record {number}")
+        yield from iter_message_events(message, source=source, stats=stats, decoder=decoder,
+                                       resource_offset=offset, where_prefix=f"record {number} ", to_event=mapper)
+        offset += len(message.resource_spans)
+
+
+def payload_mentions(path: str | os.PathLike[str], needles: Sequence[bytes], limits: Limits) -> set[bytes]:
+    """Which of ``needles`` occur in the payload's bytes (after gunzip): a quick scan that decides
+    which domains' decoders need to run at all. A needle found in a value only costs a decode that
+    finds no event; one missed is impossible (an attribute name is stored as its bytes in every
+    format we read)."""
+    found: set[bytes] = set()
+    tail = max((len(n) for n in needles), default=1) - 1
+    carry = b""
+    with open_payload(path, limits) as (stream, _compressed):
+        while len(found) < len(needles):
+            chunk = stream.read(8 * 1024 * 1024)
+            if not chunk:
+                break
+            window = carry + chunk
+            for needle in needles:
+                if needle not in found and needle in window:
+                    found.add(needle)
+            carry = window[-tail:] if tail else b""
+    return found
