@@ -53,6 +53,11 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
 
+## bench-domains: a domain made from the template against KvOnce, same size (DOMAINS_ARGS="--events 100000 --keys 40000" for a quick look)
+.PHONY: bench-domains
+bench-domains: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/domains_speed.py $(DOMAINS_ARGS)
+
 ## bench-shards: key shards on a local dask cluster, S = 1, 2, 4 (SHARDS_ARGS="--events 1000000 --keys 400000" for 1M)
 .PHONY: bench-shards
 bench-shards: $(VENV)/.installed-bench

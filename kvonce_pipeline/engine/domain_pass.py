@@ -55,8 +55,9 @@ class DomainResult:
     report: dict[str, Any]
     names: ArtifactNames
     #: distinct trace ids in order of first appearance (at most :data:`TRACE_IDS_LISTED`) and their number
+    #: (None: not counted, see :func:`kvonce_pipeline.domains.kvonce.runner.trace_ids`)
     trace_ids: list[str]
-    trace_id_count: int
+    trace_id_count: int | None
     #: the unusable-input error, when the input was one (the report says so too)
     error: InputError | None = None
 
