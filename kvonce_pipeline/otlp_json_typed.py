@@ -31,7 +31,8 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
 from .events import MAX_TIME_NS, Event
-from .mapping import ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, Tap, resource_fallbacks, span_to_event
+from .mapping import (ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, SpanToEvent, Tap, resource_fallbacks,
+                      span_to_event)
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------
@@ -206,7 +207,8 @@ def _attr_map(attributes: list[KeyValue]) -> dict[str, AnyValue]:
 
 
 def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
-                    keep: list[Any] | None = None, tap: Tap | None = None) -> list[Event] | None:
+                    keep: list[Any] | None = None, tap: Tap | None = None,
+                    to_event: SpanToEvent | None = None) -> list[Any] | None:
     """The events of one OTLP/JSON document in document order, or ``None`` for the general path.
 
     ``stats`` is only updated when events are returned. Nothing here raises for bad input: an
@@ -218,6 +220,10 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
 
     A large document is decoded a chunk of resources at a time (:func:`_chunk_bounds`), so the
     first events reach ``tap`` after a few megabytes instead of after the whole decode.
+
+    ``to_event`` maps spans to another domain's events instead of KvOnce's (as for the general
+    decoder, :func:`kvonce_pipeline.otlp_json.iter_request_events`); its ``fast_typed`` method, when
+    it has one, is tried first for each span, as :func:`_fast_event` is for KvOnce.
     """
     if not blob.isascii():
         try:  # msgspec does not check the UTF-8 of members it skips; orjson refuses the document
@@ -226,7 +232,7 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
             return None
     decoder = TypedAnyValueDecoder(max_depth)
     bounds = _chunk_bounds(blob)
-    walk = _Walk(decoder, free=keep is None, tap=tap)
+    walk = _Walk(decoder, free=keep is None, tap=tap, to_event=to_event)
     try:
         if bounds is not None:
             try:
@@ -237,7 +243,7 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
                     if keep is not None:
                         keep.append(resources)
             except _NotChunks:
-                walk = _Walk(decoder, free=keep is None, tap=tap)  # starts over: ``tap`` sees index 0 again
+                walk = _Walk(decoder, free=keep is None, tap=tap, to_event=to_event)  # starts over: ``tap`` sees 0 again
                 bounds = None
         if bounds is None:
             try:
@@ -344,17 +350,21 @@ class _ChunkDecoder:
 class _Walk:
     """The events of the resources, in the order given, and how many spans were seen and skipped."""
 
-    def __init__(self, decoder: TypedAnyValueDecoder, *, free: bool, tap: Tap | None) -> None:
+    def __init__(self, decoder: TypedAnyValueDecoder, *, free: bool, tap: Tap | None,
+                 to_event: SpanToEvent | None = None) -> None:
         self.decoder = decoder
         self.free = free
         self.tap = tap
-        self.events: list[Event] = []
+        self.to_event = to_event
+        #: a span's event without the general mapping, or None to send it there
+        self.fast: Any = _fast_event if to_event is None else getattr(to_event, "fast_typed", _no_fast_path)
+        self.events: list[Any] = []
         self.spans_seen = self.skipped = self._tapped = self._resources = 0
         #: what the mapping counted (scalar keys or values); added to the caller's stats if kept
         self.notes = DecodeStats()
 
     def resources(self, resources: list[ResourceSpans]) -> None:
-        decoder, tap, events = self.decoder, self.tap, self.events
+        decoder, tap, events, fast, to_event = self.decoder, self.tap, self.events, self.fast, self.to_event
         append = events.append
         first = self._resources
         self._resources += len(resources)
@@ -371,9 +381,12 @@ class _Walk:
                 self.spans_seen += len(spans)
                 prefix = f"span r{r}/s{s}/p"
                 for p, span in enumerate(spans):
-                    event = _fast_event(span, decoder, actor, prefix, p)
+                    event = fast(span, decoder, actor, prefix, p)
+                    if event is _NO_EVENT:
+                        self.skipped += 1
+                        continue
                     if event is None:
-                        event = _general_event(span, decoder, fallbacks, (r, s, p), prefix, self.notes)
+                        event = _general_event(span, decoder, fallbacks, (r, s, p), prefix, self.notes, to_event)
                         if event is None:
                             self.skipped += 1
                             continue
@@ -388,6 +401,14 @@ class _Walk:
         if self.tap is not None and len(self.events) > self._tapped:
             self.tap(self._tapped, self.events[self._tapped:])
             self._tapped = len(self.events)
+
+
+#: From a fast path: "this span carries no event" (counted as skipped, no general mapping needed).
+_NO_EVENT = object()
+
+
+def _no_fast_path(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: str, p: int) -> None:
+    return None
 
 
 _TYPE, _KEY, _VALUE, _REASON, _CONTEXT = (f"kvonce.event.{name}" for name in ("type", "key", "value", "reason",
@@ -506,7 +527,7 @@ def _scalar_pairs(pairs: KeyValueList, decoder: TypedAnyValueDecoder) -> dict[st
 
 
 def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, position: tuple[int, int, int],
-                   prefix: str, notes: DecodeStats) -> Event | None:
+                   prefix: str, notes: DecodeStats, to_event: SpanToEvent | None = None) -> Any:
     """Any other span, through the mapping every form shares (skipped spans return ``None``)."""
     if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
         raise _GiveUp
@@ -527,7 +548,7 @@ def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, po
         raise _GiveUp
     else:
         start_ns = start  # type: ignore[assignment]
-    return span_to_event(_attr_map(span.attributes), decoder, fallbacks, trace_id=trace_id.lower(),
+    return (to_event or span_to_event)(_attr_map(span.attributes), decoder, fallbacks, trace_id=trace_id.lower(),
                          span_id=span_id.lower(), start_ns=start_ns, position=position,
                          origin=f"{prefix}{position[2]}", stats=notes)
 

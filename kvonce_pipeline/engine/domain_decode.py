@@ -33,6 +33,7 @@ from ..mapping import DecodeStats, Decode, ResourceFallbacks, resource_fallbacks
 from ..mapping import TRACE_ID_ATTRIBUTES, _first_text
 from ..ndjson import _duplicate_key, _event_time, iter_lines, loads_line
 from ..events import MAX_TIME_NS
+from ..otlp_json_typed import _LOWER_HEX, _NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document
 from ..otlp_json import (_HEX16_LOWER, _HEX32_LOWER, _SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist,
                          count_resources, iter_request_events)
 from ..otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
@@ -230,6 +231,74 @@ class SpanMapper:
         return found
 
 
+    def fast_typed(self, span: Any, decoder: Any, actor: str, prefix: str, p: int) -> Any:
+        """:meth:`fast_json` for the typed decoder's structs (:mod:`kvonce_pipeline.otlp_json_typed`):
+        the events, ``_NO_EVENT``, or ``None`` for the general mapping."""
+        attributes = span.attributes
+        values = {attribute.key: attribute.value for attribute in attributes}
+        if len(values) != len(attributes) or not values.keys().isdisjoint(_SLOW_NAMES):
+            return None
+        found = None
+        for reader in self._readers:
+            if reader.type_attr in values:
+                if found is not None:
+                    return None
+                found = reader
+        if found is None:
+            for prefix_name, type_attr in self._watch:
+                if type_attr in values:
+                    self.foreign[prefix_name] = self.foreign.get(prefix_name, 0) + 1
+            return _NO_EVENT
+        reader = found
+        kind, key = values[reader.type_attr], values.get(reader.key_attr)
+        if kind is UNSET or key is None or key is UNSET:
+            return None
+        kind, key = kind.stringValue, key.stringValue
+        if type(kind) is not str or type(key) is not str or not kind or not key:
+            return None
+        if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
+            return None
+        trace_id = span.traceId
+        if len(trace_id) != 32 or trace_id.strip(_LOWER_HEX):
+            return None
+        span_id = span.spanId
+        if span_id and (len(span_id) != 16 or span_id.strip(_LOWER_HEX)):
+            return None
+        start = span.startTimeUnixNano
+        if type(start) is str:
+            if not (start.isascii() and start.isdigit()):
+                return None
+            start = int(start)
+        elif start is UNSET or start < 0:
+            return None
+        if start > MAX_TIME_NS:
+            return None
+        mine = 2
+        fields: dict[str, Any] = {}
+        for name, attribute, flat in reader.fields:
+            raw = values.get(attribute)
+            if raw is None:
+                continue
+            if raw is UNSET:
+                return None
+            mine += 1
+            text = raw.stringValue
+            if text is not UNSET:
+                if flat is not None and text[:1] in ("{", "["):
+                    return None
+                fields[name] = text
+            elif raw.kvlistValue is not UNSET and decoder.max_depth > 0 and _only_pairs(raw):
+                fields[name] = _scalar_pairs(raw.kvlistValue, decoder)
+            else:
+                value = decoder(raw, attribute)
+                if value is not None:
+                    fields[name] = value
+        if len(values) != mine and sum(1 for name in values if name.startswith(reader.prefix)) != mine:
+            return None
+        return [(reader.name, DomainEvent(start or None, kind, key, fields, trace_id, span_id, actor,
+                                          f"{prefix}{p}"))]
+
+
 def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max_depth: int,
                       raw: bytes | None, stats: DecodeStats) -> DomainEvent:
     """One NDJSON line of ``domain``'s event log. Unreadable lines are :class:`InputError`; the
@@ -313,9 +382,18 @@ def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], 
         if detected in (InputFormat.OTLP_JSON, InputFormat.OTLP_JSONL):
             decoder = AnyValueDecoder(stats, limits.max_context_depth)
             if detected is InputFormat.OTLP_JSON:
-                request = _loads_document(stream.read(), source)
-                batches = iter_request_events(request, source=source, stats=stats, decoder=decoder,
-                                              consume=True, to_event=mapper)
+                blob = stream.read()
+                if blob.startswith(b"\xef\xbb\xbf"):
+                    blob = blob[3:]
+                typed = decode_document(blob, stats=stats, max_depth=limits.max_context_depth, to_event=mapper)
+                if typed is not None:  # the typed decoder took it: spec-shaped, no error to name
+                    batches = iter(typed)
+                else:
+                    mapper.foreign.clear()  # the general path counts again
+                    request = _loads_document(blob, source)
+                    del blob
+                    batches = iter_request_events(request, source=source, stats=stats, decoder=decoder,
+                                                  consume=True, to_event=mapper)
             else:
                 batches = _json_lines(stream, source, stats, decoder, limits, mapper)
         else:
