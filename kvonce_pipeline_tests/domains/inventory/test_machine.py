@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvonce_pipeline.domains.inventory import InventoryMachine, domain, generate_events
 from kvonce_pipeline.domains.inventory.machine import NO_SKU
@@ -399,3 +401,55 @@ def test_generate_rejects_bad_arguments():
         list(generate_events(-1))
     with pytest.raises(ValueError):
         list(generate_events(10, violations=2.0))
+
+
+def test_generated_valid_trace_replays_to_exactly_the_reported_states():
+    """The replay's arithmetic against the generator's bookkeeping: with no violations every state
+    the service reports is the state the replay computes (releases name no SKU: inherited)."""
+    events = list(generate_events(5000, seed=11))
+    _, states, _ = replay(events)
+    assert len(states) == len(events)
+    for one, state in zip(events, states):
+        reported = one.fields["state"]
+        assert {k: state[k] for k in ("onHand", "allocated", "available")} == reported
+        if "context" in one.fields and "sku" in one.fields["context"]:
+            assert state["sku"] == one.fields["context"]["sku"]
+
+
+# -- any input: warnings or findings, never an exception --------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+_number = st.integers(-50, 50) | st.floats(-50, 50, allow_nan=False)
+_stock = st.fixed_dictionaries({}, optional={"onHand": _number | _json, "allocated": _number | _json,
+                                             "available": _number | _json})
+_fields = st.fixed_dictionaries({}, optional={
+    # what the engine lets through: each field of an allowed JSON type, its contents anything
+    "state": _stock | st.dictionaries(st.text(max_size=5), _json, max_size=3),
+    "delta": _number | st.fixed_dictionaries({}, optional={"allocated": _number | _json,
+                                                           "onHand": _number | _json}),
+    "context": st.fixed_dictionaries({}, optional={"sku": st.sampled_from(["A", "B", 3, None, True]),
+                                                   "reason": _json}),
+    "result": st.sampled_from(["pass", "fail", "PASS", ""]),
+    "checks": st.dictionaries(st.sampled_from(["allocated_le_onhand", "onhand_min", "available_consistency",
+                                               "x"]), st.booleans() | _json, max_size=4),
+})
+_events = st.lists(st.tuples(st.sampled_from(domain.definition.type_names),
+                             st.sampled_from(["inventory", "order-1", "order-2", "order-3"]),
+                             st.integers(0, 30), _fields), max_size=25)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_events, st.sampled_from([0, 5, -1.5]))
+def test_any_well_typed_events_replay_without_an_exception(raw, minimum):
+    events = [event(kind, key, at, **fields) for kind, key, at, fields in raw]
+    findings, states, machine = replay(events, {"onhand_min": minimum})
+    assert len(states) == len(events)
+    assert all(f["type"] in SEVERITY and isinstance(f["eventIndex"], int) for f in findings)
+    msgspec.json.encode(machine.projection())
+    # one finding per (rule, event) at most (no cascade within an event), each at a real event
+    assert len({(f["type"], f["eventIndex"]) for f in findings}) == len(findings)
+    assert all(0 <= f["eventIndex"] < len(events) for f in findings)
