@@ -210,6 +210,8 @@ class InventoryMachine:
                 if d_on is not None and track.alt_on_hand is not None:
                     track.alt_on_hand = track.alt_on_hand + d_on
 
+        before_on = on  # the replay before a reported state is taken in (a validation is checked on it)
+        before_al = al
         state = fields.get("state")
         reported_available: Number | None = None
         if type(state) is dict:
@@ -350,14 +352,21 @@ class InventoryMachine:
                 order.over_at = -1
         elif kind == "validation":
             self._validation_count += 1
-            self._validation(index, key, sku, ns, fields, track, state, emit)
+            self._validation(index, key, sku, ns, fields, track, state, before_on, before_al, emit)
         elif kind == "projection":
             self._projections += 1
         return stock
 
     def _validation(self, index: int, key: str, sku: str, ns: int | None, fields: dict[str, Any],
-                    track: _Track, state: Any, emit: Emit) -> None:
-        """The service's verdict on itself, against its own checks and against the replay."""
+                    track: _Track, state: Any, before_on: Number | None, before_al: Number | None,
+                    emit: Emit) -> None:
+        """The service's verdict on itself, against its own checks and against the replay.
+
+        An invariant counts as broken if the replay breaks it just before the validation (what the
+        service's events imply) or just after (its own state taken in): a service that reports a
+        tidy state while its allocations and releases say otherwise is caught, and so is one that
+        reports a broken state and says ``pass``. A receipt that cured the stock in between would
+        have been reported as a projection, so the replay before is the service's own account."""
         result = fields.get("result")
         checks = fields.get("checks")
         if type(checks) is not dict:
@@ -371,9 +380,9 @@ class InventoryMachine:
                  f"validation reports false checks: {', '.join(false_checks)}")
         stock = track.stock
         broken: list[str] = []
-        if track.over:
+        if track.over or (before_on is not None and before_al is not None and before_al > before_on):
             broken.append("allocated_le_onhand")
-        if track.below:
+        if track.below or (before_on is not None and before_on < self.onhand_min):
             broken.append("onhand_min")
         if type(state) is dict:
             s_on = _number(state.get("onHand"))
@@ -387,9 +396,10 @@ class InventoryMachine:
         if lies:
             said = "pass" if result == "pass" else f"{', '.join(n for n in lies if checks.get(n) is True)} true"
             finding = emit("validation_pass_contradicted", key, index,
-                           f"validation says {said} but the replayed stock of SKU {sku!r} "
-                           f"(onHand {_show(stock.on_hand)}, allocated {_show(stock.allocated)}) "
-                           f"breaks {', '.join(lies)}")
+                           f"validation says {said} but the replayed stock of SKU {sku!r} breaks "
+                           f"{', '.join(lies)} (before the validation: onHand {_show(before_on)}, allocated "
+                           f"{_show(before_al)}; with its state: onHand {_show(stock.on_hand)}, allocated "
+                           f"{_show(stock.allocated)})")
             if finding is not None:
                 finding["sku"] = sku
                 finding["broken"] = lies

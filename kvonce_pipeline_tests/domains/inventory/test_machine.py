@@ -156,6 +156,8 @@ def test_otlp_sample_carries_the_ndjson_sample():
 #: 18 order-7 allocates 2 of A but reports 20 (replay: 14): the service's books jump -> state_delta_mismatch
 #: 19 order-8 allocates 1, reports 21 = 20 + 1: consistent with the service's books, no second finding
 #: 20 order-7 releases 2, reports 19; 21 order-8 allocates a bare 1, reports 20: consistent
+#: 22 validation of B says pass with a tidy state 20/8, while the replay before it is -2/8 (over-allocated
+#:    and below the minimum)                          -> validation_pass_contradicted (both invariants)
 CORPUS = [
     (4, "state_delta_mismatch", "order-3"),
     (6, "order_net_negative", "order-99"),
@@ -173,6 +175,7 @@ CORPUS = [
     (14, "state_delta_mismatch:data_missing", "order-6"),
     (17, "onhand_min", "order-2"),
     (18, "state_delta_mismatch", "order-7"),
+    (22, "validation_pass_contradicted", "inventory"),
 ]
 
 
@@ -187,6 +190,8 @@ def test_corpus_fires_each_rule_exactly_where_expected():
     assert mismatch["expected"] == {"onHand": 100, "allocated": 15}
     assert mismatch["reported"] == {"onHand": 100, "allocated": 16}
     assert by_index[(11, "validation_pass_contradicted")]["broken"] == ["allocated_le_onhand"]
+    assert by_index[(22, "validation_pass_contradicted")]["broken"] == ["allocated_le_onhand", "onhand_min"]
+    assert states[22] == {"sku": "SKU-B", "onHand": 20, "allocated": 8, "available": 12}  # then taken in
     # the state sequence shows the replay, not the wrong report
     assert states[4] == {"sku": "SKU-A", "onHand": 100, "allocated": 15, "available": 85}
     assert states[5] == {"sku": "SKU-A", "onHand": 100, "allocated": 10, "available": 90}
