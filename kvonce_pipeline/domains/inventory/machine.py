@@ -264,6 +264,10 @@ class InventoryMachine:
                         track.alt = True
                         track.alt_on_hand = s_on if s_on is not None else on
                         track.alt_allocated = s_al if s_al is not None else al
+                        if on is None:  # a number the replay did not know is learnt all the same
+                            on = s_on
+                        if al is None:
+                            al = s_al
                 else:
                     track.alt = False  # agrees with the replay: the earlier report was the odd one
                     if on is None:  # learn what the replay did not know

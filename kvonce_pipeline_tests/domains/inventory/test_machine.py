@@ -318,6 +318,18 @@ def test_partial_data_gives_data_missing_warnings_never_an_exception():
     orjson.dumps(machine.projection())
 
 
+def test_a_mismatch_still_learns_the_numbers_the_replay_did_not_know():
+    events = [event("projection", "inventory", 0, state={"allocated": 3}),            # onHand unknown
+              event("allocation", "order-1", 1, delta=2, state={"onHand": 10, "allocated": 9}),  # 5 expected
+              event("allocation", "order-2", 2, delta=1, state={"onHand": 10, "allocated": 6})]
+    findings, states, _ = replay(events)
+    assert triples(findings) == [(0, "allocated_le_onhand:data_missing", "inventory"),
+                                 (0, "onhand_min:data_missing", "inventory"),
+                                 (1, "state_delta_mismatch", "order-1")]
+    assert states[1] == {"sku": NO_SKU, "onHand": 10, "allocated": 5, "available": 5}
+    assert states[2] == {"sku": NO_SKU, "onHand": 10, "allocated": 6, "available": 4}
+
+
 def test_unusable_delta_with_a_state_takes_the_state():
     events = [event("projection", "inventory", 0, state={"onHand": 9, "allocated": 1}),
               event("allocation", "order-1", 1, delta={"qty": 3}, state={"onHand": 9, "allocated": 4})]
