@@ -97,6 +97,9 @@ def _differs(a: Number, b: Number) -> bool:
     return a != b and abs(a - b) > 1e-9 * (abs(a) + abs(b) + 1)
 
 
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
+
+
 def _formatter() -> Callable[[int | None], str | None]:
     """ISO 8601 UTC with milliseconds and ``Z`` (the events file's form). The date part is cached by
     second: a projection of 400,000 orders formats 800,000 times, in far fewer distinct seconds, and
@@ -111,7 +114,7 @@ def _formatter() -> Callable[[int | None], str | None]:
         prefix = prefixes.get(second)
         if prefix is None:
             prefix = prefixes[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{prefix}.{rest // 1_000_000:03d}Z"
+        return prefix + _MILLIS[rest // 1_000_000]
 
     return iso
 
