@@ -25,7 +25,7 @@ from kvonce_pipeline.domains.inventory.machine import NO_SKU
 from kvonce_pipeline.engine.domain import DomainEvent
 
 SAMPLES = Path(domain.folder) / "samples"
-SEVERITY = {rule.id: rule.severity for rule in domain.definition.all_rules()}
+SEVERITY = {rule.id: rule.severity for rule in domain.rules()}
 FIELDS = {spec.name for spec in domain.definition.fields}
 
 
