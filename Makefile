@@ -51,7 +51,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 ## bench: the benchmark table and chart (sizes 10k, 100k, 1M; BENCH_ARGS=--with-10m for 10M)
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
+	$(BIN)/python -m kvonce_pipeline.devtools.bench $(BENCH_ARGS)
 
 ## bench-shards: key shards on a local dask cluster, S = 1, 2, 4 (SHARDS_ARGS="--events 1000000 --keys 400000" for 1M)
 .PHONY: bench-shards

@@ -42,8 +42,8 @@ _EXPORTS = {
     # the lineage envelope a drop run writes beside its artifacts
     "read_envelope": "envelope",
     # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
-    "generate_trace": "generate:generate",
-    "GenerateOptions": "generate",
+    "generate_trace": "devtools.generate:generate",
+    "GenerateOptions": "devtools.generate",
 }
 
 # ``defs`` is public too but not in ``__all__``: ``from kvonce_pipeline import *`` must not import Dagster
@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .envelope import read_envelope
     from .errors import ConfigError, InputError, KvonceError, OutputError
     from .events import Event
-    from .generate import GenerateOptions
-    from .generate import generate as generate_trace
+    from .devtools.generate import GenerateOptions
+    from .devtools.generate import generate as generate_trace
     from .limits import Limits
     from .reader import TraceRead, open_trace, read_trace
     from .receiver import Receiver, ReceiverConfig

@@ -28,7 +28,7 @@ from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import conformance_assets, defs
 from kvonce_pipeline.events import format_timestamp
-from kvonce_pipeline.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration import assets as assets_module
 from kvonce_pipeline.orchestration.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets
 from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, PREFIX, TAG_NAME, TAG_SHA, drop_hooks,

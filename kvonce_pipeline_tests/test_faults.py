@@ -92,7 +92,7 @@ def big_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated trace whose artifacts take long enough to write that a kill lands mid-write."""
     path = tmp_path_factory.mktemp("big") / "big.ndjson"
     try:
-        from kvonce_pipeline.generate import GenerateOptions, generate
+        from kvonce_pipeline.devtools.generate import GenerateOptions, generate
     except ImportError:  # the generator is another feature; build the same shape by hand
         with open(path, "wb") as out:
             for i in range(BIG_EVENTS):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.progress import ConsoleProgress, describe, log_progress
 from kvonce_pipeline.stages import BATCH
 

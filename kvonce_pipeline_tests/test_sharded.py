@@ -14,7 +14,7 @@ import dagster as dg
 from kvonce_pipeline import artifacts
 from kvonce_pipeline.conformance import run_conformance
 from kvonce_pipeline.definitions import defs
-from kvonce_pipeline.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 from kvonce_pipeline.orchestration.run_verdict import run_verdict
 from kvonce_pipeline.orchestration.sharded import PUBLISHED, kvonce_sharded_job

@@ -23,7 +23,7 @@ import orjson
 from kvonce_pipeline import cli
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.errors import InputError, OutputError
-from kvonce_pipeline.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.shards import (FOLDER_PREFIX, SCHEDULER_ENV, DaskEngine, EngineError, LocalEngine,
                                     run_sharded, shard_of)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvonce_pipeline import artifacts
-from kvonce_pipeline.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.storage import StagedInput, is_remote, local_path
 
 from .conftest import VENV_BIN

@@ -12,7 +12,7 @@ from kvonce_pipeline import ndjson, reader
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.events import Event
-from kvonce_pipeline.generate import FORMATS, GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import FORMATS, GenerateOptions, generate
 from kvonce_pipeline.reader import external_sort, open_trace, sort_key_times
 from kvonce_pipeline.stages import write_artifacts, write_events, write_projection, write_validation
 

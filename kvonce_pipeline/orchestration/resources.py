@@ -65,6 +65,6 @@ class KvonceSettings(dg.ConfigurableResource):
             return Path(self.payload).expanduser().resolve()
         if artifacts.BUNDLED_SAMPLE.is_file():
             return artifacts.BUNDLED_SAMPLE
-        from ..mock_service import generate_payload
+        from ..devtools.mock_service import generate_payload
 
         return generate_payload(self.reports_root() / "mock")

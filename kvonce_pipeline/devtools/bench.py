@@ -1,6 +1,6 @@
 """``make bench``: how the pipeline scales, measured against the cost of just parsing the input.
 
-Run as ``python -m kvonce_pipeline.bench [--with-10m] [--sizes 10000,100000] [--repeat 3]``.
+Run as ``python -m kvonce_pipeline.devtools.bench [--with-10m] [--sizes 10000,100000] [--repeat 3]``.
 
 For each size (events; keys are 40% of events, as in the issue's 1M-over-400k trace) it
 generates every input form with ``kvonce generate`` (cached under
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import PROJECT_ROOT
+from ..artifacts import PROJECT_ROOT
 
 BENCH_DIR = PROJECT_ROOT / "hermetic-reports" / "bench"
 DATA_DIR = BENCH_DIR / "data"
@@ -194,11 +194,11 @@ def child_stages(path: str, out_dir: str) -> None:
 
     import orjson
 
-    from .events import format_timestamp
-    from .ndjson import encode_lines, event_line
-    from .projection import ProjectionBuilder, StateSequence
-    from .reader import OutOfOrder, open_trace
-    from .validation import Validator
+    from ..events import format_timestamp
+    from ..ndjson import encode_lines, event_line
+    from ..projection import ProjectionBuilder, StateSequence
+    from ..reader import OutOfOrder, open_trace
+    from ..validation import Validator
 
     timings: dict[str, float] = {}
     gc.disable()
@@ -259,7 +259,7 @@ def child_stages(path: str, out_dir: str) -> None:
 # --- the benchmark ------------------------------------------------------------------------------
 
 def run_floor(events: int) -> Measurement:
-    measurement, _ = measure([_python(), "-m", "kvonce_pipeline.bench", "--child-floor",
+    measurement, _ = measure([_python(), "-m", "kvonce_pipeline.devtools.bench", "--child-floor",
                               str(ensure_input(events, "otlp-json"))], capture=True)
     return measurement
 
@@ -274,7 +274,7 @@ def run_cli(path: Path, out_dir: Path) -> Measurement:
 
 def run_stages(path: Path, out_dir: Path) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, output = measure([_python(), "-m", "kvonce_pipeline.bench", "--child-stages", str(path), str(out_dir)],
+    _, output = measure([_python(), "-m", "kvonce_pipeline.devtools.bench", "--child-stages", str(path), str(out_dir)],
                         capture=True)
     return json.loads(output) if output else {}
 
@@ -379,7 +379,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvonce_pipeline.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kvonce_pipeline.devtools.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--with-10m", action="store_true", help="add 10,000,000 events (JSON Lines and NDJSON)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated event counts")
     parser.add_argument("--forms", default=",".join(FORMS), help="input forms to run")
@@ -425,8 +425,8 @@ def child_dagster(reports: str) -> None:
     """Materialize the conformance assets in process on an ephemeral instance (payload from env)."""
     import dagster as dg
 
-    from .definitions import conformance_assets
-    from .orchestration.resources import KvonceSettings
+    from ..definitions import conformance_assets
+    from ..orchestration.resources import KvonceSettings
 
     os.environ["KVONCE_REPORTS_DIR"] = reports
     result = dg.materialize(conformance_assets, instance=dg.DagsterInstance.ephemeral(),
@@ -443,7 +443,7 @@ def bench_dagster(events: int, repeat: int) -> int:
     cli, dagster = [], []
     for _ in range(repeat):
         cli.append(run_cli(path, BENCH_DIR / "out" / f"{events}-dagster-cli"))
-        measurement, output = measure([_python(), "-m", "kvonce_pipeline.bench", "--child-dagster",
+        measurement, output = measure([_python(), "-m", "kvonce_pipeline.devtools.bench", "--child-dagster",
                                        str(BENCH_DIR / "out" / f"{events}-dagster")], env=env, capture=True)
         dagster.append(measurement)
         print(f"bench: cli {cli[-1].seconds:.1f}s, dagster {measurement.seconds:.1f}s {output}", file=sys.stderr)

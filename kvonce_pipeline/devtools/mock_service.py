@@ -122,7 +122,7 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from .errors import KvonceError
+    from ..errors import KvonceError
 
     result = ScenarioResult()
 
@@ -171,8 +171,8 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
 def generate_payload(dest_dir: Path, *, gzip: bool = False) -> Path:
     """Run the scenario against an in-process receiver on 127.0.0.1 (ephemeral port) that writes
     into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports."""
-    from .errors import KvonceError
-    from .receiver import Receiver, ReceiverConfig
+    from ..errors import KvonceError
+    from ..receiver import Receiver, ReceiverConfig
 
     # One batch for the whole run: the timer never fires first, stop() writes it as one file.
     receiver = Receiver(ReceiverConfig(drop_dir=Path(dest_dir), host="127.0.0.1", port=0, flush_seconds=3600.0))
@@ -206,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from .artifacts import drop_dir
+    from ..artifacts import drop_dir
 
     if args.endpoint:
         token = (os.environ.get("KVONCE_COLLECTOR_TOKEN") or "").strip()

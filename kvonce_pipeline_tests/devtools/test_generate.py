@@ -9,7 +9,7 @@ import pytest
 
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
+from kvonce_pipeline.devtools.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
 from kvonce_pipeline.reader import InputFormat, read_trace
 from kvonce_pipeline.validation import RULES
 
@@ -89,5 +89,5 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError):
-        list(__import__("kvonce_pipeline.generate", fromlist=["iter_steps"]).iter_steps(
+        list(__import__("kvonce_pipeline.devtools.generate", fromlist=["iter_steps"]).iter_steps(
             GenerateOptions(events=10, keys=5, violations=0.5)))
