@@ -37,8 +37,8 @@ _EXPORTS = {
     "OutputError": "errors",
     "ConfigError": "errors",
     # the OTLP receiver behind `kvonce collector`
-    "Receiver": "receiver",
-    "ReceiverConfig": "receiver",
+    "Receiver": "collector.receiver",
+    "ReceiverConfig": "collector.receiver",
     # the lineage envelope a drop run writes beside its artifacts
     "read_envelope": "envelope",
     # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .devtools.generate import generate as generate_trace
     from .limits import Limits
     from .reader import TraceRead, open_trace, read_trace
-    from .receiver import Receiver, ReceiverConfig
+    from .collector.receiver import Receiver, ReceiverConfig
     from .validation import validate_events
 
 

@@ -6,7 +6,7 @@ backend fails transiently on demand; every ``put`` is a span ``kvonce.put`` with
 KvOnce event (``kvonce.event.*`` attributes, the context flattened as ``kvonce.event.context.<name>``
 because SDK attributes cannot be maps). The spans leave through the SDK's ``BatchSpanProcessor`` and
 the real ``OTLPSpanExporter`` (OTLP/HTTP protobuf), i.e. exactly the way a production service's do,
-and arrive at a receiver (:mod:`kvonce_pipeline.receiver`) that writes the payload file.
+and arrive at a receiver (:mod:`kvonce_pipeline.collector.receiver`) that writes the payload file.
 
 The scenario (:data:`SCENARIO`) covers what the spec talks about: a first-try success, a key that
 succeeds after two transient retries (attempt contexts 1, 2, then success attempt 3), a ``duplicate``
@@ -172,7 +172,7 @@ def generate_payload(dest_dir: Path, *, gzip: bool = False) -> Path:
     """Run the scenario against an in-process receiver on 127.0.0.1 (ephemeral port) that writes
     into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports."""
     from ..errors import KvonceError
-    from ..receiver import Receiver, ReceiverConfig
+    from ..collector.receiver import Receiver, ReceiverConfig
 
     # One batch for the whole run: the timer never fires first, stop() writes it as one file.
     receiver = Receiver(ReceiverConfig(drop_dir=Path(dest_dir), host="127.0.0.1", port=0, flush_seconds=3600.0))

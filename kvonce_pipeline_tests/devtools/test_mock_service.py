@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from kvonce_pipeline import artifacts, cli
 from kvonce_pipeline.errors import KvonceError
 from kvonce_pipeline.devtools.mock_service import EXPECTED_EVENTS, MockKvOnceStore, Put, generate_payload, run_scenario
-from kvonce_pipeline.receiver import Receiver, ReceiverConfig
+from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
 
-from ..test_collector import PAYLOAD_NAME, conformance_events, payload_files, spans_in
+from ..collector.test_collector import PAYLOAD_NAME, conformance_events, payload_files, spans_in
 
 
 def _event_tuples(events: list[dict]) -> list[tuple]:

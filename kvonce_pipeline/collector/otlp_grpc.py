@@ -2,7 +2,7 @@
 
 Many SDKs export over gRPC by default (port 4317). This serves that method on grpcio's own server
 (HTTP/2 framing, flow control, message size limits and gzip are grpcio's) and hands each request to
-the same :class:`~kvonce_pipeline.receiver.Receiver` path as an HTTP request: the same validation by
+the same :class:`~kvonce_pipeline.collector.receiver.Receiver` path as an HTTP request: the same validation by
 the mapping, de-duplication, journal and payload files. Only what is OTLP/gRPC's is here: how the
 token travels (``authorization`` metadata) and which status codes an error maps to, per the OTLP
 specification: ``UNAVAILABLE`` (with ``RetryInfo``) when the batch cannot take data now, which

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from kvonce_pipeline import otlp_http_server
-from kvonce_pipeline.otlp_http import MAX_GZIP_MEMBERS, HttpError, decompress
-from kvonce_pipeline.receiver import Receiver
+from kvonce_pipeline.collector import otlp_http_server
+from kvonce_pipeline.collector.otlp_http import MAX_GZIP_MEMBERS, HttpError, decompress
+from kvonce_pipeline.collector.receiver import Receiver
 
-from .conftest import VENV_BIN
+from ..conftest import VENV_BIN
 from .test_collector import KV_SPANS, payload_files, post, sdk_spans, start_receiver
 
 __all__ = ["start_receiver"]

@@ -20,9 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from kvonce_pipeline import otlp_grpc, otlp_http_server
-from kvonce_pipeline.otlp_grpc import METHOD
-from kvonce_pipeline.receiver import Receiver
+from kvonce_pipeline.collector import otlp_grpc, otlp_http_server
+from kvonce_pipeline.collector.otlp_grpc import METHOD
+from kvonce_pipeline.collector.receiver import Receiver
 
 from .test_collector import (
     KV_EVENTS,

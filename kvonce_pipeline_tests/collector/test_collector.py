@@ -39,13 +39,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kvonce_pipeline import cli
-from kvonce_pipeline.collector import build_config
-from kvonce_pipeline.drop_batch import payload_name
-from kvonce_pipeline.otlp_http import HttpError, decompress
+from kvonce_pipeline.collector.collector import build_config
+from kvonce_pipeline.collector.drop_batch import payload_name
+from kvonce_pipeline.collector.otlp_http import HttpError, decompress
 from kvonce_pipeline.reader import read_trace
-from kvonce_pipeline.receiver import Receiver, ReceiverConfig
+from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
 
-from .conftest import SAMPLES, VENV_BIN
+from ..conftest import SAMPLES, VENV_BIN
 
 PAYLOAD_NAME = re.compile(r"^otlp-\d{8}T\d{6}\.\d{3}Z-\d{6}\.pb$")
 BASE_NS = 1_759_557_600_000_000_000  # 2025-10-04T06:00:00Z

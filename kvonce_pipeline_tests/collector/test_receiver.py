@@ -12,9 +12,9 @@ from pathlib import Path
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from .conftest import VENV_BIN
+from ..conftest import VENV_BIN
 from .test_collector import post, sdk_spans, start_receiver
-from .test_faults import needs_unshare
+from ..test_faults import needs_unshare
 
 __all__ = ["start_receiver"]
 

@@ -2,7 +2,7 @@
 
 Point any OpenTelemetry SDK at ``http://127.0.0.1:4318/v1/traces``; conformant payload files
 (``otlp-<UTC time>-<seq>.pb``) appear in the drop folder. The server itself lives in
-:mod:`kvonce_pipeline.receiver`; this module is the command: options, environment, signals, exit
+:mod:`kvonce_pipeline.collector.receiver`; this module is the command: options, environment, signals, exit
 status. Top-level imports stay light because ``kvonce`` imports this module for every command.
 """
 
@@ -86,8 +86,8 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
 
     Raises ``ValueError`` for a bad ``KVONCE_*`` value.
     """
-    from .artifacts import drop_dir
-    from .limits import MIB, Limits, env_name
+    from ..artifacts import drop_dir
+    from ..limits import MIB, Limits, env_name
     from .receiver import ReceiverConfig
 
     env = os.environ
@@ -152,8 +152,8 @@ def serve(config: "ReceiverConfig") -> int:
     import signal
     import threading
 
-    from .atomic import sweep_stale_temps
-    from .errors import OutputError
+    from ..atomic import sweep_stale_temps
+    from ..errors import OutputError
     from .receiver import Receiver
 
     try:  # fail now, not at the first flush, when the drop folder cannot exist

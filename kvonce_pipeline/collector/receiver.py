@@ -2,15 +2,15 @@
 
 One :class:`Receiver` owns the durable intake (de-duplication, journal, batches) and health; its
 listeners only decode and hand requests over: OTLP/HTTP on uvicorn
-(:mod:`kvonce_pipeline.otlp_http_server`) and OTLP/gRPC on grpcio (:mod:`kvonce_pipeline.otlp_grpc`).
-What a request may be and what we answer is in :mod:`kvonce_pipeline.otlp_http`; batching and files
-in :mod:`kvonce_pipeline.drop_batch`; retries recognised in :mod:`kvonce_pipeline.span_dedupe`.
+(:mod:`kvonce_pipeline.collector.otlp_http_server`) and OTLP/gRPC on grpcio (:mod:`kvonce_pipeline.collector.otlp_grpc`).
+What a request may be and what we answer is in :mod:`kvonce_pipeline.collector.otlp_http`; batching and files
+in :mod:`kvonce_pipeline.collector.drop_batch`; retries recognised in :mod:`kvonce_pipeline.collector.span_dedupe`.
 
 The guarantee: a span answered with 200 is in the open batch *and* in its fsynced journal in the
 drop folder (or, with ``flush_seconds == 0``, already in a file), and :meth:`Receiver.stop` (called
 on SIGINT/SIGTERM) stops taking requests, waits for the ones in progress, then writes the open
 batch. After a crash (SIGKILL, power loss), :meth:`Receiver.start` first turns the journals left
-behind into payload files (:func:`~kvonce_pipeline.drop_batch.recover_journals`) and remembers the
+behind into payload files (:func:`~kvonce_pipeline.collector.drop_batch.recover_journals`) and remembers the
 span ids of recent files, so a client retrying a request it saw no answer to is not stored twice.
 """
 
@@ -32,7 +32,7 @@ from .drop_batch import (
     WrittenFile,
     recover_journals,
 )
-from .limits import Limits
+from ..limits import Limits
 from .otlp_grpc import GrpcReceiver
 from .otlp_http import DecodedRequest, HttpError
 from .otlp_http_server import RETRY_AFTER_SECONDS, TRACES_PATH, HttpServer

@@ -22,7 +22,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .conftest import VENV_BIN
+from ..conftest import VENV_BIN
 from .test_collector import KV_SPANS, payload_files, sdk_spans
 
 REQUESTS = 240
@@ -128,7 +128,7 @@ def test_sigkill_under_load_keeps_every_200_exactly_once(tmp_path: Path, flush_s
 def test_recovery_drops_a_torn_record_and_never_writes_a_batch_twice(tmp_path: Path) -> None:
     """The crash points of a flush, with real journal files: before the payload file (write it,
     without the torn last record) and between its rename and the journal's delete (only delete)."""
-    from kvonce_pipeline.drop_batch import DropBatcher, find_journals, recover_journals
+    from kvonce_pipeline.collector.drop_batch import DropBatcher, find_journals, recover_journals
 
     drops = tmp_path / "drops"
     blobs = [encode_spans(sdk_spans(KV_SPANS, key_prefix=f"j{n}-")).SerializeToString() for n in range(3)]

@@ -18,7 +18,7 @@ which rule the request broke (uvicorn answers every parse error with a bare "Inv
 received."; h11's own reason and status hint, 501 for an unknown transfer coding, are sent instead).
 The rest is the ASGI application: auth before any body byte is read, :data:`MAX_BODIES_IN_FLIGHT`
 bodies read and decoded at once, a body idle timeout, and the receiver's own contract from
-:mod:`kvonce_pipeline.otlp_http`. Decoding and the durable intake (fsync) run on a thread pool so
+:mod:`kvonce_pipeline.collector.otlp_http`. Decoding and the durable intake (fsync) run on a thread pool so
 the event loop keeps answering ``/health`` and reading other requests.
 """
 
@@ -390,7 +390,7 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *,
 
 
 class HttpServer:
-    """The OTLP/HTTP listener of one :class:`~kvonce_pipeline.receiver.Receiver`: uvicorn on its
+    """The OTLP/HTTP listener of one :class:`~kvonce_pipeline.collector.receiver.Receiver`: uvicorn on its
     own event loop in a background thread. Binds in the constructor (``OSError`` if the address is
     taken), serves after :meth:`start`."""
 

@@ -36,9 +36,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_writer, fsync_directory
-from .errors import OutputError
-from .limits import MIB
+from ..atomic import atomic_writer, fsync_directory
+from ..errors import OutputError
+from ..limits import MIB
 
 log = logging.getLogger("kvonce.collector")
 

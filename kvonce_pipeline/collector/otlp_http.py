@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
-from .errors import InputError
-from .limits import RATIO_GRACE
-from .mapping import DecodeStats
+from ..errors import InputError
+from ..limits import RATIO_GRACE
+from ..mapping import DecodeStats
 
 #: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
 GRPC_INVALID_ARGUMENT = 3
@@ -204,9 +204,9 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
     """
     from google.protobuf import json_format
 
-    from .otlp_json import AnyValueDecoder, iter_request_events
-    from .otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
-    from .otlp_render import request_to_message
+    from ..otlp_json import AnyValueDecoder, iter_request_events
+    from ..otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
+    from ..otlp_render import request_to_message
 
     stats = DecodeStats()
     try:
