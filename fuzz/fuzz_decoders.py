@@ -37,12 +37,12 @@ with atheris.instrument_imports(include=["kvonce_pipeline"]):
 
     from kvonce_pipeline.errors import InputError
     from kvonce_pipeline.limits import Limits
-    from kvonce_pipeline.events import Event
+    from kvonce_pipeline.domains.kvonce.events import Event
     from kvonce_pipeline.ndjson import dump_events
-    from kvonce_pipeline.otlp_render import events_to_request
-    from kvonce_pipeline.projection import ProjectionBuilder
+    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
+    from kvonce_pipeline.domains.kvonce.projection import ProjectionBuilder
     from kvonce_pipeline.reader import FORMAT_CHOICES, read_trace
-    from kvonce_pipeline.validation import Validator
+    from kvonce_pipeline.domains.kvonce.validation import Validator
 
 #: Small limits: a fuzz input is at most a few KiB, but decompression can blow it up.
 FUZZ_LIMITS = Limits(

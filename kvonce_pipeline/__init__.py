@@ -28,8 +28,8 @@ _EXPORTS = {
     "read_trace": "reader",
     "open_trace": "reader",
     "TraceRead": "reader",
-    "Event": "events",
-    "validate_events": "validation",
+    "Event": "domains.kvonce.events",
+    "validate_events": "domains.kvonce.validation",
     # limits and the errors every entry point raises
     "Limits": "limits",
     "KvonceError": "errors",
@@ -54,13 +54,13 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .definitions import defs
     from .envelope import read_envelope
     from .errors import ConfigError, InputError, KvonceError, OutputError
-    from .events import Event
+    from .domains.kvonce.events import Event
     from .devtools.generate import GenerateOptions
     from .devtools.generate import generate as generate_trace
     from .limits import Limits
     from .reader import TraceRead, open_trace, read_trace
     from .collector.receiver import Receiver, ReceiverConfig
-    from .validation import validate_events
+    from .domains.kvonce.validation import validate_events
 
 
 def __getattr__(name: str) -> Any:

@@ -170,7 +170,7 @@ def _convert(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_conformance, _add_convert]
 #: Modules of this package that add subcommands through a ``register(subparsers)`` function.
 #: Their top-level imports stay light; heavy imports happen inside the command.
-COMMAND_MODULES = ("collector.collector", "devtools.mock_service", "devtools.generate", "store")
+COMMAND_MODULES = ("collector.collector", "devtools.mock_service", "devtools.generate", "domains.kvonce.store")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from .atomic import atomic_writer
 from .limits import Limits
 from .ndjson import iter_lines, loads_line
 from .otlp_proto import iter_delimited_records, parse_request
-from .otlp_render import events_to_request, message_to_request, needs_normalizing, normalize_request
+from .domains.kvonce.otlp_render import events_to_request, message_to_request, needs_normalizing, normalize_request
 from .reader import InputFormat, detect_format, open_payload, read_trace
 
 

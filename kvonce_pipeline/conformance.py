@@ -19,14 +19,14 @@ from typing import Any
 
 from . import artifacts
 from .errors import InputError, OutputError
-from .events import Event
+from .domains.kvonce.events import Event
 from .limits import Limits
-from .mapping import Tap
+from .domains.kvonce.mapping import Tap
 from .parallel import FedProjection
 from .reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error
 from .storage import is_remote, run_staged
-from .validation import DEFAULT_MAX_RETRIES
+from .domains.kvonce.validation import DEFAULT_MAX_RETRIES
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import orjson
 
 from . import artifacts
 from .atomic import sha256_file, write_bytes_atomic
-from .store import KEYFACTS
+from .domains.kvonce.store import KEYFACTS
 
 ENVELOPE = "kvonce-envelope.json"
 SCHEMA_VERSION = "kvonce-envelope/v1"

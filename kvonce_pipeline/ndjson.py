@@ -16,8 +16,8 @@ import msgspec
 import orjson
 
 from .errors import InputError
-from .events import Event, check_time_range, json_depth_exceeds, parse_timestamp, scan_json
-from .mapping import DecodeStats, scalar_text
+from .domains.kvonce.events import Event, check_time_range, json_depth_exceeds, parse_timestamp, scan_json
+from .domains.kvonce.mapping import DecodeStats, scalar_text
 
 _TEXT_FIELDS = ("type", "event", "reason", "traceId", "spanId", "actor", "origin")
 

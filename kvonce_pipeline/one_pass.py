@@ -22,10 +22,10 @@ import orjson
 
 from . import artifacts
 from .atomic import atomic_writer
-from .events import Event, format_timestamp
+from .domains.kvonce.events import Event, format_timestamp
 from .ndjson import EventLine, encode_lines, event_line
-from .projection import PerKeyFold, StateFold, StateSequence
-from .validation import Validator
+from .domains.kvonce.projection import PerKeyFold, StateFold, StateSequence
+from .domains.kvonce.validation import Validator
 
 #: ``progress(stage, done, total)``: called every :data:`BATCH` events (``total`` None if unknown).
 ProgressCallback = Callable[[str, int, "int | None"], None]

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import InputError
-from .events import MAX_TIME_NS, Event
-from .mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
+from .domains.kvonce.events import MAX_TIME_NS, Event
+from .domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -15,7 +15,7 @@ first in document order, which structs cannot see), and every value the general 
 turn into an error. The caller then runs the general path, which reads leniently or names the
 error with its place. One difference is accepted: members the structs do not declare are skipped
 unread, as OTLP receivers skip unknown fields, so a number beyond the double range there (``1e400``
-in a span's ``kind``) passes here where orjson would refuse the whole document. Spans are mapped by :func:`kvonce_pipeline.mapping.span_to_event`, the
+in a span's ``kind``) passes here where orjson would refuse the whole document. Spans are mapped by :func:`kvonce_pipeline.domains.kvonce.mapping.span_to_event`, the
 same mapping as every other form, with a decoder for these structs.
 """
 
@@ -30,8 +30,8 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
-from .events import MAX_TIME_NS, Event
-from .mapping import ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, Tap, resource_fallbacks, span_to_event
+from .domains.kvonce.events import MAX_TIME_NS, Event
+from .domains.kvonce.mapping import ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, Tap, resource_fallbacks, span_to_event
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------

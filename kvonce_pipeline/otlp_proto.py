@@ -16,9 +16,9 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .errors import InputError
-from .events import Event
-from .events import MAX_TIME_NS
-from .mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
+from .domains.kvonce.events import Event
+from .domains.kvonce.events import MAX_TIME_NS
+from .domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, resource_fallbacks, span_to_event
 
 _SLOW_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(ACTOR_ATTRIBUTES)
 _SLOW = object()

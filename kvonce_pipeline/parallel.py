@@ -2,7 +2,7 @@
 
 * :class:`FedProjection` (a whole OTLP document, the usual case for big inputs): a fresh
   interpreter, started before the document is read, receives the events over a pipe while the
-  decoder makes them (msgpack frames from the reader's tap, :data:`kvonce_pipeline.mapping.Tap`)
+  decoder makes them (msgpack frames from the reader's tap, :data:`kvonce_pipeline.domains.kvonce.mapping.Tap`)
   and writes the events file, the state sequence and the per-key projection; the parent makes
   the verdict and publishes everything. Measured on the 1M-event trace it overlaps the files with
   the decoding, which no helper started after the decoding can.
@@ -40,7 +40,7 @@ import orjson
 
 from .atomic import TEMP_SUFFIX
 from .errors import OutputError
-from .events import format_timestamp
+from .domains.kvonce.events import format_timestamp
 
 END = b"\x00end\n"
 
@@ -121,9 +121,9 @@ class _Incomplete(Exception):
 
 def _worker(out_dir: Path) -> int:
     from . import artifacts
-    from .events import Event
+    from .domains.kvonce.events import Event
     from .one_pass import BATCH, BackgroundWriter, projection_file
-    from .projection import ProjectionBuilder, StateSequence
+    from .domains.kvonce.projection import ProjectionBuilder, StateSequence
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     builder = ProjectionBuilder()
@@ -327,7 +327,7 @@ class ForkedProjection(_StagedProjection):
         self._sweep()
 
 class WireEvent(msgspec.Struct, array_like=True, gc=False):
-    """An :class:`~kvonce_pipeline.events.Event` on its way to the fed worker (the same attribute
+    """An :class:`~kvonce_pipeline.domains.kvonce.events.Event` on its way to the fed worker (the same attribute
     names, so the writers and folds take it as one) with its formatted timestamp, as a msgpack array."""
 
     stamp: Any
@@ -382,7 +382,7 @@ class FedProjection(_StagedProjection):
         self.void = False
 
     def tap(self, start: int, events: list[Any]) -> None:
-        """Take a run of events from the decoder (:data:`kvonce_pipeline.mapping.Tap`)."""
+        """Take a run of events from the decoder (:data:`kvonce_pipeline.domains.kvonce.mapping.Tap`)."""
         if self.void:
             return
         if start != self.sent:

@@ -2,8 +2,8 @@
 
 Every KvOnce rule is per key, so the keys can be dealt out to S shards and each shard checked
 independently (on another core, or another machine) with the single pass's own folds
-(:class:`~kvonce_pipeline.projection.PerKeyFold`, :class:`~kvonce_pipeline.projection.StateFold`,
-:class:`~kvonce_pipeline.validation.Validator`). The merged artifacts are byte-identical to
+(:class:`~kvonce_pipeline.domains.kvonce.projection.PerKeyFold`, :class:`~kvonce_pipeline.domains.kvonce.projection.StateFold`,
+:class:`~kvonce_pipeline.domains.kvonce.validation.Validator`). The merged artifacts are byte-identical to
 :func:`kvonce_pipeline.conformance.run_conformance`'s (``kvonce_pipeline_tests/test_shards.py``
 holds them to it). Three phases:
 
@@ -55,15 +55,15 @@ from . import artifacts
 from .atomic import atomic_writer, fsync_directory, private_folder_name, sweep_stale_folders
 from .conformance import ConformanceOptions, ConformanceResult
 from .errors import InputError, KvonceError, OutputError
-from .events import format_timestamp
+from .domains.kvonce.events import format_timestamp
 from .ndjson import encode_lines, event_line
-from .projection import SCHEMA_VERSION as PROJECTION_SCHEMA
-from .projection import KeyState, PerKeyFold, StateFold
+from .domains.kvonce.projection import SCHEMA_VERSION as PROJECTION_SCHEMA
+from .domains.kvonce.projection import KeyState, PerKeyFold, StateFold
 from .reader import OutOfOrder, open_trace
 from .one_pass import INDENT_BELOW
 from .stages import BATCH, BackgroundWriter, ProgressCallback, gc_paused, write_input_error, write_report_files
-from .validation import SCHEMA_VERSION as VALIDATION_SCHEMA
-from .validation import Validator
+from .domains.kvonce.validation import SCHEMA_VERSION as VALIDATION_SCHEMA
+from .domains.kvonce.validation import Validator
 
 #: A shard's number is one byte of the shard map.
 MAX_SHARDS = 256

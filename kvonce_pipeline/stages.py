@@ -17,7 +17,7 @@ import orjson
 from . import artifacts
 from .atomic import atomic_writer
 from .errors import OutputError
-from .events import Event, format_timestamp
+from .domains.kvonce.events import Event, format_timestamp
 from .ndjson import EventLine, dump_events, encode_lines, event_line
 from .one_pass import (
     BATCH,
@@ -29,9 +29,9 @@ from .one_pass import (
     projection_file,
     write_events_and_states,
 )
-from .projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
+from .domains.kvonce.projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
 from .summary import render_summary
-from .validation import DEFAULT_MAX_RETRIES, Validator
+from .domains.kvonce.validation import DEFAULT_MAX_RETRIES, Validator
 
 if TYPE_CHECKING:
     from .parallel import FedProjection

@@ -22,12 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline import artifacts, drops, envelope, schemas
+from kvonce_pipeline import artifacts, drops, envelope
+from kvonce_pipeline.domains.kvonce import schemas
 from kvonce_pipeline.collect import collect_payload
 from kvonce_pipeline.errors import InputError
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import conformance_assets, defs
-from kvonce_pipeline.events import format_timestamp
+from kvonce_pipeline.domains.kvonce.events import format_timestamp
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration import assets as assets_module
 from kvonce_pipeline.orchestration.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets

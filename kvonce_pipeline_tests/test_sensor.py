@@ -17,7 +17,8 @@ import dagster as dg
 import orjson
 import pytest
 
-from kvonce_pipeline import artifacts, drops, envelope, store
+from kvonce_pipeline import artifacts, drops, envelope
+from kvonce_pipeline.domains.kvonce import store
 from kvonce_pipeline import collect as collect_module
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.definitions import defs

@@ -11,7 +11,7 @@ import pytest
 from kvonce_pipeline import ndjson, reader
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.errors import InputError
-from kvonce_pipeline.events import Event
+from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.devtools.generate import FORMATS, GenerateOptions, generate
 from kvonce_pipeline.reader import external_sort, open_trace, sort_key_times
 from kvonce_pipeline.stages import write_artifacts, write_events, write_projection, write_validation
@@ -225,7 +225,7 @@ def test_document_out_of_time_order_takes_the_forked_child(tmp_path: Path, monke
     stopped and the forked child makes the projection of the sorted list, with the same bytes."""
     import orjson
 
-    from kvonce_pipeline.otlp_render import events_to_request, request_to_message
+    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request, request_to_message
 
     used = _count_helpers(monkeypatch)
     events = reader.read_trace(_generated(tmp_path)).events

@@ -27,7 +27,7 @@ import orjson
 
 from ..errors import InputError
 from ..limits import RATIO_GRACE
-from ..mapping import DecodeStats
+from ..domains.kvonce.mapping import DecodeStats
 
 #: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
 GRPC_INVALID_ARGUMENT = 3
@@ -206,7 +206,7 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
 
     from ..otlp_json import AnyValueDecoder, iter_request_events
     from ..otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
-    from ..otlp_render import request_to_message
+    from ..domains.kvonce.otlp_render import request_to_message
 
     stats = DecodeStats()
     try:

@@ -194,11 +194,11 @@ def child_stages(path: str, out_dir: str) -> None:
 
     import orjson
 
-    from ..events import format_timestamp
+    from ..domains.kvonce.events import format_timestamp
     from ..ndjson import encode_lines, event_line
-    from ..projection import ProjectionBuilder, StateSequence
+    from ..domains.kvonce.projection import ProjectionBuilder, StateSequence
     from ..reader import OutOfOrder, open_trace
-    from ..validation import Validator
+    from ..domains.kvonce.validation import Validator
 
     timings: dict[str, float] = {}
     gc.disable()

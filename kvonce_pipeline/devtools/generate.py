@@ -8,7 +8,7 @@ interleave within a time window; windows follow each other, so the whole trace i
 Each key tells a KvOnce story: up to two retries (contexts ``attempt`` 1, 2), a success with a value
 and ``attempt`` retries + 1, then ``duplicate`` failures from writers that came later (legal after
 the success). With ``--violations R`` each key breaks, with probability R per rule, one rule of
-:data:`kvonce_pipeline.validation.RULES` (see :data:`VIOLATIONS`), so every rule shows up at rate R.
+:data:`kvonce_pipeline.domains.kvonce.validation.RULES` (see :data:`VIOLATIONS`), so every rule shows up at rate R.
 
 Protobuf is written by hand on the wire format (a repeated field is its entries concatenated), so
 a million spans stream out without building a million message objects.
@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..events import format_timestamp
+from ..domains.kvonce.events import format_timestamp
 
 FORMATS = ("ndjson", "otlp-json", "otlp-jsonl", "otlp-proto", "otlp-proto-delimited")
 

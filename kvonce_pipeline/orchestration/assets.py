@@ -38,9 +38,11 @@ from typing import Any, Protocol
 import dagster as dg
 import orjson
 
-from .. import artifacts, collect, conformance, events, mapping, ndjson, otlp_json, otlp_proto
+from .. import artifacts, collect, conformance, ndjson, otlp_json, otlp_proto
+from ..domains.kvonce import events, mapping
 from .. import parallel as projection_worker
-from .. import projection, reader, schemas, stages, validation
+from ..domains.kvonce import projection, schemas, validation
+from .. import reader, stages
 from ..errors import InputError, OutputError
 from ..progress import log_progress
 from ..summary import where_of

@@ -6,7 +6,7 @@ drops/kvonce_validation`` is the same graph as the CI job's (built by the same f
 dropped payload (``<stem>-<12 hex of sha256>``, see
 :mod:`kvonce_pipeline.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
 default run's file names. ``drops/kvonce_store`` folds every processed payload into the
-cross-payload store (:mod:`kvonce_pipeline.store`).
+cross-payload store (:mod:`kvonce_pipeline.domains.kvonce.store`).
 
 Lineage: every materialization carries the source file, its sha256, size and arrival time, the run
 id and the asset's code version; each partition folder gets ``kvonce-envelope.json``. The judge
@@ -25,7 +25,8 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from .. import artifacts, drops, envelope, store
+from .. import artifacts, drops, envelope
+from ..domains.kvonce import store
 from ..atomic import write_bytes_atomic
 from ..errors import InputError
 from ..stages import ValidationResult, write_report_files

@@ -9,7 +9,7 @@ import dagster as dg
 
 from .. import artifacts
 from ..limits import Limits
-from ..validation import DEFAULT_MAX_RETRIES
+from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
 
 
 def _env_bool(name: str) -> bool:

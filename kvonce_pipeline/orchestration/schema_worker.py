@@ -91,8 +91,8 @@ class SchemaWorker:
         return self._copy
 
     def collected(self) -> Any:
-        """The :class:`~kvonce_pipeline.schemas.CollectedOutcome` (waits for it; read once, then cached)."""
-        from ..schemas import CollectedOutcome, SchemaOutcome
+        """The :class:`~kvonce_pipeline.domains.kvonce.schemas.CollectedOutcome` (waits for it; read once, then cached)."""
+        from ..domains.kvonce.schemas import CollectedOutcome, SchemaOutcome
 
         assert not self._copying, "a worker started with collect() makes no checks"
         if self._collected is None:
@@ -112,8 +112,8 @@ class SchemaWorker:
             raise SchemaWorkerError(f"the schema worker stopped: {error}; {self._stderr_tail()}") from None
 
     def projection(self) -> Any:
-        """The per-key :class:`~kvonce_pipeline.schemas.SchemaOutcome` requested before."""
-        from ..schemas import SchemaOutcome
+        """The per-key :class:`~kvonce_pipeline.domains.kvonce.schemas.SchemaOutcome` requested before."""
+        from ..domains.kvonce.schemas import SchemaOutcome
 
         return SchemaOutcome(**self._answer()["outcome"])
 
@@ -188,7 +188,7 @@ def _check(collected: Path) -> None:
     import gc
 
     gc.disable()  # no reference cycles here; a collection would walk a million span structs
-    from .. import schemas
+    from ..domains.kvonce import schemas
 
     try:
         result = schemas.check_collected_file(collected)

@@ -11,7 +11,7 @@ from kvonce_pipeline.cli import main
 from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.devtools.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
 from kvonce_pipeline.reader import InputFormat, read_trace
-from kvonce_pipeline.validation import RULES
+from kvonce_pipeline.domains.kvonce.validation import RULES
 
 
 def _fields(events):

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from kvonce_pipeline.events import Event
+from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.reader import read_trace
-from kvonce_pipeline.validation import RULES, attempt_of, validate_events
+from kvonce_pipeline.domains.kvonce.validation import RULES, attempt_of, validate_events
 
 
 def ev(kind: str | None, key: str | None, second: int | None = 0, **fields: Any) -> Event:

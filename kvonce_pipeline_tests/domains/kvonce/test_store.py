@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvonce_pipeline.events import Event, parse_timestamp
-from kvonce_pipeline.store import FactsBuilder, PayloadFacts, fold, reconcile_report, span_ids_at
-from kvonce_pipeline.validation import validate_events
+from kvonce_pipeline.domains.kvonce.events import Event, parse_timestamp
+from kvonce_pipeline.domains.kvonce.store import FactsBuilder, PayloadFacts, fold, reconcile_report, span_ids_at
+from kvonce_pipeline.domains.kvonce.validation import validate_events
 
 
 def facts_of(events: list[Event]) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def test_keys_nobody_else_touched_keep_their_per_payload_findings() -> None:
 
 
 def test_the_validation_schema_accepts_a_reconciled_report() -> None:
-    from kvonce_pipeline import schemas
+    from kvonce_pipeline.domains.kvonce import schemas
 
     prior = [payload("a-000000000001", 0, [ev("00.000", "success", "k", "v")])]
     report = _reconciled(prior, "b-000000000002", [ev("03.000", "success", "k", "again")])
