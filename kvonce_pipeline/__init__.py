@@ -21,26 +21,26 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (``module:name`` when the name there differs)
 _EXPORTS = {
     # checking a trace: the same pass as `kvonce conformance`
-    "run_conformance": "conformance",
-    "ConformanceOptions": "conformance",
-    "ConformanceResult": "conformance",
+    "run_conformance": "engine.conformance",
+    "ConformanceOptions": "engine.conformance",
+    "ConformanceResult": "engine.conformance",
     # reading traces in any supported format, and checking events already in memory
-    "read_trace": "reader",
-    "open_trace": "reader",
-    "TraceRead": "reader",
+    "read_trace": "engine.decode.reader",
+    "open_trace": "engine.decode.reader",
+    "TraceRead": "engine.decode.reader",
     "Event": "domains.kvonce.events",
     "validate_events": "domains.kvonce.validation",
     # limits and the errors every entry point raises
-    "Limits": "limits",
-    "KvonceError": "errors",
-    "InputError": "errors",
-    "OutputError": "errors",
-    "ConfigError": "errors",
+    "Limits": "engine.limits",
+    "KvonceError": "engine.errors",
+    "InputError": "engine.errors",
+    "OutputError": "engine.errors",
+    "ConfigError": "engine.errors",
     # the OTLP receiver behind `kvonce collector`
     "Receiver": "collector.receiver",
     "ReceiverConfig": "collector.receiver",
     # the lineage envelope a drop run writes beside its artifacts
-    "read_envelope": "envelope",
+    "read_envelope": "engine.envelope",
     # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
     "generate_trace": "devtools.generate:generate",
     "GenerateOptions": "devtools.generate",
@@ -50,17 +50,17 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time the names load on first use
-    from .conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .collector.receiver import Receiver, ReceiverConfig
     from .definitions import defs
-    from .envelope import read_envelope
-    from .errors import ConfigError, InputError, KvonceError, OutputError
-    from .domains.kvonce.events import Event
     from .devtools.generate import GenerateOptions
     from .devtools.generate import generate as generate_trace
-    from .limits import Limits
-    from .reader import TraceRead, open_trace, read_trace
-    from .collector.receiver import Receiver, ReceiverConfig
+    from .domains.kvonce.events import Event
     from .domains.kvonce.validation import validate_events
+    from .engine.conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .engine.decode.reader import TraceRead, open_trace, read_trace
+    from .engine.envelope import read_envelope
+    from .engine.errors import ConfigError, InputError, KvonceError, OutputError
+    from .engine.limits import Limits
 
 
 def __getattr__(name: str) -> Any:

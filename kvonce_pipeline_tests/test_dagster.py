@@ -14,7 +14,7 @@ import pytest
 
 from kvonce_pipeline.definitions import conformance_assets, defs
 from kvonce_pipeline.orchestration.resources import KvonceSettings
-from kvonce_pipeline.reader import read_trace
+from kvonce_pipeline.engine.decode.reader import read_trace
 
 from .conftest import VENV_BIN
 from .otel_sdk import kv, sdk_request_bytes

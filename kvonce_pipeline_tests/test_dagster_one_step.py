@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline import artifacts, drops, envelope
+from kvonce_pipeline.engine import artifacts, drops, envelope
 from kvonce_pipeline.domains.kvonce import schemas
-from kvonce_pipeline.collect import collect_payload
-from kvonce_pipeline.errors import InputError
-from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.engine.collect import collect_payload
+from kvonce_pipeline.engine.errors import InputError
+from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import conformance_assets, defs
 from kvonce_pipeline.domains.kvonce.events import format_timestamp
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
@@ -418,7 +418,7 @@ def test_the_projection_schema_still_catches_inconsistent_counts(tmp_path: Path)
 def test_a_whole_document_feeds_the_worker_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A document held whole (several lines, so not JSON Lines) goes to the fed worker in the step
     too; the files are the sequential CLI pass's, byte for byte."""
-    from kvonce_pipeline import parallel
+    from kvonce_pipeline.engine.strategies import parallel
 
     finished: list[int] = []
     real_finish = parallel.FedProjection.finish

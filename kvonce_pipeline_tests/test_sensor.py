@@ -17,9 +17,9 @@ import dagster as dg
 import orjson
 import pytest
 
-from kvonce_pipeline import artifacts, drops, envelope
+from kvonce_pipeline.engine import artifacts, drops, envelope
 from kvonce_pipeline.domains.kvonce import store
-from kvonce_pipeline import collect as collect_module
+from kvonce_pipeline.engine import collect as collect_module
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA,

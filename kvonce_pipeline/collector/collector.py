@@ -86,8 +86,8 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
 
     Raises ``ValueError`` for a bad ``KVONCE_*`` value.
     """
-    from ..artifacts import drop_dir
-    from ..limits import MIB, Limits, env_name
+    from ..engine.artifacts import drop_dir
+    from ..engine.limits import MIB, Limits, env_name
     from .receiver import ReceiverConfig
 
     env = os.environ
@@ -152,8 +152,8 @@ def serve(config: "ReceiverConfig") -> int:
     import signal
     import threading
 
-    from ..atomic import sweep_stale_temps
-    from ..errors import OutputError
+    from ..engine.atomic import sweep_stale_temps
+    from ..engine.errors import OutputError
     from .receiver import Receiver
 
     try:  # fail now, not at the first flush, when the drop folder cannot exist

@@ -5,7 +5,7 @@ concatenated in arrival order (``resource_spans`` is a repeated field, so the co
 valid requests is itself a valid request, and ``kvonce conformance`` reads it as ``otlp-proto``).
 
 * Names: ``otlp-<UTC yyyymmddThhmmss.fffZ>-<seq>.pb``; they sort in write order.
-* Files appear whole: written through :func:`~kvonce_pipeline.atomic.atomic_writer` (a temporary
+* Files appear whole: written through :func:`~kvonce_pipeline.engine.atomic.atomic_writer` (a temporary
   ``.<name>.<random>.tmp`` beside it, fsync, rename). A watcher must ignore dot-files.
 * When: every ``flush_seconds`` (a timer thread), as soon as the open batch reaches
   ``max_batch_bytes``, and on :meth:`DropBatcher.close`. ``flush_seconds == 0`` writes each request
@@ -36,9 +36,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_writer, fsync_directory
-from ..errors import OutputError
-from ..limits import MIB
+from ..engine.atomic import atomic_writer, fsync_directory
+from ..engine.errors import OutputError
+from ..engine.limits import MIB
 
 log = logging.getLogger("kvonce.collector")
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import InputError
-from ..limits import RATIO_GRACE
+from ..engine.errors import InputError
+from ..engine.limits import RATIO_GRACE
 from ..domains.kvonce.mapping import DecodeStats
 
 #: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
@@ -204,8 +204,8 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
     """
     from google.protobuf import json_format
 
-    from ..otlp_json import AnyValueDecoder, iter_request_events
-    from ..otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
+    from ..engine.decode.otlp_json import AnyValueDecoder, iter_request_events
+    from ..engine.decode.otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
     from ..domains.kvonce.otlp_render import request_to_message
 
     stats = DecodeStats()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine.limits import Limits
 from .drop_batch import (
     DEFAULT_MAX_BATCH_BYTES,
     FILE_PREFIX,
@@ -32,7 +33,6 @@ from .drop_batch import (
     WrittenFile,
     recover_journals,
 )
-from ..limits import Limits
 from .otlp_grpc import GrpcReceiver
 from .otlp_http import DecodedRequest, HttpError
 from .otlp_http_server import RETRY_AFTER_SECONDS, TRACES_PATH, HttpServer
@@ -93,7 +93,7 @@ class Receiver:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Receiver":
         """Recover journals, bind and serve in a background thread. Raises ``OSError`` if the address
-        is taken, :class:`~kvonce_pipeline.errors.OutputError` if a journal cannot be recovered."""
+        is taken, :class:`~kvonce_pipeline.engine.errors.OutputError` if a journal cannot be recovered."""
         self.recover()
         http = HttpServer(self, self.config.host, self.config.port)
         if self.config.grpc_port is not None:
@@ -173,7 +173,7 @@ class Receiver:
     def stop(self) -> None:
         """Stop taking requests, let those in progress finish, write the open batch.
 
-        Raises :class:`~kvonce_pipeline.errors.OutputError` if the last batch cannot be written.
+        Raises :class:`~kvonce_pipeline.engine.errors.OutputError` if the last batch cannot be written.
         Safe to call twice.
         """
         with self._cond:

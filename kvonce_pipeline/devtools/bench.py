@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import PROJECT_ROOT
+from ..engine.artifacts import PROJECT_ROOT
 
 BENCH_DIR = PROJECT_ROOT / "hermetic-reports" / "bench"
 DATA_DIR = BENCH_DIR / "data"
@@ -195,9 +195,9 @@ def child_stages(path: str, out_dir: str) -> None:
     import orjson
 
     from ..domains.kvonce.events import format_timestamp
-    from ..ndjson import encode_lines, event_line
+    from ..engine.decode.ndjson import encode_lines, event_line
     from ..domains.kvonce.projection import ProjectionBuilder, StateSequence
-    from ..reader import OutOfOrder, open_trace
+    from ..engine.decode.reader import OutOfOrder, open_trace
     from ..domains.kvonce.validation import Validator
 
     timings: dict[str, float] = {}

@@ -399,7 +399,7 @@ WRITERS: dict[str, Callable[[BinaryIO, GenerateOptions], int]] = {
 
 def generate(path: str | Path, options: GenerateOptions) -> int:
     """Write the trace to ``path`` atomically; returns the number of events written."""
-    from ..atomic import atomic_writer
+    from ..engine.atomic import atomic_writer
 
     if options.format not in WRITERS:
         raise ValueError(f"unknown format {options.format!r}; use one of {', '.join(FORMATS)}")

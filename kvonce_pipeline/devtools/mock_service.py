@@ -113,7 +113,7 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
                  scenario: tuple[Put, ...] = SCENARIO, timeout: float = 10.0) -> ScenarioResult:
     """Run the scenario, exporting through the real OTLP/HTTP exporter to ``endpoint``.
 
-    Raises :class:`~kvonce_pipeline.errors.KvonceError` if the exporter could not deliver every span
+    Raises :class:`~kvonce_pipeline.engine.errors.KvonceError` if the exporter could not deliver every span
     (the exporter itself only logs failures, so they are counted on the way through).
     """
     from opentelemetry.exporter.otlp.proto.http import Compression
@@ -122,7 +122,7 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from ..errors import KvonceError
+    from ..engine.errors import KvonceError
 
     result = ScenarioResult()
 
@@ -171,7 +171,7 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
 def generate_payload(dest_dir: Path, *, gzip: bool = False) -> Path:
     """Run the scenario against an in-process receiver on 127.0.0.1 (ephemeral port) that writes
     into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports."""
-    from ..errors import KvonceError
+    from ..engine.errors import KvonceError
     from ..collector.receiver import Receiver, ReceiverConfig
 
     # One batch for the whole run: the timer never fires first, stop() writes it as one file.
@@ -206,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from ..artifacts import drop_dir
+    from ..engine.artifacts import drop_dir
 
     if args.endpoint:
         token = (os.environ.get("KVONCE_COLLECTOR_TOKEN") or "").strip()

@@ -4,7 +4,7 @@
 drops/kvonce_validation`` is the same graph as the CI job's (built by the same factory: one step,
 ``drops__kvonce_conformance_pass``, that materializes all four), with one dynamic partition per
 dropped payload (``<stem>-<12 hex of sha256>``, see
-:mod:`kvonce_pipeline.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
+:mod:`kvonce_pipeline.engine.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
 default run's file names. ``drops/kvonce_store`` folds every processed payload into the
 cross-payload store (:mod:`kvonce_pipeline.domains.kvonce.store`).
 
@@ -25,11 +25,11 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from .. import artifacts, drops, envelope
+from ..engine import artifacts, drops, envelope
 from ..domains.kvonce import store
-from ..atomic import write_bytes_atomic
-from ..errors import InputError
-from ..stages import ValidationResult, write_report_files
+from ..engine.atomic import write_bytes_atomic
+from ..engine.errors import InputError
+from ..engine.stages import ValidationResult, write_report_files
 from .assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
 from .resources import KvonceSettings
 

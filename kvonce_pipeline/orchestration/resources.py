@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from .. import artifacts
-from ..limits import Limits
+from ..engine import artifacts
+from ..engine.limits import Limits
 from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
 
 

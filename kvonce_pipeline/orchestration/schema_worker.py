@@ -39,7 +39,7 @@ from typing import IO, Any
 
 import orjson
 
-from ..parallel import close_and_wait
+from ..engine.strategies.parallel import close_and_wait
 
 _MODULE = "kvonce_pipeline.orchestration.schema_worker"
 
@@ -71,11 +71,11 @@ class SchemaWorker:
         return cls("collect", str(source), str(destination), hint)
 
     def copy(self) -> Any:
-        """The :class:`~kvonce_pipeline.collect.Collected` copy (waits for it). Raises the collecting's
+        """The :class:`~kvonce_pipeline.engine.collect.Collected` copy (waits for it). Raises the collecting's
         ``InputError`` or ``OutputError`` as collecting in this process would."""
-        from ..collect import Collected
-        from ..errors import InputError, OutputError
-        from ..reader import InputFormat
+        from ..engine.collect import Collected
+        from ..engine.errors import InputError, OutputError
+        from ..engine.decode.reader import InputFormat
 
         if self._copy is None:
             assert self._copying, "a worker started with check() makes no copy"
@@ -164,9 +164,9 @@ def _release_memory() -> None:
 
 def _collect(source: Path, destination: Path, hint: str) -> None:
     """Collect as the step would, and say how it went."""
-    from ..collect import collect_payload
-    from ..errors import InputError, OutputError
-    from ..limits import Limits
+    from ..engine.collect import collect_payload
+    from ..engine.errors import InputError, OutputError
+    from ..engine.limits import Limits
 
     try:
         copy = collect_payload(source, destination, format=hint, limits=Limits.from_env())

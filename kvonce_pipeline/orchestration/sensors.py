@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from .. import drops
+from ..engine import drops
 from .drop_assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from .resources import KvonceSettings

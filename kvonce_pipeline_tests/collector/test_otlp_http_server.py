@@ -229,7 +229,7 @@ def test_parallel_bombs_and_held_bodies_stay_within_the_documented_bound(tmp_pat
         for thread in threads:
             thread.join(30)
         assert results == [413] * 8
-        from kvonce_pipeline.limits import Limits
+        from kvonce_pipeline.engine.limits import Limits
         bound = 2 * otlp_http_server.MAX_BODIES_IN_FLIGHT * Limits.max_request_bytes / (1 << 20) + 16 * 0.5
         grown = _peak_rss_mib(process.pid) - idle
         assert grown < bound, f"peak RSS grew {grown:.0f} MiB, the bound is {bound:.0f} MiB"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kvonce_pipeline.cli import main
-from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.devtools.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
-from kvonce_pipeline.reader import InputFormat, read_trace
+from kvonce_pipeline.engine.decode.reader import InputFormat, read_trace
 from kvonce_pipeline.domains.kvonce.validation import RULES
 
 

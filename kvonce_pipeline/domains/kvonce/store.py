@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from ...artifacts import EVENTS
-from ...atomic import write_bytes_atomic
-from ...drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
+from ...engine.artifacts import EVENTS
+from ...engine.atomic import write_bytes_atomic
+from ...engine.drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
 from .events import Event, format_timestamp
 from .validation import DEFAULT_MAX_RETRIES, RULES
 
@@ -455,7 +455,7 @@ def register(subparsers: Any) -> None:
 
 
 def _trace_dir(reports: str | None) -> Path:
-    from ...artifacts import trace_dir
+    from ...engine.artifacts import trace_dir
 
     return Path(reports) / "trace" if reports else trace_dir()
 
