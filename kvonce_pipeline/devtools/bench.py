@@ -425,7 +425,7 @@ def child_dagster(reports: str) -> None:
     """Materialize the conformance assets in process on an ephemeral instance (payload from env)."""
     import dagster as dg
 
-    from ..definitions import conformance_assets
+    from ..orchestration.conformance.definitions import conformance_assets
     from ..orchestration.resources import KvonceSettings
 
     os.environ["KVONCE_REPORTS_DIR"] = reports

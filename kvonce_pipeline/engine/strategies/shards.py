@@ -28,7 +28,7 @@ artifacts are published together once the merge is done, and the folder is remov
 must be reachable by every worker under the same path (one machine, or a shared filesystem).
 
 No Dagster here: the CLI (``kvonce conformance --shards``) and the Dagster job
-(:mod:`kvonce_pipeline.orchestration.sharded`) both call :func:`run_sharded`.
+(:mod:`kvonce_pipeline.orchestration.sharded.job`) both call :func:`run_sharded`.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ import dagster as dg
 import orjson
 import pytest
 
-from kvonce_pipeline.definitions import conformance_assets, defs
+from kvonce_pipeline.definitions import defs
+from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 from kvonce_pipeline.engine.decode.reader import read_trace
 
-from .conftest import VENV_BIN
-from .otel_sdk import kv, sdk_request_bytes
+from ...conftest import VENV_BIN
+from ...otel_sdk import kv, sdk_request_bytes
 
 ASSET_NAMES = ["collected_kvonce_otlp", "kvonce_events", "kvonce_projection", "kvonce_validation"]
 

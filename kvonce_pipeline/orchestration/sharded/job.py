@@ -5,7 +5,7 @@ same code: the run config says how many shards and where they run (``engine: das
 ``scheduler`` address, or ``KVONCE_DASK_SCHEDULER``, or a local cluster started for the run;
 ``engine: local`` in this process). It reads the payload and writes the reports where
 ``kvonce_conformance_job`` does (the ``kvonce`` resource: ``<reports>/trace``), with the same bytes,
-and fails the run the same way: a violation is :class:`~kvonce_pipeline.orchestration.assets.Violations`
+and fails the run the same way: a violation is :class:`~kvonce_pipeline.orchestration.conformance.assets.Violations`
 (the verdict as the failure's message), an unusable input a failure with ``verdict: unusable``, so
 ``python -m kvonce_pipeline.orchestration.run_verdict --job kvonce_sharded_job`` gives the CLI's
 exit codes.
@@ -24,12 +24,12 @@ from typing import Any
 
 import dagster as dg
 
-from ..engine import artifacts
-from ..engine.conformance import ConformanceOptions
-from ..engine.errors import InputError
-from ..engine.strategies.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded
-from .assets import Violations
-from .resources import KvonceSettings
+from ...engine import artifacts
+from ...engine.conformance import ConformanceOptions
+from ...engine.errors import InputError
+from ...engine.strategies.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded
+from ..conformance.assets import Violations
+from ..resources import KvonceSettings
 
 #: The artifacts the sharded run publishes (the one pass's, without the collected copy).
 PUBLISHED = (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.VALIDATION,

@@ -19,7 +19,7 @@ asset (in the drop graph, the payload's partition) shows failed in the UI (:clas
 The checks' tables are built from what the pass already has (the decoded event list) or by cheap
 typed decoding. When the input is large
 enough for the pass to be parallel, the work that needs only files runs in low-priority worker
-processes beside it (:mod:`kvonce_pipeline.orchestration.schema_worker`): the collected copy of
+processes beside it (:mod:`kvonce_pipeline.orchestration.conformance.schema_worker`): the collected copy of
 a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
 check, and the per-key check once the projection is written. Small inputs do it all in process.
 """
@@ -38,17 +38,14 @@ from typing import Any, Protocol
 import dagster as dg
 import orjson
 
-from ..engine import artifacts, collect, conformance
-from ..engine.decode import ndjson, otlp_json, otlp_proto
-from ..domains.kvonce import events, mapping
-from ..engine.strategies import parallel as projection_worker
-from ..domains.kvonce import projection, schemas, validation
-from ..engine.decode import reader
-from ..engine import stages
-from ..engine.errors import InputError, OutputError
-from ..engine.progress import log_progress
-from ..engine.summary import where_of
-from .resources import KvonceSettings
+from ...domains.kvonce import events, mapping, projection, schemas, validation
+from ...engine import artifacts, collect, conformance, stages
+from ...engine.decode import ndjson, otlp_json, otlp_proto, reader
+from ...engine.strategies import parallel as projection_worker
+from ...engine.errors import InputError, OutputError
+from ...engine.progress import log_progress
+from ...engine.summary import where_of
+from ..resources import KvonceSettings
 from .schema_worker import SchemaWorker, SchemaWorkerError
 
 PayloadLocator = Callable[[dg.AssetExecutionContext, KvonceSettings], Path]
@@ -91,7 +88,7 @@ class EventObserver(Protocol):
 class ConformanceHooks:
     """What a variant of the graph adds to the stages; this base class adds nothing (the CI job).
 
-    The drop-folder variant (:mod:`kvonce_pipeline.orchestration.drop_assets`) uses it to put the
+    The drop-folder variant (:mod:`kvonce_pipeline.orchestration.drops.assets`) uses it to put the
     source's lineage on every materialization, to judge a payload against the cumulative store and
     to write the partition's envelope, without a second copy of the stage code.
     """
@@ -786,7 +783,7 @@ class Violations(dg.Failure):
 
 
 def stages_sha(path: Path) -> str:
-    from ..engine.atomic import sha256_file
+    from ...engine.atomic import sha256_file
 
     try:
         return sha256_file(path)

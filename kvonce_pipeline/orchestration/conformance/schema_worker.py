@@ -39,9 +39,9 @@ from typing import IO, Any
 
 import orjson
 
-from ..engine.strategies.parallel import close_and_wait
+from ...engine.strategies.parallel import close_and_wait
 
-_MODULE = "kvonce_pipeline.orchestration.schema_worker"
+_MODULE = "kvonce_pipeline.orchestration.conformance.schema_worker"
 
 
 class SchemaWorkerError(RuntimeError):
@@ -73,9 +73,9 @@ class SchemaWorker:
     def copy(self) -> Any:
         """The :class:`~kvonce_pipeline.engine.collect.Collected` copy (waits for it). Raises the collecting's
         ``InputError`` or ``OutputError`` as collecting in this process would."""
-        from ..engine.collect import Collected
-        from ..engine.errors import InputError, OutputError
-        from ..engine.decode.reader import InputFormat
+        from ...engine.collect import Collected
+        from ...engine.errors import InputError, OutputError
+        from ...engine.decode.reader import InputFormat
 
         if self._copy is None:
             assert self._copying, "a worker started with check() makes no copy"
@@ -92,7 +92,7 @@ class SchemaWorker:
 
     def collected(self) -> Any:
         """The :class:`~kvonce_pipeline.domains.kvonce.schemas.CollectedOutcome` (waits for it; read once, then cached)."""
-        from ..domains.kvonce.schemas import CollectedOutcome, SchemaOutcome
+        from ...domains.kvonce.schemas import CollectedOutcome, SchemaOutcome
 
         assert not self._copying, "a worker started with collect() makes no checks"
         if self._collected is None:
@@ -113,7 +113,7 @@ class SchemaWorker:
 
     def projection(self) -> Any:
         """The per-key :class:`~kvonce_pipeline.domains.kvonce.schemas.SchemaOutcome` requested before."""
-        from ..domains.kvonce.schemas import SchemaOutcome
+        from ...domains.kvonce.schemas import SchemaOutcome
 
         return SchemaOutcome(**self._answer()["outcome"])
 
@@ -164,9 +164,9 @@ def _release_memory() -> None:
 
 def _collect(source: Path, destination: Path, hint: str) -> None:
     """Collect as the step would, and say how it went."""
-    from ..engine.collect import collect_payload
-    from ..engine.errors import InputError, OutputError
-    from ..engine.limits import Limits
+    from ...engine.collect import collect_payload
+    from ...engine.errors import InputError, OutputError
+    from ...engine.limits import Limits
 
     try:
         copy = collect_payload(source, destination, format=hint, limits=Limits.from_env())
@@ -188,7 +188,7 @@ def _check(collected: Path) -> None:
     import gc
 
     gc.disable()  # no reference cycles here; a collection would walk a million span structs
-    from ..domains.kvonce import schemas
+    from ...domains.kvonce import schemas
 
     try:
         result = schemas.check_collected_file(collected)

@@ -23,10 +23,10 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from ..engine import drops
-from .drop_assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
+from ...engine import drops
+from .assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
-from .resources import KvonceSettings
+from ..resources import KvonceSettings
 
 CURSOR_VERSION = 1
 

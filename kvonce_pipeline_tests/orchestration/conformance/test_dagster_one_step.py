@@ -27,17 +27,18 @@ from kvonce_pipeline.domains.kvonce import schemas
 from kvonce_pipeline.engine.collect import collect_payload
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.definitions import conformance_assets, defs
+from kvonce_pipeline.definitions import defs
+from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets
 from kvonce_pipeline.domains.kvonce.events import format_timestamp
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
-from kvonce_pipeline.orchestration import assets as assets_module
-from kvonce_pipeline.orchestration.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets
-from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, PREFIX, TAG_NAME, TAG_SHA, drop_hooks,
+from kvonce_pipeline.orchestration.conformance import assets as assets_module
+from kvonce_pipeline.orchestration.conformance.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets
+from kvonce_pipeline.orchestration.drops.assets import (PARTITIONS_NAME, PREFIX, TAG_NAME, TAG_SHA, drop_hooks,
                                                         drop_output, drop_partitions)
 from kvonce_pipeline.orchestration.resources import KvonceSettings
-from kvonce_pipeline.orchestration.schema_worker import SchemaWorker
+from kvonce_pipeline.orchestration.conformance.schema_worker import SchemaWorker
 
-from .conftest import VENV_BIN
+from ...conftest import VENV_BIN
 
 CHECKS = {"collected_schema", "events_schema", "projection_schema", "validation_schema", "kvonce_conformance"}
 COMPARED = (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.VALIDATION, artifacts.SUMMARY)

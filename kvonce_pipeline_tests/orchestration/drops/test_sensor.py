@@ -22,10 +22,10 @@ from kvonce_pipeline.domains.kvonce import store
 from kvonce_pipeline.engine import collect as collect_module
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.definitions import defs
-from kvonce_pipeline.orchestration.drop_assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA,
+from kvonce_pipeline.orchestration.drops.assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SHA,
                                                         drop_assets, kvonce_store)
 from kvonce_pipeline.orchestration.resources import KvonceSettings
-from kvonce_pipeline.orchestration.sensors import kvonce_drop_sensor
+from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 
 HOUR_AGO_NS = time.time_ns() - 3600 * 1_000_000_000
 

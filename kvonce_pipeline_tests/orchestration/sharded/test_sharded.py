@@ -1,4 +1,4 @@
-"""``kvonce_sharded_job`` (kvonce_pipeline/orchestration/sharded.py) on a real ephemeral instance,
+"""``kvonce_sharded_job`` (kvonce_pipeline/orchestration/sharded/job.py) on a real ephemeral instance,
 and as ``dagster job execute`` with its shards on a local dask cluster: the reports are the one
 pass's, byte for byte, in the main job's folder, and a violation fails the run with the verdict."""
 
@@ -17,9 +17,9 @@ from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 from kvonce_pipeline.orchestration.run_verdict import run_verdict
-from kvonce_pipeline.orchestration.sharded import PUBLISHED, kvonce_sharded_job
+from kvonce_pipeline.orchestration.sharded.job import PUBLISHED, kvonce_sharded_job
 
-from .conftest import VENV_BIN
+from ...conftest import VENV_BIN
 
 
 def _execute(instance: dg.DagsterInstance, payload: Path, reports: Path, **config: object) -> dg.ExecuteInProcessResult:

@@ -25,13 +25,13 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from ..engine import artifacts, drops, envelope
-from ..domains.kvonce import store
-from ..engine.atomic import write_bytes_atomic
-from ..engine.errors import InputError
-from ..engine.stages import ValidationResult, write_report_files
-from .assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
-from .resources import KvonceSettings
+from ...engine import artifacts, drops, envelope
+from ...domains.kvonce import store
+from ...engine.atomic import write_bytes_atomic
+from ...engine.errors import InputError
+from ...engine.stages import ValidationResult, write_report_files
+from ..conformance.assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
+from ..resources import KvonceSettings
 
 PREFIX = "drops"
 PARTITIONS_NAME = "kvonce_drops"
