@@ -51,7 +51,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 ## bench: the benchmark table and chart (sizes 10k, 100k, 1M; BENCH_ARGS=--with-10m for 10M)
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m kvonce_pipeline.bench $(BENCH_ARGS)
+	$(BIN)/python -m kvonce_pipeline.devtools.bench $(BENCH_ARGS)
 
 ## bench-domains: a domain made from the template against KvOnce, same size (DOMAINS_ARGS="--events 100000 --keys 40000" for a quick look)
 .PHONY: bench-domains

@@ -1,9 +1,9 @@
 """Coverage-guided fuzz target (atheris / libFuzzer) for the format sniffer and every decoder.
 
-Each input is written to a file and read with :func:`kvonce_pipeline.reader.read_trace`, exactly as
+Each input is written to a file and read with :func:`kvonce_pipeline.engine.decode.reader.read_trace`, exactly as
 ``kvonce conformance`` reads it (gzip detection, sniffing, the five decoders, the mapping); the
 events it yields are then validated, projected and serialised the way the artifacts are. The only
-acceptable failure is :class:`kvonce_pipeline.errors.InputError` (exit 2 with a message): any other
+acceptable failure is :class:`kvonce_pipeline.engine.errors.InputError` (exit 2 with a message): any other
 exception, a hang or a crash is a finding.
 
 A second oracle checks the mapping's inverse: events that came in are rendered back to OTLP/JSON
@@ -35,14 +35,14 @@ import atheris
 with atheris.instrument_imports(include=["kvonce_pipeline"]):
     import orjson
 
-    from kvonce_pipeline.errors import InputError
-    from kvonce_pipeline.limits import Limits
-    from kvonce_pipeline.events import Event
-    from kvonce_pipeline.ndjson import dump_events
-    from kvonce_pipeline.otlp_render import events_to_request
-    from kvonce_pipeline.projection import ProjectionBuilder
-    from kvonce_pipeline.reader import FORMAT_CHOICES, read_trace
-    from kvonce_pipeline.validation import Validator
+    from kvonce_pipeline.engine.errors import InputError
+    from kvonce_pipeline.engine.limits import Limits
+    from kvonce_pipeline.domains.kvonce.events import Event
+    from kvonce_pipeline.engine.decode.ndjson import dump_events
+    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
+    from kvonce_pipeline.domains.kvonce.projection import ProjectionBuilder
+    from kvonce_pipeline.engine.decode.reader import FORMAT_CHOICES, read_trace
+    from kvonce_pipeline.domains.kvonce.validation import Validator
 
 #: Small limits: a fuzz input is at most a few KiB, but decompression can blow it up.
 FUZZ_LIMITS = Limits(

@@ -21,46 +21,46 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (``module:name`` when the name there differs)
 _EXPORTS = {
     # checking a trace: the same pass as `kvonce conformance`
-    "run_conformance": "conformance",
-    "ConformanceOptions": "conformance",
-    "ConformanceResult": "conformance",
+    "run_conformance": "engine.conformance",
+    "ConformanceOptions": "engine.conformance",
+    "ConformanceResult": "engine.conformance",
     # reading traces in any supported format, and checking events already in memory
-    "read_trace": "reader",
-    "open_trace": "reader",
-    "TraceRead": "reader",
-    "Event": "events",
-    "validate_events": "validation",
+    "read_trace": "engine.decode.reader",
+    "open_trace": "engine.decode.reader",
+    "TraceRead": "engine.decode.reader",
+    "Event": "domains.kvonce.events",
+    "validate_events": "domains.kvonce.validation",
     # limits and the errors every entry point raises
-    "Limits": "limits",
-    "KvonceError": "errors",
-    "InputError": "errors",
-    "OutputError": "errors",
-    "ConfigError": "errors",
+    "Limits": "engine.limits",
+    "KvonceError": "engine.errors",
+    "InputError": "engine.errors",
+    "OutputError": "engine.errors",
+    "ConfigError": "engine.errors",
     # the OTLP receiver behind `kvonce collector`
-    "Receiver": "receiver",
-    "ReceiverConfig": "receiver",
+    "Receiver": "collector.receiver",
+    "ReceiverConfig": "collector.receiver",
     # the lineage envelope a drop run writes beside its artifacts
-    "read_envelope": "envelope",
+    "read_envelope": "engine.envelope",
     # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
-    "generate_trace": "generate:generate",
-    "GenerateOptions": "generate",
+    "generate_trace": "devtools.generate:generate",
+    "GenerateOptions": "devtools.generate",
 }
 
 # ``defs`` is public too but not in ``__all__``: ``from kvonce_pipeline import *`` must not import Dagster
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time the names load on first use
-    from .conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .collector.receiver import Receiver, ReceiverConfig
     from .definitions import defs
-    from .envelope import read_envelope
-    from .errors import ConfigError, InputError, KvonceError, OutputError
-    from .events import Event
-    from .generate import GenerateOptions
-    from .generate import generate as generate_trace
-    from .limits import Limits
-    from .reader import TraceRead, open_trace, read_trace
-    from .receiver import Receiver, ReceiverConfig
-    from .validation import validate_events
+    from .devtools.generate import GenerateOptions
+    from .devtools.generate import generate as generate_trace
+    from .domains.kvonce.events import Event
+    from .domains.kvonce.validation import validate_events
+    from .engine.conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .engine.decode.reader import TraceRead, open_trace, read_trace
+    from .engine.envelope import read_envelope
+    from .engine.errors import ConfigError, InputError, KvonceError, OutputError
+    from .engine.limits import Limits
 
 
 def __getattr__(name: str) -> Any:

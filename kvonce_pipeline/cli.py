@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError, KvonceError, OutputError
+from .engine.errors import InputError, KvonceError, OutputError
 
 if TYPE_CHECKING:
-    from .conformance import ConformanceOptions, ConformanceResult
-    from .progress import ConsoleProgress
-    from .stages import ProgressCallback
+    from .engine.conformance import ConformanceOptions, ConformanceResult
+    from .engine.progress import ConsoleProgress
+    from .engine.stages import ProgressCallback
 
 EXIT_VALID = 0
 EXIT_VIOLATIONS = 1
@@ -32,7 +32,7 @@ EXIT_UNUSABLE = 2
 SHOWN_FINDINGS = 20
 
 def _add_conformance(sub: argparse._SubParsersAction) -> None:
-    from .reader import FORMAT_CHOICES
+    from .engine.decode.reader import FORMAT_CHOICES
 
     parser = sub.add_parser("conformance", help="check a trace against the KvOnce spec and write the reports")
     parser.add_argument("--input", required=True, help="trace file: NDJSON, OTLP/JSON, JSON Lines or protobuf (gzip ok); "
@@ -56,16 +56,16 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    from .artifacts import cli_trace_dir
-    from .conformance import ConformanceOptions, run_conformance
-    from .limits import Limits
-    from .progress import ConsoleProgress
+    from .engine.artifacts import cli_trace_dir
+    from .engine.conformance import ConformanceOptions, run_conformance
+    from .engine.limits import Limits
+    from .engine.progress import ConsoleProgress
 
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
         return EXIT_UNUSABLE
-    from .artifacts import VALIDATION
-    from .storage import is_remote, local_path
+    from .engine.artifacts import VALIDATION
+    from .engine.storage import is_remote, local_path
 
     out_dir: str | Path = cli_trace_dir()
     if args.output_dir:
@@ -163,7 +163,7 @@ def _print_verdict(report: dict, shown: str, validation_name: str, tag: str) -> 
 
 
 def _add_shard_options(parser: argparse.ArgumentParser) -> None:
-    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.shards)."""
+    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.engine.strategies.shards)."""
     parser.add_argument("--shards", type=int, default=1,
                         help="split the trace by a hash of the key into S shards checked independently and merged "
                              "(the same reports, byte for byte; default 1: one pass, no engine)")
@@ -184,9 +184,9 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
                  progress: "ProgressCallback | None") -> "ConformanceResult":
     from dataclasses import replace
 
-    from .conformance import report_input_error
-    from .shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
-    from .storage import is_remote, run_staged
+    from .engine.conformance import report_input_error
+    from .engine.strategies.shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
+    from .engine.storage import is_remote, run_staged
 
     if not 1 <= args.shards <= MAX_SHARDS:
         raise KvonceError(f"--shards must be 1 to {MAX_SHARDS}, not {args.shards}")
@@ -208,7 +208,7 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from .reader import FORMAT_CHOICES
+    from .engine.decode.reader import FORMAT_CHOICES
 
     parser = sub.add_parser("convert", help="write a trace's events as NDJSON")
     parser.add_argument("--input", required=True)
@@ -218,10 +218,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .conformance import _ordered_events
-    from .limits import Limits
-    from .ndjson import dump_events
-    from .stages import _timestamped, write_events
+    from .engine.conformance import _ordered_events
+    from .engine.limits import Limits
+    from .engine.decode.ndjson import dump_events
+    from .engine.stages import _timestamped, write_events
 
     if args.output and Path(args.output).is_dir():
         print(f"kvonce: --output {args.output} is a folder: give the name of the NDJSON file to write",
@@ -240,7 +240,8 @@ def _convert(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_conformance, _add_convert]
 #: Modules of this package that add subcommands through a ``register(subparsers)`` function.
 #: Their top-level imports stay light; heavy imports happen inside the command.
-COMMAND_MODULES = ("collector", "mock_service", "generate", "store", "domain_commands")
+COMMAND_MODULES = ("collector.collector", "devtools.mock_service", "devtools.generate", "domains.kvonce.store",
+                   "domain_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +291,7 @@ def run() -> None:
     exit would free one by one, for a second or more, only to give the memory back to the
     system anyway. Every file is closed and renamed into place by then; the streams are flushed.
     """
-    from .reader import park_until_exit
+    from .engine.decode.reader import park_until_exit
 
     park_until_exit()
     code = main(exiting=True)

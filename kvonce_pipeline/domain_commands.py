@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from string import Template
 
-from .errors import ConfigError, KvonceError
+from .engine.errors import ConfigError, KvonceError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "devtools" / "domain_template"
 #: template file -> where it goes in the new project ($package: the Python package's name)

@@ -1,43 +1,7 @@
-"""Errors that carry *where* the input went wrong.
+"""Temporary: the old path of :mod:`kvonce_pipeline.engine.errors`, for ``engine/domain.py`` and
+``engine/registry.py`` only (``from ..errors import ConfigError``), which the layout change could not
+edit. Remove this file once those two imports read ``from .errors import ConfigError``."""
 
-A conformance gate is only useful if a failure tells the user which file and which line or span
-to look at, so every unusable-input error names its source and location.
-"""
+from .engine.errors import ConfigError, InputError, KvonceError, OutputError
 
-from __future__ import annotations
-
-
-class KvonceError(Exception):
-    """Base class for errors this package raises on purpose."""
-
-
-class InputError(KvonceError):
-    """The input cannot be used at all (exit code 2): unreadable, malformed or empty of events.
-
-    ``source`` is the file (or a label such as ``request body``); ``where`` is the line, record or
-    span (``line 3``, ``span r0/s1/p2``), when one is known.
-    """
-
-    def __init__(self, source: str, message: str, *, where: str | None = None) -> None:
-        self.source = source
-        self.where = where
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        place = f"{self.source}: {self.where}" if self.where else self.source
-        return f"{place}: {self.message}"
-
-    def to_json(self) -> dict[str, str | None]:
-        return {"source": self.source, "where": self.where, "message": self.message}
-
-
-class OutputError(KvonceError):
-    """Artifacts could not be written (disk full, read-only folder); the input is untouched."""
-
-
-class ConfigError(KvonceError, ValueError):
-    """A setting (``KVONCE_*`` variable or option) has a value that cannot be used (exit 2).
-
-    Also a ``ValueError``, so callers that caught the earlier ``ValueError`` keep working.
-    """
+__all__ = ["ConfigError", "InputError", "KvonceError", "OutputError"]

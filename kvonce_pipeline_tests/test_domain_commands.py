@@ -110,7 +110,7 @@ def test_kvonce_is_documented_from_its_definition() -> None:
     doc = subprocess.run([str(VENV_BIN / "kvonce"), "domain", "doc", "kvonce"], capture_output=True, text=True,
                          timeout=60)
     assert doc.returncode == 0
-    from kvonce_pipeline.validation import RULES
+    from kvonce_pipeline.domains.kvonce.validation import RULES
 
     for rule in RULES.values():
         assert f"| `{rule.id}` | {rule.severity} |" in doc.stdout

@@ -11,7 +11,7 @@ Mechanisms (the tests run as root, where ``chmod 0o555`` does not stop writes):
 * **Disk full**: a 256 KiB ``tmpfs`` mounted in a private mount namespace (``ENOSPC``), skipped
   where ``unshare`` is not permitted; the always-available stand-in is ``RLIMIT_FSIZE`` on the
   subprocess (Python ignores ``SIGXFSZ``, so the write fails with ``EFBIG``), which takes the
-  same path through :mod:`kvonce_pipeline.atomic`.
+  same path through :mod:`kvonce_pipeline.engine.atomic`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import TypeVar
 import orjson
 import pytest
 
-from kvonce_pipeline import artifacts
-from kvonce_pipeline.atomic import (
+from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.engine.atomic import (
     TEMP_SUFFIX,
     atomic_writer,
     private_folder_name,
@@ -42,7 +42,7 @@ from kvonce_pipeline.atomic import (
     sweep_stale_temps,
     write_bytes_atomic,
 )
-from kvonce_pipeline.errors import OutputError
+from kvonce_pipeline.engine.errors import OutputError
 
 from .conftest import SAMPLES, VENV_BIN
 
@@ -92,7 +92,7 @@ def big_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated trace whose artifacts take long enough to write that a kill lands mid-write."""
     path = tmp_path_factory.mktemp("big") / "big.ndjson"
     try:
-        from kvonce_pipeline.generate import GenerateOptions, generate
+        from kvonce_pipeline.devtools.generate import GenerateOptions, generate
     except ImportError:  # the generator is another feature; build the same shape by hand
         with open(path, "wb") as out:
             for i in range(BIG_EVENTS):
@@ -340,7 +340,7 @@ def test_file_size_limit_stands_in_for_a_full_disk(big_trace: Path, tmp_path: Pa
 
 #: A real process sorting on disk with small runs (the CLI has no knob for the run size).
 _SORTING_RUN = ("import sys\n"
-                "from kvonce_pipeline.conformance import ConformanceOptions, run_conformance\n"
+                "from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance\n"
                 "run_conformance(sys.argv[1], sys.argv[2], ConformanceOptions(sort_run_events=1000))\n")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from kvonce_pipeline import artifacts
+from kvonce_pipeline.engine import artifacts
 from kvonce_pipeline.cli import main
 
 from .conftest import SAMPLES, VENV_BIN
@@ -173,7 +173,7 @@ def test_a_bad_limit_setting_exits_2_naming_the_variable(variable: str, value: s
 
 
 def test_limits_live_in_one_place_with_a_reason_each() -> None:
-    from kvonce_pipeline.limits import Limits, describe
+    from kvonce_pipeline.engine.limits import Limits, describe
 
     rows = describe()
     assert [row[0] for row in rows] == list(Limits.__dataclass_fields__)

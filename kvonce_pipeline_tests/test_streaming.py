@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from kvonce_pipeline import ndjson, reader
-from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.errors import InputError
-from kvonce_pipeline.events import Event
-from kvonce_pipeline.generate import FORMATS, GenerateOptions, generate
-from kvonce_pipeline.reader import external_sort, open_trace, sort_key_times
-from kvonce_pipeline.stages import write_artifacts, write_events, write_projection, write_validation
+from kvonce_pipeline.engine.decode import ndjson, reader
+from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.engine.errors import InputError
+from kvonce_pipeline.domains.kvonce.events import Event
+from kvonce_pipeline.devtools.generate import FORMATS, GenerateOptions, generate
+from kvonce_pipeline.engine.decode.reader import external_sort, open_trace, sort_key_times
+from kvonce_pipeline.engine.stages import write_artifacts, write_events, write_projection, write_validation
 
 ARTIFACTS = ("kvonce-events.ndjson", "kvonce-projection.json", "projected/kvonce-state-sequence.json",
              "kvonce-validation.json", "kvonce-summary.md")
@@ -178,7 +178,7 @@ def test_projection_worker_discards_its_files_when_the_parent_fails(tmp_path: Pa
 
 def _count_helpers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count which helper made the projection: the fed worker (finished) or the forked child (made)."""
-    from kvonce_pipeline import parallel
+    from kvonce_pipeline.engine.strategies import parallel
 
     used = {"fed": 0, "fork": 0}
     real_fork, real_finish = parallel.ForkedProjection, parallel.FedProjection.finish
@@ -225,7 +225,7 @@ def test_document_out_of_time_order_takes_the_forked_child(tmp_path: Path, monke
     stopped and the forked child makes the projection of the sorted list, with the same bytes."""
     import orjson
 
-    from kvonce_pipeline.otlp_render import events_to_request, request_to_message
+    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request, request_to_message
 
     used = _count_helpers(monkeypatch)
     events = reader.read_trace(_generated(tmp_path)).events
@@ -260,7 +260,7 @@ def test_fed_worker_stopped_when_the_input_fails_late(tmp_path: Path, monkeypatc
     naming the span, the worker is stopped, and nothing but the input-error report is left."""
     import orjson
 
-    from kvonce_pipeline import parallel
+    from kvonce_pipeline.engine.strategies import parallel
 
     aborted: list[parallel.FedProjection] = []
     real_abort = parallel.FedProjection.abort
@@ -284,7 +284,7 @@ def test_fed_worker_stopped_when_the_input_fails_late(tmp_path: Path, monkeypatc
 
 
 def test_fed_worker_failure_is_named(tmp_path: Path) -> None:
-    from kvonce_pipeline.errors import OutputError
+    from kvonce_pipeline.engine.errors import OutputError
 
     path = _generated(tmp_path)
     out = tmp_path / "out"
@@ -306,7 +306,7 @@ def test_forked_projection_failure_in_the_parent_leaves_nothing(tmp_path: Path) 
 
 
 def test_forked_projection_failure_in_the_child_is_named(tmp_path: Path) -> None:
-    from kvonce_pipeline.errors import OutputError
+    from kvonce_pipeline.engine.errors import OutputError
 
     events = reader.read_trace(_generated(tmp_path)).events
     out = tmp_path / "out"

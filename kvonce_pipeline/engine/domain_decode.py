@@ -26,19 +26,19 @@ from typing import Any
 
 import orjson
 
-from ..errors import InputError
-from ..events import check_time_range, scan_json
-from ..limits import Limits
-from ..mapping import DecodeStats, Decode, ResourceFallbacks, resource_fallbacks, scalar_text
-from ..mapping import TRACE_ID_ATTRIBUTES, _first_text
-from ..ndjson import _duplicate_key, _event_time, iter_lines, loads_line
-from ..events import MAX_TIME_NS
-from ..otlp_json_typed import _LOWER_HEX, _NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document
-from ..otlp_json import (_HEX16_LOWER, _HEX32_LOWER, _SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist,
+from .errors import InputError
+from ..domains.kvonce.events import check_time_range, scan_json
+from .limits import Limits
+from ..domains.kvonce.mapping import DecodeStats, Decode, ResourceFallbacks, resource_fallbacks, scalar_text
+from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES, _first_text
+from .decode.ndjson import _duplicate_key, _event_time, iter_lines, loads_line
+from ..domains.kvonce.events import MAX_TIME_NS
+from .decode.otlp_json_typed import _LOWER_HEX, _NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document
+from .decode.otlp_json import (_HEX16_LOWER, _HEX32_LOWER, _SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist,
                          count_resources, iter_request_events)
-from ..otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
-from ..one_pass import gc_paused
-from ..reader import InputFormat, _loads_document, detect_format, open_payload
+from .decode.otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
+from .one_pass import gc_paused
+from .decode.reader import InputFormat, _loads_document, detect_format, open_payload
 from .domain import Domain, DomainEvent
 
 #: Actor attributes after the domain's own ``<prefix>actor`` (the same fallbacks as KvOnce's).

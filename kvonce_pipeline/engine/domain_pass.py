@@ -22,10 +22,10 @@ from typing import Any
 import msgspec
 import orjson
 
-from ..atomic import atomic_writer
-from ..errors import InputError, OutputError
-from ..events import format_timestamp
-from ..summary import _cell, findings_section
+from .atomic import atomic_writer
+from .errors import InputError, OutputError
+from ..domains.kvonce.events import format_timestamp
+from .summary import _cell, findings_section
 from .domain import ArtifactNames, Domain, DomainEvent, JsonType
 
 #: How many distinct trace ids a report and the trace summary list (all are counted).

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from ..atomic import atomic_writer
-from ..events import format_timestamp
-from ..otlp_render import SCOPE_NAME, any_value, request_to_message
+from .atomic import atomic_writer
+from ..domains.kvonce.events import format_timestamp
+from ..domains.kvonce.otlp_render import SCOPE_NAME, any_value, request_to_message
 from .domain import Domain, DomainEvent
 
 FORMATS = ("ndjson", "otlp-json", "otlp-jsonl", "otlp-proto")

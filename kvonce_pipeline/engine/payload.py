@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
-from ..atomic import atomic_writer
-from ..errors import InputError, KvonceError, OutputError
-from ..limits import Limits
-from ..one_pass import gc_paused
-from ..reader import InputFormat, detect_format
+from .atomic import atomic_writer
+from .errors import InputError, KvonceError, OutputError
+from .limits import Limits
+from .one_pass import gc_paused
+from .decode.reader import InputFormat, detect_format
 from . import registry
 from .domain import Domain
 from .domain_decode import DomainRead, payload_mentions, read_domain_events

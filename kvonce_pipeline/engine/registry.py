@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import entry_points
 
-from ..errors import ConfigError
+from .errors import ConfigError
 from .domain import Domain
 
 GROUP = "kvonce_pipeline.domains"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from .. import artifacts
-from ..limits import Limits
-from ..validation import DEFAULT_MAX_RETRIES
+from ..engine import artifacts
+from ..engine.limits import Limits
+from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
 
 
 def _env_bool(name: str) -> bool:
@@ -65,6 +65,6 @@ class KvonceSettings(dg.ConfigurableResource):
             return Path(self.payload).expanduser().resolve()
         if artifacts.BUNDLED_SAMPLE.is_file():
             return artifacts.BUNDLED_SAMPLE
-        from ..mock_service import generate_payload
+        from ..devtools.mock_service import generate_payload
 
         return generate_payload(self.reports_root() / "mock")

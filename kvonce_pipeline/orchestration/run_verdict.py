@@ -3,7 +3,7 @@
 ``dagster job execute`` exits 1 whenever a run fails, and its output ends on the failure's stack
 trace. ``make run`` needs the verdict instead: it asks the run's own record (the instance in
 ``DAGSTER_HOME``) why the run failed. The step's failure carries a ``verdict`` metadata entry
-(:class:`kvonce_pipeline.orchestration.assets.Violations` sets ``violations``; an unusable input
+(:class:`kvonce_pipeline.orchestration.conformance.assets.Violations` sets ``violations``; an unusable input
 sets ``unusable``), so the code does not depend on parsing the log:
 
 - 0: the run succeeded (the payload is valid);

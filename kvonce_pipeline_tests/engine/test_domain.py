@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvonce_pipeline.engine.domain import Domain, load_definition
-from kvonce_pipeline.errors import ConfigError
+from kvonce_pipeline.engine.errors import ConfigError
 
 GOOD = """
 name = "shop"

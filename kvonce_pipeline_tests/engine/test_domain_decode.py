@@ -12,8 +12,8 @@ import pytest
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_decode import read_domain_events
 from kvonce_pipeline.engine.domain_render import FORMATS, write_trace
-from kvonce_pipeline.errors import InputError
-from kvonce_pipeline.limits import Limits
+from kvonce_pipeline.engine.errors import InputError
+from kvonce_pipeline.engine.limits import Limits
 
 T0 = 1_767_225_600_000_000_000
 

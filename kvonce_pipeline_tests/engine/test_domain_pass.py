@@ -10,7 +10,7 @@ import pytest
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_decode import read_domain_events
 from kvonce_pipeline.engine.domain_pass import DomainOptions, check_domain, time_order
-from kvonce_pipeline.errors import InputError
+from kvonce_pipeline.engine.errors import InputError
 
 T0 = 1_767_225_600_000_000_000
 

@@ -106,7 +106,7 @@ def test_an_ndjson_log_is_kvonce_unless_told(toy_project, toy: Domain, tmp_path:
 
 
 def test_disable_names_must_exist(toy: Domain, tmp_path: Path) -> None:
-    from kvonce_pipeline.errors import KvonceError
+    from kvonce_pipeline.engine.errors import KvonceError
 
     with pytest.raises(KvonceError, match="no-such-rule"):
         check_payload(PayloadRequest(SAMPLES / "kvonce-otlp.json", tmp_path, disabled=frozenset({"no-such-rule"})))

@@ -9,7 +9,7 @@ import pytest
 from kvonce_pipeline.devtools.domain_site import register
 from kvonce_pipeline.engine import registry
 from kvonce_pipeline.engine.domain import Domain
-from kvonce_pipeline.errors import ConfigError
+from kvonce_pipeline.engine.errors import ConfigError
 
 
 def test_the_built_in_domain_is_registered_like_any_other() -> None:

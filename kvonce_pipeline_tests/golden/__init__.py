@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from kvonce_pipeline import artifacts
-from kvonce_pipeline.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE.parent.parent / "samples" / "trace"

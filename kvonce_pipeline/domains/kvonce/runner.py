@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ... import artifacts
-from ...conformance import ConformanceOptions, run_conformance
+from ...engine import artifacts
+from ...engine.conformance import ConformanceOptions, run_conformance
 from ...engine.domain import ArtifactNames
 from ...engine.domain_pass import TRACE_IDS_LISTED, DomainResult
 from ...engine.payload import DomainRun
@@ -52,7 +52,7 @@ def run(job: DomainRun) -> DomainResult:
                                  max_retries=int(domain.options(job.options.options)["max_retries"]),
                                  limits=job.limits)
     if job.options.disabled:
-        from ...errors import KvonceError
+        from ...engine.errors import KvonceError
 
         raise KvonceError(f"--disable is not supported by KvOnce's pass yet ({', '.join(sorted(job.options.disabled))})")
     result = run_conformance(job.input, job.out_dir, options, progress=job.extra.get("progress"))

@@ -1,0 +1,219 @@
+"""The mock KvOnce service: a write-once store instrumented with the real OpenTelemetry SDK.
+
+The seed's mock service (``scripts/trace/mock-otlp-service.mjs``) produced the payload for runs that
+have none. This is its Python counterpart: :class:`MockKvOnceStore` is a tiny write-once store whose
+backend fails transiently on demand; every ``put`` is a span ``kvonce.put`` with one child span per
+KvOnce event (``kvonce.event.*`` attributes, the context flattened as ``kvonce.event.context.<name>``
+because SDK attributes cannot be maps). The spans leave through the SDK's ``BatchSpanProcessor`` and
+the real ``OTLPSpanExporter`` (OTLP/HTTP protobuf), i.e. exactly the way a production service's do,
+and arrive at a receiver (:mod:`kvonce_pipeline.collector.receiver`) that writes the payload file.
+
+The scenario (:data:`SCENARIO`) covers what the spec talks about: a first-try success, a key that
+succeeds after two transient retries (attempt contexts 1, 2, then success attempt 3), a ``duplicate``
+failure on an already written key, and a third key. The resulting trace is valid, without warnings.
+
+``kvonce mock`` runs it by hand; :func:`generate_payload` is what the Dagster resource calls when
+there is neither ``KVONCE_OTLP_PAYLOAD`` nor the bundled sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVICE_NAME = "kvonce-mock-service"
+SCOPE_NAME = "kvonce.mock_service"
+
+
+@dataclass(frozen=True)
+class Put:
+    """One client call: write ``value`` under ``key``; the backend first fails ``transient_failures`` times."""
+
+    key: str
+    value: str
+    transient_failures: int = 0
+
+
+#: The scenario: success, retry with attempt contexts then success, duplicate failure, another success.
+SCENARIO: tuple[Put, ...] = (
+    Put("alpha", "v1"),
+    Put("beta", "v2", transient_failures=2),
+    Put("alpha", "v9"),  # alpha is written: a duplicate failure
+    Put("gamma", "v3"),
+)
+
+#: The events :data:`SCENARIO` must produce, in order: ``(type, key, value, reason, context)``.
+EXPECTED_EVENTS: tuple[tuple[str, str, str | None, str | None, dict[str, Any]], ...] = (
+    ("success", "alpha", "v1", None, {"attempt": 1}),
+    ("retry", "beta", None, None, {"attempt": 1, "cause": "timeout"}),
+    ("retry", "beta", None, None, {"attempt": 2, "cause": "timeout"}),
+    ("success", "beta", "v2", None, {"attempt": 3}),
+    ("failure", "alpha", None, "duplicate", {"http.status": 409}),
+    ("success", "gamma", "v3", None, {"attempt": 1}),
+)
+
+
+class DuplicateKey(Exception):
+    """The key was written already: KvOnce never overwrites."""
+
+
+class MockKvOnceStore:
+    """A write-once store, instrumented: each state change of the spec is one span.
+
+    ``max_retries`` is the spec's ``MAX_RETRIES``: a put that keeps failing gives up rather than
+    retry beyond it (``RetryBounded``).
+    """
+
+    def __init__(self, tracer: Any, *, max_retries: int = 3) -> None:
+        self._tracer = tracer
+        self._store: dict[str, str] = {}
+        self.max_retries = max_retries
+
+    def _event(self, event_type: str, key: str, *, value: str | None = None, reason: str | None = None,
+               context: dict[str, Any] | None = None) -> None:
+        attributes: dict[str, Any] = {"kvonce.event.type": event_type, "kvonce.event.key": key}
+        if value is not None:
+            attributes["kvonce.event.value"] = value
+        if reason is not None:
+            attributes["kvonce.event.reason"] = reason
+        for name, item in (context or {}).items():
+            attributes[f"kvonce.event.context.{name}"] = item
+        with self._tracer.start_as_current_span(f"kvonce.{event_type}", attributes=attributes):
+            pass
+
+    def put(self, call: Put) -> None:
+        """Write once; transient backend failures are retried (one ``retry`` event each)."""
+        with self._tracer.start_as_current_span("kvonce.put", attributes={"kvonce.op.key": call.key}):
+            if call.key in self._store:
+                self._event("failure", call.key, reason="duplicate", context={"http.status": 409})
+                raise DuplicateKey(call.key)
+            attempt = 1
+            while attempt <= call.transient_failures:
+                if attempt > self.max_retries:
+                    raise TimeoutError(f"{call.key}: backend still failing after {self.max_retries} retries")
+                self._event("retry", call.key, context={"attempt": attempt, "cause": "timeout"})
+                time.sleep(0.001)  # backoff: keeps event times strictly ordered
+                attempt += 1
+            self._store[call.key] = call.value
+            self._event("success", call.key, value=call.value, context={"attempt": attempt})
+
+
+@dataclass
+class ScenarioResult:
+    spans_exported: int = 0
+    spans_failed: int = 0
+    statuses: list[str] = field(default_factory=list)
+
+
+def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] | None = None,
+                 scenario: tuple[Put, ...] = SCENARIO, timeout: float = 10.0) -> ScenarioResult:
+    """Run the scenario, exporting through the real OTLP/HTTP exporter to ``endpoint``.
+
+    Raises :class:`~kvonce_pipeline.engine.errors.KvonceError` if the exporter could not deliver every span
+    (the exporter itself only logs failures, so they are counted on the way through).
+    """
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from ..engine.errors import KvonceError
+
+    result = ScenarioResult()
+
+    class CountingExporter(SpanExporter):
+        """Delegates to the OTLP exporter and counts what it delivered."""
+
+        def __init__(self, inner: SpanExporter) -> None:
+            self.inner = inner
+
+        def export(self, spans: Any) -> SpanExportResult:
+            outcome = self.inner.export(spans)
+            if outcome is SpanExportResult.SUCCESS:
+                result.spans_exported += len(spans)
+            else:
+                result.spans_failed += len(spans)
+            result.statuses.append(outcome.name)
+            return outcome
+
+        def shutdown(self) -> None:
+            self.inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return self.inner.force_flush(timeout_millis)
+
+    exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout,
+                                compression=Compression.Gzip if gzip else Compression.NoCompression)
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME,
+                                                        "service.instance.id": "mock-1"}))
+    provider.add_span_processor(BatchSpanProcessor(CountingExporter(exporter)))
+    store = MockKvOnceStore(provider.get_tracer(SCOPE_NAME, "1.0.0"))
+    try:
+        for call in scenario:
+            try:
+                store.put(call)
+            except DuplicateKey:
+                pass  # the client sees the refusal; the failure event is the point
+        provider.force_flush(int(timeout * 1000))
+    finally:
+        provider.shutdown()
+    if result.spans_failed or not result.spans_exported:
+        raise KvonceError(f"mock service: the receiver at {endpoint} did not accept the spans "
+                          f"({result.spans_exported} delivered, {result.spans_failed} failed)")
+    return result
+
+
+def generate_payload(dest_dir: Path, *, gzip: bool = False) -> Path:
+    """Run the scenario against an in-process receiver on 127.0.0.1 (ephemeral port) that writes
+    into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports."""
+    from ..engine.errors import KvonceError
+    from ..collector.receiver import Receiver, ReceiverConfig
+
+    # One batch for the whole run: the timer never fires first, stop() writes it as one file.
+    receiver = Receiver(ReceiverConfig(drop_dir=Path(dest_dir), host="127.0.0.1", port=0, flush_seconds=3600.0))
+    with receiver:
+        run_scenario(receiver.endpoint, gzip=gzip)
+    files = receiver.files
+    if len(files) != 1:
+        raise KvonceError(f"mock service: expected one payload file in {dest_dir}, got {len(files)}")
+    return files[0].path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``kvonce mock``."""
+    parser = subparsers.add_parser(
+        "mock",
+        help="run the mock KvOnce service (OpenTelemetry SDK) and produce a payload file",
+        description="Runs the KvOnce scenario (success, retries with attempt contexts, duplicate failure) "
+                    "through the OpenTelemetry SDK and the OTLP/HTTP exporter. Without --endpoint an "
+                    "in-process receiver on 127.0.0.1 writes the payload into --drop-dir and its path is "
+                    "printed; with --endpoint the spans go to a running 'kvonce collector'.",
+    )
+    parser.add_argument("--drop-dir", default=None,
+                        help="where the payload goes (default KVONCE_DROP_DIR, else drops/ in the project)")
+    parser.add_argument("--endpoint", default=None,
+                        help="send to a running receiver instead, e.g. http://127.0.0.1:4318/v1/traces "
+                             "(uses KVONCE_COLLECTOR_TOKEN as the bearer token when set)")
+    parser.add_argument("--gzip", action="store_true", help="gzip the export requests")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..engine.artifacts import drop_dir
+
+    if args.endpoint:
+        token = (os.environ.get("KVONCE_COLLECTOR_TOKEN") or "").strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        result = run_scenario(args.endpoint, gzip=args.gzip, headers=headers)
+        print(f"kvonce mock: {result.spans_exported} spans delivered to {args.endpoint}", file=sys.stderr)
+        return 0
+    path = generate_payload(Path(args.drop_dir) if args.drop_dir else drop_dir(), gzip=args.gzip)
+    print(path)
+    return 0

@@ -1,0 +1,44 @@
+"""Artifact file names (a contract: CI scripts read them) and where they go."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+COLLECTED = "collected-kvonce-otlp.json"
+EVENTS = "kvonce-events.ndjson"
+PROJECTION = "kvonce-projection.json"
+STATE_SEQUENCE = "projected/kvonce-state-sequence.json"
+VALIDATION = "kvonce-validation.json"
+SUMMARY = "kvonce-summary.md"
+
+#: The project root: the folder holding ``kvonce_pipeline/`` (in a source checkout).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_SAMPLE = PROJECT_ROOT / "samples" / "trace" / "kvonce-otlp.json"
+
+
+def reports_dir() -> Path:
+    """``KVONCE_REPORTS_DIR`` or the project's ``hermetic-reports/``."""
+    configured = os.environ.get("KVONCE_REPORTS_DIR")
+    return Path(configured) if configured else PROJECT_ROOT / "hermetic-reports"
+
+
+def trace_dir() -> Path:
+    """Where the default (non-partitioned) run writes: ``<reports>/trace``."""
+    return reports_dir() / "trace"
+
+
+def cli_trace_dir() -> Path:
+    """Where ``kvonce conformance`` writes without ``--output-dir``: ``<reports>/cli/trace``.
+
+    Apart from the Dagster job's ``<reports>/trace`` on purpose: the job records each artifact's
+    path and sha256 in its materializations, and a CLI run over the same folder would leave the UI
+    pointing at other bytes.
+    """
+    return reports_dir() / "cli" / "trace"
+
+
+def drop_dir() -> Path:
+    """The drop folder the collector writes and the sensor watches: ``KVONCE_DROP_DIR`` or ``drops/``."""
+    configured = os.environ.get("KVONCE_DROP_DIR")
+    return Path(configured) if configured else PROJECT_ROOT / "drops"

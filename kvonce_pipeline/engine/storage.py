@@ -1,0 +1,236 @@
+"""Inputs and reports beyond the local disk: any location fsspec reaches (``s3://``, ``gs://``, ...).
+
+The engine reads and writes local files: the one pass, the on-disk sort and the second core's
+worker need seekable files, and every artifact is published by rename (:mod:`kvonce_pipeline.engine.atomic`).
+A remote location is therefore staged at the edges, not threaded through the engine:
+
+* an input URL is downloaded once, streamed, into a private folder, and the run reads that copy,
+  so the bytes judged are the bytes fetched and the remote object is never touched; the copy is a
+  :class:`StagedInput`, which names the URL in every message and report;
+* a reports URL gets a private local folder; once the run has written its artifacts there (each
+  through the atomic helper), :func:`publish` uploads them one object each, the validation report
+  last, then removes the artifacts of an earlier run that this run did not write.
+
+``file://`` URLs and plain paths are local paths: nothing is staged and every promise of the local
+disk holds. What an object store weakens, and how the order above copes, is in
+``docs/storage.md`` (one ``PUT`` replaces one object whole, so no reader sees half an artifact;
+but there is no rename of a folder, so while a publish runs a reader can see new data files beside
+the previous report; the report, published last, is the commit point). Credentials and endpoints
+come from the backend's usual configuration (for S3: ``AWS_*`` variables, ``~/.aws``, or
+``FSSPEC_S3_ENDPOINT_URL`` and friends); the S3 backend is the ``[s3]`` extra (s3fs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from . import artifacts
+from .errors import ConfigError, InputError, OutputError
+from .limits import Limits
+
+R = TypeVar("R")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: Artifacts in the order they are published; the validation report, which says what the run
+#: found and which files it wrote, is last.
+PUBLISH_ORDER = (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.SUMMARY,
+                 artifacts.VALIDATION)
+_COPY_BLOCK = 4 * 1024 * 1024
+#: Object stores: a "folder" is a key prefix that needs no creating, and the first part of the path is
+#: a bucket that must exist (creating one because of a typo in a URL would be a surprise).
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    """A URL with a scheme other than ``file``: staged through fsspec."""
+    if not isinstance(location, str):
+        return False
+    match = _SCHEME.match(location)
+    return match is not None and match.group(1).lower() != "file"
+
+
+def local_path(location: str | os.PathLike[str]) -> Path:
+    """A local location as a path (``file:///x`` is ``/x``)."""
+    text = os.fspath(location)
+    return Path(text[len("file://"):]) if text.lower().startswith("file://") else Path(text)
+
+
+class StagedInput(os.PathLike[str]):
+    """A downloaded input: opened as its local copy (``os.fspath``), named as its URL (``str``).
+
+    Every reader opens ``os.fspath(path)`` and labels messages and reports with ``str(path)``, so
+    a finding, an input error and ``input.source`` in the report all name the object the user gave.
+    """
+
+    def __init__(self, url: str, local: Path) -> None:
+        self.url = url
+        self.local = local
+
+    def __fspath__(self) -> str:
+        return str(self.local)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"StagedInput({self.url!r} at {str(self.local)!r})"
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for ``url``; a clear message when its backend is missing."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        hint = " (install the [s3] extra: .venv/bin/pip install -e '.[s3]')" if scheme in ("s3", "s3a") else ""
+        raise ConfigError(f"{url}: no storage backend for {scheme}:// is installed{hint}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a backend's own errors (bad options, credentials) are settings
+        raise ConfigError(f"{url}: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """A backend error in one line: its type (botocore's are not OSErrors) and message."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol
+    return str(protocol[0] if isinstance(protocol, (tuple, list)) else protocol)
+
+
+@contextmanager
+def staged_input(url: str, limits: Limits | None = None) -> Iterator[StagedInput]:
+    """Download ``url`` into a private folder for the run; removed afterwards whatever happens.
+
+    Raises :class:`InputError` naming the URL when the object is missing, cannot be read, or is
+    larger than ``KVONCE_MAX_DECOMPRESSED_BYTES`` (checked before anything is downloaded), and
+    :class:`OutputError` when the local copy cannot be written (a full disk is not the input's fault).
+    """
+    limits = limits or Limits()
+    fs, path = _filesystem(url)
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise InputError(url, "no such object") from None
+    except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
+        raise InputError(url, f"cannot read: {_why(exc)}") from None
+    if size is not None and size > limits.max_decompressed_bytes:
+        raise InputError(url, f"{size} bytes is more than KVONCE_MAX_DECOMPRESSED_BYTES "
+                              f"({limits.max_decompressed_bytes})")
+    folder = Path(tempfile.mkdtemp(prefix="kvonce-input-"))
+    local = folder / (PurePosixPath(path).name or "payload")
+    try:
+        with open(local, "wb") as copy:
+            try:
+                source = fs.open(path, "rb")
+            except IsADirectoryError:
+                raise InputError(url, "is a folder, not a trace file") from None
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(url, f"cannot read: {_why(exc)}") from None
+            with source:
+                while True:
+                    try:
+                        block = source.read(_COPY_BLOCK)
+                    except Exception as exc:  # noqa: BLE001
+                        raise InputError(url, f"cannot read: {_why(exc)}") from None
+                    if not block:
+                        break
+                    try:
+                        copy.write(block)
+                    except OSError as exc:
+                        raise OutputError(f"cannot copy {url} to {local}: {exc.strerror or exc}") from None
+        yield StagedInput(url, local)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def staged_reports(url: str) -> Iterator[Path]:
+    """A private local folder for a run whose reports go to ``url`` (publish them with :func:`publish`)."""
+    _filesystem(url)  # a missing backend is a configuration error before the run, not after it
+    folder = Path(tempfile.mkdtemp(prefix="kvonce-reports-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(folder: Path, url: str) -> None:
+    """Upload the artifacts in ``folder`` to ``url``, the validation report last.
+
+    Order: the earlier run's report is removed first (so no report ever describes a mix of two
+    runs' files), then this run's data files are uploaded and the earlier run's files this run did
+    not write are removed, then the report. Raises :class:`OutputError` naming the object when the
+    store refuses a write, and for a bucket that does not exist (it is not created).
+    """
+    fs, root = _filesystem(url)
+    root = root.rstrip("/")
+    report = f"{root}/{artifacts.VALIDATION}"
+    target = root
+    try:
+        if _protocol(fs) in _OBJECT_STORES:
+            bucket = target = root.split("/", 1)[0]
+            try:
+                fs.info(bucket)  # raises what went wrong; exists() would say False for a store it cannot reach
+            except FileNotFoundError:
+                raise OutputError(f"cannot write reports to {url}: the bucket {bucket} does not exist") from None
+        else:
+            fs.makedirs(root, exist_ok=True)
+        if fs.exists(report):
+            target = report
+            fs.rm_file(report)
+        for name in PUBLISH_ORDER[:-1]:
+            target = f"{root}/{name}"
+            if (folder / name).is_file():
+                fs.put_file(str(folder / name), target)
+            elif fs.exists(target):
+                fs.rm_file(target)  # an earlier run's, not described by the report to come
+        target = report
+        fs.put_file(str(folder / artifacts.VALIDATION), report)
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
+        raise OutputError(f"cannot write {target} in {url}: {_why(exc)}") from None
+
+
+def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+               run: Callable[[str | os.PathLike[str], Path], R], *, limits: Limits | None = None,
+               report_input_error: Callable[[InputError, Path], None]) -> R:
+    """``run(source, out)`` with URLs staged: a remote input is downloaded first (an object that
+    cannot be read is reported by ``report_input_error`` like any unusable input), a remote report
+    folder is a private local one published when the run ends, whatever its verdict, also when the
+    input was unusable. Local paths (and ``file://``) pass through untouched."""
+    out_text = os.fspath(output_dir)
+    remote_out = out_text if is_remote(out_text) else None
+    with ExitStack() as stack:
+        out = stack.enter_context(staged_reports(remote_out)) if remote_out else local_path(output_dir)
+        source: str | os.PathLike[str] = input_path
+        try:
+            if isinstance(input_path, str) and is_remote(input_path):
+                try:
+                    source = stack.enter_context(staged_input(input_path, limits))
+                except InputError as error:
+                    report_input_error(error, out)
+                    raise
+            elif isinstance(input_path, str) and input_path.lower().startswith("file://"):
+                source = local_path(input_path)
+            result = run(source, out)
+        except InputError as error:
+            if remote_out and (out / artifacts.VALIDATION).is_file():
+                try:
+                    publish(out, remote_out)
+                except OutputError as output_error:
+                    error.add_note(f"no report published: {output_error}")
+            raise
+        if remote_out:
+            publish(out, remote_out)
+        return result

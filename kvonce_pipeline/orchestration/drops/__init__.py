@@ -1,0 +1,1 @@
+"""The drop folder: the partitioned graph, its sensor, and the cross-payload store asset."""

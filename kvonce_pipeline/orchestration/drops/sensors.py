@@ -1,0 +1,130 @@
+"""The drop-folder sensor: every settled payload becomes one partition and exactly one run.
+
+Exactly once, by three independent guards:
+
+1. the **run key** is the partition key (content-addressed), and Dagster never launches a second
+   run for a run key this sensor already used, whatever the cursor says;
+2. the **cursor** remembers each file's ``(size, mtime)`` and partition, so a file is hashed and
+   considered once, across ticks and daemon restarts (Dagster stores the cursor with the tick);
+3. content that is **already registered** as a partition (same sha256 prefix, under any name) is
+   not requested again: a copy under another name, a file put back after removal, a cursor reset.
+
+Partitions are registered and runs requested in one ``SensorResult``, which Dagster applies all or
+nothing. An unreadable payload's run fails once (its error names the file and line or span, and
+its partition folder gets an envelope with status ``unusable``); the guards above mean it is never
+retried, and the file itself is never touched. Work per tick is bounded (files and bytes hashed) so
+a tick stays far inside the 60 s sensor timeout; what is left waits for the next tick.
+"""
+
+
+import os
+from typing import Any
+
+import dagster as dg
+import orjson
+
+from ...engine import drops
+from .assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
+                          kvonce_drop_job, kvonce_store_job)
+from ..resources import KvonceSettings
+
+CURSOR_VERSION = 1
+
+
+def _interval_seconds() -> int:
+    """15 s unless ``KVONCE_DROP_SENSOR_INTERVAL_SECONDS`` says otherwise (clamped to 1..30 s)."""
+    raw = os.environ.get("KVONCE_DROP_SENSOR_INTERVAL_SECONDS", "").strip()
+    return min(max(int(raw), 1), 30) if raw.isdigit() else 15
+
+
+#: Seconds between ticks, read when the code location loads (the daemon may tick a little later).
+MINIMUM_INTERVAL_SECONDS = _interval_seconds()
+MAX_FILES_PER_TICK = 100
+MAX_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
+
+
+def load_cursor(raw: str | None) -> dict[str, Any]:
+    """The sensor's memory: ``files`` (name -> [size, mtime_ns, key]), ``refused`` and ``waiting``
+    (name -> [size, mtime_ns]), and ``store_seen`` (the last validation result the store was asked to fold)."""
+    empty: dict[str, Any] = {"v": CURSOR_VERSION, "files": {}, "refused": {}, "waiting": {}, "store_seen": 0}
+    if not raw:
+        return empty
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return empty
+    if not isinstance(data, dict) or data.get("v") != CURSOR_VERSION:
+        return empty
+    return {**empty, **data}
+
+
+def _latest_validation_storage_id(instance: dg.DagsterInstance) -> int:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=DROP_JUDGED_KEY), limit=1).records
+    return records[0].storage_id if records else 0
+
+
+@dg.sensor(
+    name="kvonce_drop_sensor",
+    jobs=[kvonce_drop_job, kvonce_store_job],
+    minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches KVONCE_DROP_DIR (default drops/): one partition and one run per new payload; "
+                "refolds the cross-payload store after new results.",
+)
+def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettings) -> dg.SensorResult:
+    cursor = load_cursor(context.cursor)
+    root = kvonce.drop_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return dg.SensorResult(skip_reason=f"drop folder {root} cannot be created: {exc.strerror or exc}",
+                               cursor=orjson.dumps(cursor).decode())
+    known = {name: (entry[0], entry[1]) for name, entry in cursor["files"].items()}
+    waited = {name: (entry[0], entry[1]) for name, entry in cursor["waiting"].items()}
+    scan = drops.scan_drop_dir(root, limits=kvonce.limits(), known=known, waited=waited,
+                               settle_seconds=kvonce.drop_settle_seconds, max_files=MAX_FILES_PER_TICK,
+                               max_bytes=MAX_BYTES_PER_TICK)
+    files = {name: cursor["files"][name] for name in scan.unchanged}
+    # Content is the identity: the sha256 prefix that ends every key built by drops.partition_key_for.
+    # Per scope: the same bytes dropped into two scopes are two systems' payloads.
+    by_content = {(drops.scope_of(key), key[-drops.SHA_PREFIX:]): key
+                  for key in context.instance.get_dynamic_partitions(PARTITIONS_NAME)}
+    new_keys: list[str] = []
+    requests: list[dg.RunRequest] = []
+    for found in scan.ready:
+        key = found.partition_key
+        content = (found.scope, found.sha256[:drops.SHA_PREFIX])
+        seen_as = by_content.get(content)
+        files[found.label] = [found.size, found.mtime_ns, seen_as or key]
+        if seen_as is not None:
+            context.log.info(f"{found.label}: same content as partition {seen_as}, already processed; no new run")
+            continue
+        by_content[content] = key
+        new_keys.append(key)
+        requests.append(dg.RunRequest(
+            job_name=kvonce_drop_job.name, partition_key=key, run_key=key,
+            tags={TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
+                  TAG_ARRIVED: found.arrived_at, TAG_SCOPE: found.scope}))
+        context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes)")
+    refused: dict[str, list[int]] = {}
+    for refusal in scan.refused:
+        fingerprint = list(refusal.fingerprint())
+        if cursor["refused"].get(refusal.name) != fingerprint:
+            context.log.warning(f"refused {refusal.name}: {refusal.reason}")
+        refused[refusal.name] = fingerprint
+    store_seen = int(cursor.get("store_seen") or 0)
+    latest = _latest_validation_storage_id(context.instance)
+    if latest > store_seen:
+        requests.append(dg.RunRequest(job_name=kvonce_store_job.name, run_key=f"store-{latest}"))
+        store_seen = latest
+    waiting = {name: list(fingerprint) for name, fingerprint in scan.seen_waiting.items()}
+    new_cursor = orjson.dumps({"v": CURSOR_VERSION, "files": files, "refused": refused, "waiting": waiting,
+                               "store_seen": store_seen}).decode()
+    if not requests:
+        note = f"; {len(scan.waiting)} file(s) not settled yet" if scan.waiting else ""
+        return dg.SensorResult(skip_reason=f"no new payload in {root}{note}", cursor=new_cursor)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[drop_partitions.build_add_request(new_keys)] if new_keys else [],
+        cursor=new_cursor,
+    )

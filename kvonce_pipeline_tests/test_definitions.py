@@ -1,0 +1,32 @@
+"""The merged ``Definitions`` (kvonce_pipeline.definitions): every area's assets, checks, jobs and
+sensors are there under the names users and deployments know, with the one ``kvonce`` resource."""
+
+from __future__ import annotations
+
+from kvonce_pipeline.definitions import defs
+
+
+def test_the_merged_definitions_hold_every_name() -> None:
+    repository = defs.get_repository_def()
+    assert sorted(job.name for job in repository.get_all_jobs() if job.name != "__ASSET_JOB") == [
+        "kvonce_conformance_job", "kvonce_drop_job", "kvonce_sharded_job", "kvonce_store_job",
+        "kvonce_store_reset_job"]
+    assert sorted(key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()) == [
+        "collected_kvonce_otlp", "drops/collected_kvonce_otlp", "drops/kvonce_events", "drops/kvonce_projection",
+        "drops/kvonce_store", "drops/kvonce_validation", "kvonce_events", "kvonce_projection", "kvonce_validation"]
+    assert sorted(key.to_user_string() for key in repository.asset_graph.asset_check_keys) == [
+        "collected_kvonce_otlp:collected_schema", "drops/collected_kvonce_otlp:collected_schema",
+        "drops/kvonce_events:events_schema", "drops/kvonce_projection:projection_schema",
+        "drops/kvonce_store:cross_payload_conformance", "drops/kvonce_validation:kvonce_conformance",
+        "drops/kvonce_validation:validation_schema", "kvonce_events:events_schema",
+        "kvonce_projection:projection_schema", "kvonce_validation:kvonce_conformance",
+        "kvonce_validation:validation_schema"]
+    assert [sensor.name for sensor in repository.sensor_defs] == ["kvonce_drop_sensor"]
+    assert sorted(repository.get_top_level_resources()) == ["kvonce"]
+
+
+def test_the_package_attribute_is_the_merged_definitions() -> None:
+    """``dagster job execute -m kvonce_pipeline`` finds ``kvonce_pipeline.defs``: the same object."""
+    import kvonce_pipeline
+
+    assert kvonce_pipeline.defs is defs
