@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ...engine import artifacts
 from ...engine.conformance import ConformanceOptions, run_conformance
-from ...engine.domain import ArtifactNames
+from ...engine.domain import ArtifactNames, Domain
 from ...engine.domain_pass import TRACE_IDS_LISTED, DomainResult
 from ...engine.payload import DomainRun
 
@@ -46,8 +46,6 @@ def trace_ids(events_file: Path) -> tuple[list[str], int | None]:
 
 
 def run(job: DomainRun) -> DomainResult:
-    from . import domain
-
     options = ConformanceOptions(format=job.format, strict=job.options.strict,
                                  max_retries=int(domain.options(job.options.options)["max_retries"]),
                                  limits=job.limits)
@@ -58,3 +56,7 @@ def run(job: DomainRun) -> DomainResult:
     result = run_conformance(job.input, job.out_dir, options, progress=job.extra.get("progress"))
     listed, count = trace_ids(job.out_dir / NAMES.events)
     return DomainResult(domain, job.out_dir, result.report, NAMES, listed, count)
+
+
+#: The KvOnce domain as the engine sees it (the ``kvonce`` entry point; see the package docstring).
+domain = Domain.from_folder(Path(__file__).parent, None, runner=run, names=NAMES)
