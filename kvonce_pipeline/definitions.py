@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .orchestration import domain_assets
 from .orchestration.assets import build_conformance_assets
 from .orchestration.drop_assets import (drop_assets, kvonce_drop_job, kvonce_store, kvonce_store_job,
                                          kvonce_store_reset_job)
@@ -31,9 +32,12 @@ kvonce_conformance_job = dg.define_asset_job(
     description="Collect the payload, derive events and projection, and judge it against KvOnce.",
 )
 
-defs = dg.Definitions(
-    assets=[*conformance_assets, *drop_assets, kvonce_store],
-    jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job, kvonce_store_reset_job, kvonce_sharded_job],
-    sensors=[kvonce_drop_sensor],
-    resources={"kvonce": KvonceSettings.from_env()},
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=[*conformance_assets, *drop_assets, kvonce_store],
+        jobs=[kvonce_conformance_job, kvonce_drop_job, kvonce_store_job, kvonce_store_reset_job, kvonce_sharded_job],
+        sensors=[kvonce_drop_sensor],
+        resources={"kvonce": KvonceSettings.from_env()},
+    ),
+    domain_assets.defs,  # every generic domain's group, collected_otlp, trace_summary and their jobs
 )
