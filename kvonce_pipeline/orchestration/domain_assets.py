@@ -16,14 +16,21 @@ Why a collected asset of its own rather than feeding the groups from KvOnce's
 ``collected_kvonce_otlp``: that asset is materialized by KvOnce's single step, and the step fails on a
 KvOnce violation and on a payload without KvOnce spans. Dagster 1.13 then abandons every step
 downstream of it (``ActiveExecution._update``: a step whose upstream steps include a failed one is
-abandoned, whatever outputs were yielded before the failure). Observed with the test
-``test_trace_job_on_a_kvonce_violation_still_checks_the_other_domain``'s payload wired the other way
-(a toy group depending on ``collected_kvonce_otlp``): the toy step was never run, so one domain's
-verdict hid every other's. It would also render an NDJSON event log of another domain through
-KvOnce's mapping. The price of the separate asset is a second copy of the payload when KvOnce is
-checked too (a byte copy for spec OTLP/JSON: about 0.1 s per 10 MB here, the same ``collect_payload``
-KvOnce uses) and one more read of the collected file per domain group (each group's step decodes only
-its own domain, skipping the others' spans).
+abandoned, whatever outputs were yielded before the failure). Observed: an asset depending on
+``collected_kvonce_otlp``, in one in-process job with KvOnce's graph, on the bundled sample with one
+``retry`` turned into a second ``success``: KvOnce's step recorded ``collected_kvonce_otlp`` and failed, the
+other asset's step never ran. One domain's
+verdict would hide every other's. KvOnce's collected copy also renders an NDJSON event log through
+KvOnce's mapping only. The price of a collected asset of its own: a second copy of the payload when
+KvOnce is checked too (measured on a 200k-event, 68 MB spec OTLP/JSON payload: ``collect_payload``'s
+byte copy 0.9 s, the byte scan for the domains it carries 0.07 s) and one read of the collected file per
+domain group (2.8 s for that payload; each group decodes only its own domain's spans, and a group
+whose domain the scan did not find does not read it at all).
+
+Each group is one step, as KvOnce's graph is: the pass writes all five files together. The multi-asset
+is declared ``can_subset=True`` only because Dagster 1.13 makes a multi-asset's check outputs optional
+only then (``check_outs_by_output_name``: ``is_required=not can_subset``), and an absent domain must
+yield nothing; the step refuses a subset selection with a clear message.
 
 A domain whose spans are not in the payload materializes nothing (its assets are ``skippable``), logs
 why, and removes its stale artifacts of an earlier payload (as ``kvonce conformance`` does), so a
@@ -120,17 +127,17 @@ def step_name(domain: Domain) -> str:
 class CollectConfig(dg.Config):
     """How ``collected_otlp`` reads a payload that does not say its domain."""
 
-    #: the domain an NDJSON event log holds (``kvonce conformance --domain``); ``<name>_conformance_job``
-    #: sets its own domain
-    ndjson_domain: str = registry.DEFAULT_DOMAIN
+    #: the domain an NDJSON event log holds (``kvonce conformance --domain``); unset: the job's domain in
+    #: ``<name>_conformance_job``, else the default domain (KvOnce)
+    ndjson_domain: str | None = None
 
 
 class DomainCheckConfig(dg.Config):
     """How one domain's group judges the payload (the launchpad shows these per group)."""
 
-    #: a payload without this domain's spans is unusable input (``<name>_conformance_job``) rather than
-    #: nothing to check (``trace_conformance_job``, a materialization from the UI)
-    require_spans: bool = False
+    #: a payload without this domain's spans is unusable input rather than nothing to check; unset: true in
+    #: ``<name>_conformance_job``, false in ``trace_conformance_job`` and for a materialization from the UI
+    require_spans: bool | None = None
     #: the domain's options by name (``kvonce conformance --option NAME=VALUE``)
     options: dict[str, str] = {}
     #: rule ids not reported (``kvonce conformance --disable``)
@@ -184,7 +191,7 @@ def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
     try:
         source = kvonce.resolve_payload()
         context.log.info(f"collecting {source}")
-        collected = _collect(source, destination, kvonce, config.ndjson_domain)
+        collected = _collect(source, destination, kvonce, config.ndjson_domain or _job_domain(context))
         domains = _mentioned(collected.path, kvonce)
         source_sha = collected.sha256 if not collected.converted else sha256_file(source)
     except InputError as error:
@@ -207,6 +214,17 @@ def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
         },
         data_version=dg.DataVersion(collected.sha256),
     )
+
+
+def _job_domain(context: dg.AssetExecutionContext) -> str:
+    """The domain whose own job this run is (``<name>_conformance_job``), else the default domain.
+
+    Why from the job's name rather than job-level default config: a run config given by the user (the
+    launchpad, ``-c``) replaces a job's default config whole, so it would silently drop the default."""
+    for name, domain in registry.installed().items():
+        if domain.runner is None and context.job_name == job_name(domain):
+            return name
+    return registry.DEFAULT_DOMAIN
 
 
 def _collected_record(context: dg.AssetExecutionContext) -> dict[str, Any]:
@@ -264,16 +282,25 @@ def events_schema(domain: Domain, disabled: frozenset[str] = frozenset()) -> pa.
         pa.Check(lambda df: bool((df["timestamp"].isna() == df["timeUnixNano"].isna()).all()),
                  element_wise=False, error="timestamp and timeUnixNano disagree on presence"),
     ]
-    if "unknown-event-type" not in disabled and "missing-required-field" not in disabled:
-        checks.append(pa.Check(lambda df: df["type"].isin(declared).fillna(False).astype(bool) | df["reportedType"],
-                               error=f"a type not among {', '.join(declared)} that no finding reports"))
-    if "missing-required-field" not in disabled:
-        for spec in definition.types:
-            for name in spec.required:
+    unknown_ok = "unknown-event-type" in disabled  # an undeclared type is then not reported
+    missing_ok = "missing-required-field" in disabled  # nor a missing type or field
+
+    def type_reported(df: pd.DataFrame) -> pd.Series:
+        ok = df["type"].isin(declared).fillna(False).astype(bool) | df["reportedType"]
+        if unknown_ok:
+            ok |= df["type"].notna()
+        if missing_ok:
+            ok |= df["type"].isna()
+        return ok
+
+    checks.append(pa.Check(type_reported, error=f"a type not among {', '.join(declared)} that no finding reports"))
+    if not missing_ok:
+        for event_type in definition.types:
+            for name in event_type.required:
                 checks.append(pa.Check(
-                    lambda df, kind=spec.name, name=name: ~(df["type"] == kind).fillna(False).astype(bool)
+                    lambda df, kind=event_type.name, name=name: ~(df["type"] == kind).fillna(False).astype(bool)
                     | df[f"field:{name}"].notna() | df["reportedMissing"],
-                    error=f"a {spec.name} event without {name!r} that no finding reports"))
+                    error=f"a {event_type.name} event without {name!r} that no finding reports"))
     return pa.DataFrameSchema(columns, checks=checks, name=f"{domain.name}_events")
 
 
@@ -513,8 +540,10 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         domain_input_error(domain, error, folder)
         return _unusable(error)
 
+    require_spans = config.require_spans if config.require_spans is not None else _job_domain(context) == domain.name
+
     def absent(why: str) -> Iterator[Any]:
-        if config.require_spans:
+        if require_spans:
             raise unusable(InputError(source, f"no {definition.label} events ({why})"))
         removed = _remove_stale(domain, folder)
         context.log.info(f"nothing to check for {definition.label}: {why} in {source}; nothing materialized"
@@ -524,7 +553,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
     if not collected.is_file():
         raise unusable(InputError(str(collected), "no collected payload: materialize collected_otlp first"))
     mentioned = record.get("domains")
-    if isinstance(mentioned, list) and domain.name not in mentioned and not config.require_spans:
+    if isinstance(mentioned, list) and domain.name not in mentioned and not require_spans:
         # the collected step's byte scan: no decode for a domain that is not there (required, the read
         # runs anyway, so that a broken payload fails with what is wrong with it)
         yield from absent(f"no span carries {definition.prefix}type")
@@ -702,8 +731,6 @@ def build_domain_definitions(domains: Sequence[Domain] | None = None) -> dg.Defi
             job_name(domain),
             selection=dg.AssetSelection.assets(COLLECTED_KEY, *groups[domain.name].keys),
             executor_def=dg.in_process_executor,
-            config={"ops": {"collected_otlp": {"config": {"ndjson_domain": domain.name}},
-                            step_name(domain): {"config": {"require_spans": True}}}},
             description=f"Collect the payload and judge it against {domain.definition.label}; a payload "
                         f"without {domain.definition.label} spans is unusable input.",
         )

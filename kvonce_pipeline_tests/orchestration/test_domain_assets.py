@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from kvonce_pipeline.definitions import conformance_assets, defs
+from kvonce_pipeline.engine import registry
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_render import requests, write_trace
 from kvonce_pipeline.orchestration import domain_assets
@@ -51,13 +52,14 @@ def _mixed(toy: Domain, path: Path, *, bad_toy: bool = False, bad_kvonce: bool =
     return path
 
 
-def _run(toy: Domain, job: str, payload: Path, reports: Path) -> dg.ExecuteInProcessResult:
+def _run(toy: Domain, job: str, payload: Path, reports: Path,
+         run_config: dict | None = None) -> dg.ExecuteInProcessResult:
     merged = dg.Definitions.merge(
         dg.Definitions(assets=conformance_assets,
                        resources={"kvonce": KvonceSettings(payload=str(payload), reports_dir=str(reports))}),
         build_domain_definitions([toy]))
     return merged.resolve_job_def(job).execute_in_process(instance=dg.DagsterInstance.ephemeral(),
-                                                           raise_on_error=False)
+                                                           raise_on_error=False, run_config=run_config)
 
 
 def _materialized(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetMaterialization]:
@@ -100,9 +102,7 @@ def test_the_factory_makes_the_toy_group_and_leaves_kvonce_as_it_was(toy: Domain
     assert sorted(k.name for k in kvonce_job.asset_layer.asset_graph.asset_check_keys) == [
         "collected_schema", "events_schema", "kvonce_conformance", "projection_schema", "validation_schema"]
     with pytest.raises(ValueError, match="its own pass"):
-        domain_assets.build_domain_assets(next(d for d in [*__import__("kvonce_pipeline.engine.registry",
-                                                             fromlist=["x"]).installed().values()]
-                                                if d.runner is not None))
+        domain_assets.build_domain_assets(registry.get("kvonce"))
 
 
 def test_a_valid_toy_payload_materializes_the_group_with_metadata_matching_the_files(toy: Domain,
@@ -145,6 +145,38 @@ def test_a_violation_fails_the_verdict_check_and_the_run_with_the_verdict(toy: D
     assert "close-without-open" in failure.description
     report = orjson.loads((tmp_path / "reports" / "trace" / "toy" / "toy-validation.json").read_bytes())
     assert report["valid"] is False and [i["type"] for i in report["issues"]] == ["left-open", "close-without-open"]
+
+
+def test_the_engines_own_findings_keep_the_schema_checks_green(toy: Domain, tmp_path: Path) -> None:
+    """An undeclared type and a wrongly typed required field are findings, not broken artifacts."""
+    events = [*_toy_events(), DomainEvent(T0 + 2_000_000, "jump", "t1", {}, "c" * 32, "f" * 16, "toy-svc"),
+              DomainEvent(T0 + 3_000_000, "close", "t1", {"reason": 3}, "c" * 32, "a" * 16, "toy-svc")]
+    payload = tmp_path / "odd.json"
+    write_trace(toy, events, payload, "otlp-json")
+    result = _run(toy, "toy_conformance_job", payload, tmp_path / "reports")
+    assert not result.success
+    checks = _checks(result)
+    assert checks.pop(("toy_validation", "toy_conformance")) is False and all(checks.values()) and len(checks) == 3
+    report = orjson.loads((tmp_path / "reports" / "trace" / "toy" / "toy-validation.json").read_bytes())
+    assert set(report["summary"]["byRule"]) >= {"unknown-event-type", "invalid-field-type", "missing-required-field"}
+
+
+def test_run_config_sets_the_domains_options_and_disabled_rules(toy: Domain, tmp_path: Path) -> None:
+    step = {"config": {"disable": ["close-without-open"], "options": {"allow_left_open": "true"}}}
+    payload = _toy_payload(toy, tmp_path / "bad.json", bad=True)
+    result = _run(toy, "toy_conformance_job", payload, tmp_path / "reports", {"ops": {"toy_conformance_pass": step}})
+    assert result.success
+    report = orjson.loads((tmp_path / "reports" / "trace" / "toy" / "toy-validation.json").read_bytes())
+    assert report["disabledRules"] == ["close-without-open"] and report["options"] == {"allow_left_open": True}
+    assert report["issues"] == []
+    # a config given by the user does not drop the job's own rule: no toy spans is still unusable there
+    result = _run(toy, "toy_conformance_job", SAMPLES / "kvonce-otlp.json", tmp_path / "reports",
+                  {"ops": {"toy_conformance_pass": step}})
+    failure = _failure(result, "toy_conformance_pass")
+    assert failure is not None and failure.metadata["verdict"].value == "unusable"
+    wrong = {"ops": {"toy_conformance_pass": {"config": {"options": {"nope": "1"}}}}}
+    failure = _failure(_run(toy, "toy_conformance_job", payload, tmp_path / "reports", wrong), "toy_conformance_pass")
+    assert failure is not None and "has no option 'nope'" in failure.description
 
 
 def test_the_toy_job_on_a_payload_without_toy_spans_is_unusable_input(toy: Domain, tmp_path: Path) -> None:
@@ -240,6 +272,8 @@ def test_the_schemas_built_from_the_definition_catch_broken_tables(toy: Domain) 
     assert "not in time order" in outcome.failure_markdown
     no_reason = domain_assets.events_frame(toy, [DomainEvent(T0, "close", "t1", {})], report)
     assert not check_frame(domain_assets.events_schema(toy), no_reason).passed
+    assert check_frame(domain_assets.events_schema(toy, frozenset({"missing-required-field"})), no_reason).passed
+    assert check_frame(domain_assets.events_schema(toy, frozenset({"unknown-event-type"})), unreported).passed
 
     stats = {"events": 2, "keys": 1, "byType": {"open": 1, "close": 1, "unknown": 0}, "firstTimestamp": "a",
              "lastTimestamp": "b", "traceIdCount": 1, "traceIds": ["c"]}
@@ -277,3 +311,10 @@ def test_dagster_job_execute_of_the_toy_job_exits_with_the_verdict(toy: Domain, 
     assert report["valid"] is valid
     if not valid:
         assert "1 Toy violation in" in done.stdout + done.stderr
+        # make run's verdict reader tells a violation (1) from unusable input (2) for this job too
+        verdict = subprocess.run([str(VENV_BIN / "python"), "-m", "kvonce_pipeline.orchestration.run_verdict",
+                                  "--job", "toy_conformance_job", "--dagster-exit", "1"], cwd=tmp_path,
+                                 env={**toy_project.env(), "DAGSTER_HOME": str(tmp_path / "dagster_home")},
+                                 capture_output=True, text=True, timeout=120)
+        assert verdict.returncode == 1, verdict.stderr
+        assert verdict.stdout.startswith(f"1 Toy violation in {payload}:")
