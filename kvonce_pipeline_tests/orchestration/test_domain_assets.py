@@ -17,6 +17,7 @@ from kvonce_pipeline.definitions import conformance_assets, defs
 from kvonce_pipeline.engine import registry
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_render import requests, write_trace
+from kvonce_pipeline.engine.payload import PayloadRequest, check_payload
 from kvonce_pipeline.orchestration import domain_assets
 from kvonce_pipeline.orchestration.domain_assets import build_domain_definitions
 from kvonce_pipeline.orchestration.resources import KvonceSettings
@@ -213,13 +214,22 @@ def test_an_ndjson_log_of_the_toy_domain_is_collected_through_its_mapping(toy: D
 
 
 def test_the_trace_job_checks_both_domains_of_a_mixed_payload(toy: Domain, tmp_path: Path) -> None:
-    result = _run(toy, "trace_conformance_job", _mixed(toy, tmp_path / "mixed.json"), tmp_path / "reports")
-    assert result.success
-    assert set(_materialized(result)) == {"collected_otlp", "trace_summary", *TOY_ASSETS, *KVONCE_ASSETS}
-    assert all(_checks(result).values())
-    summary = orjson.loads((tmp_path / "reports" / "trace" / "trace-summary.json").read_bytes())
-    assert [(d["key"], d["status"]) for d in summary["domains"]] == [("kvonce", "valid"), ("toy", "valid")]
-    assert summary["aggregate"]["exitCode"] == 0
+    payload = _mixed(toy, tmp_path / "mixed.json", bad_toy=True)
+    result = _run(toy, "trace_conformance_job", payload, tmp_path / "reports")
+    assert not result.success  # the toy violation
+    assert set(_materialized(result)) == {"collected_otlp", "trace_summary", *TOY_ASSETS[:2], *KVONCE_ASSETS}
+    assert [key for key, passed in _checks(result).items() if not passed] == [("toy_validation", "toy_conformance")]
+    trace = tmp_path / "reports" / "trace"
+    summary = orjson.loads((trace / "trace-summary.json").read_bytes())
+    assert [(d["key"], d["status"]) for d in summary["domains"]] == [("kvonce", "valid"), ("toy", "invalid")]
+    assert summary["aggregate"]["exitCode"] == 1
+    # the same bytes as `kvonce conformance` writes for the same payload: the toy files and the summary
+    cli = tmp_path / "cli"
+    assert check_payload(PayloadRequest(payload, cli)).exit_code == 1
+    for name in ["toy/toy-events.ndjson", "toy/toy-state-sequence.json", "toy/toy-projection.json",
+                 "toy/toy-validation.json", "toy/toy-summary.md", "trace-summary.json", "trace-summary.md",
+                 "kvonce-validation.json"]:
+        assert (trace / name).read_bytes() == (cli / name).read_bytes(), name
 
 
 def test_the_trace_job_on_a_kvonce_violation_still_checks_the_other_domain(toy: Domain, tmp_path: Path) -> None:
