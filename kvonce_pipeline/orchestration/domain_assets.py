@@ -12,6 +12,10 @@ What is built, from the installed domains' definitions alone (nothing here names
 - the jobs ``<name>_conformance_job`` (one domain) and ``trace_conformance_job`` (every domain of the
   payload, KvOnce's CI graph included).
 
+The step bodies are the engine's (``read_domain_events``, ``check_domain``, ``write_trace_summary``): for
+the same payload the domains' files and the trace summary are byte-identical to what ``kvonce
+conformance`` writes (tested on a mixed KvOnce and template-domain payload).
+
 Why a collected asset of its own rather than feeding the groups from KvOnce's
 ``collected_kvonce_otlp``: that asset is materialized by KvOnce's single step, and the step fails on a
 KvOnce violation and on a payload without KvOnce spans. Dagster 1.13 then abandons every step
