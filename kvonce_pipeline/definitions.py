@@ -16,6 +16,7 @@ import dagster as dg
 
 from .orchestration.conformance import definitions as conformance
 from .orchestration.drops import definitions as drops
+from .orchestration.domains import definitions as domains
 from .orchestration.resources import KvonceSettings
 from .orchestration.sharded import definitions as sharded
 
@@ -23,5 +24,6 @@ defs = dg.Definitions.merge(
     conformance.defs,
     drops.defs,
     sharded.defs,
+    domains.defs,  # every generic domain's group, collected_otlp, trace_summary and their jobs
     dg.Definitions(resources={"kvonce": KvonceSettings.from_env()}),
 )
