@@ -169,6 +169,14 @@ def _check(definition: Definition, where: str) -> None:
             fail(f"option {option.name!r}: default {exc}")
 
 
+def rule_table(definition: Definition, *, own_pass: bool = False) -> tuple[RuleSpec, ...]:
+    """The engine's checks, then the domain's own rules. A domain with its own pass refuses a wrongly
+    typed field as unusable input, so it has no ``invalid-field-type``."""
+    engine = tuple(RuleSpec(rid, sev, text) for rid, sev, text in ENGINE_RULES
+                   if not own_pass or rid != "invalid-field-type")
+    return engine + definition.rules
+
+
 def load_definition(path: Path) -> Definition:
     """Read and check a ``domain.toml``; a mistake is a :class:`ConfigError` naming the file."""
     try:
@@ -315,12 +323,8 @@ class Domain:
         return self.names or ArtifactNames.of(self.name)
 
     def rules(self) -> tuple[RuleSpec, ...]:
-        """Every rule a run of this domain can report: the engine's checks, then the domain's own.
-        A domain with its own pass refuses a wrongly typed field as unusable input, so it has no
-        ``invalid-field-type``."""
-        engine = tuple(RuleSpec(rid, sev, text) for rid, sev, text in ENGINE_RULES
-                       if self.runner is None or rid != "invalid-field-type")
-        return engine + self.definition.rules
+        """Every rule a run of this domain can report (:func:`rule_table`)."""
+        return rule_table(self.definition, own_pass=self.runner is not None)
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Every option with its default, overridden by ``given`` (values or their text)."""

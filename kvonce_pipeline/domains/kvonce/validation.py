@@ -8,47 +8,23 @@ O(events) time, memory proportional to the number of keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 
+from ...engine.domain import RuleSpec, load_definition, rule_table
 from .events import EVENT_TYPES, Event
 
-SCHEMA_VERSION = "kvonce-validation/v1"
+#: KvOnce's definition: the rule table, the report's schema version and MAX_RETRIES's default are
+#: read from it, so ``kvonce domain doc kvonce`` and this validator cannot disagree.
+DEFINITION = load_definition(Path(__file__).with_name("domain.toml"))
+SCHEMA_VERSION = DEFINITION.schema_version
 _KNOWN = frozenset(EVENT_TYPES)
-DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_RETRIES: int = next(option.default for option in DEFINITION.options if option.name == "max_retries")
 
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    severity: str  # "error" or "warning" by default; strict mode makes every warning an error
-    summary: str
-
-
-RULES: dict[str, Rule] = {
-    rule.id: rule
-    for rule in (
-        Rule("multiple-success", "error", "a key is written more than once (NoOverwrite)"),
-        Rule("duplicate-without-success", "error", "a 'duplicate' failure on a key that never succeeds"),
-        Rule("retry-bound-exceeded", "error", "more retries than MAX_RETRIES (RetryBounded)"),
-        Rule("retry-context-missing", "error",
-             "a retry carries a context without a numeric 'attempt'/'attempts' (or a bare number)"),
-        Rule("retry-attempt-out-of-sequence", "error",
-             "the key's retry attempt numbers, in order, are not 1, 2, 3, ..."),
-        Rule("success-attempt-mismatch", "error",
-             "the success's attempt number is not (number of retry contexts + 1)"),
-        Rule("success-missing-value", "error", "a success carries no value (NoOverwrite needs val # NULL)"),
-        Rule("unknown-event-type", "error", "an event type other than success, retry, failure"),
-        Rule("missing-required-field", "error",
-             "an event lacks timestamp, type or key, or a failure lacks its reason"),
-        Rule("duplicate-before-success", "warning",
-             "a 'duplicate' failure before the key's first success (KvOnceImpl forbids it)"),
-        Rule("success-after-retries-exhausted", "warning",
-             "a success after MAX_RETRIES retries (KvOnceRefinement's Put needs retries < MAX_RETRIES)"),
-    )
-}
+#: rule id -> its severity ("error" or "warning" by default; strict mode makes every warning an error)
+RULES: dict[str, RuleSpec] = {rule.id: rule for rule in rule_table(DEFINITION, own_pass=True)}
 
 
 def attempt_of(context: Any) -> int | float | None:
