@@ -412,8 +412,11 @@ def generate(path: str | Path, options: GenerateOptions) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="write a deterministic synthetic trace (benchmarks, tests)")
-    parser.add_argument("--events", type=int, required=True, help="number of KvOnce events")
-    parser.add_argument("--keys", type=int, required=True, help="number of distinct keys (<= events)")
+    parser.add_argument("--events", type=int, required=True, help="number of events")
+    parser.add_argument("--keys", type=int, default=None,
+                        help="number of distinct keys (<= events; required for kvonce, the domain decides otherwise)")
+    parser.add_argument("--domain", default="kvonce",
+                        help="whose events (default kvonce; another domain needs a generator: `kvonce domain list`)")
     parser.add_argument("--format", default="otlp-json", choices=FORMATS)
     parser.add_argument("--violations", type=float, default=0.0,
                         help="rate per rule: each key breaks each rule with this probability (default 0: valid)")
@@ -425,6 +428,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.domain != "kvonce":
+        return _run_domain(args)
+    if args.keys is None:
+        print("kvonce generate: --keys is required for kvonce events", file=sys.stderr)
+        return 2
     try:
         options = GenerateOptions(events=args.events, keys=args.keys, format=args.format,
                                   violations=args.violations, seed=args.seed, gzip=args.gzip,
@@ -434,5 +442,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kvonce generate: {exc}", file=sys.stderr)
         return 2
     print(f"kvonce generate: {count} events over {args.keys} keys ({args.format}"
+          f"{', gzip' if args.gzip else ''}) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _run_domain(args: argparse.Namespace) -> int:
+    """Another domain's events, from its own generator (:attr:`Domain.generate`)."""
+    from ..engine.domain_render import FORMATS as DOMAIN_FORMATS
+    from ..engine.domain_render import write_trace
+    from ..engine.registry import get
+
+    domain = get(args.domain)
+    if domain.generate is None:
+        print(f"kvonce generate: the {args.domain} domain has no generator", file=sys.stderr)
+        return 2
+    if args.format not in DOMAIN_FORMATS:
+        print(f"kvonce generate: --format {args.format} is KvOnce's only; use one of {', '.join(DOMAIN_FORMATS)}",
+              file=sys.stderr)
+        return 2
+    if args.keys is not None:
+        print(f"kvonce generate: --keys is not used by the {args.domain} generator (it decides its keys)",
+              file=sys.stderr)
+        return 2
+    try:
+        events = domain.generate(args.events, seed=args.seed, violations=args.violations)
+        count = write_trace(domain, events, args.output, args.format, compress=args.gzip)
+    except ValueError as exc:
+        print(f"kvonce generate: {exc}", file=sys.stderr)
+        return 2
+    print(f"kvonce generate: {count} {domain.definition.label} events ({args.format}"
           f"{', gzip' if args.gzip else ''}) -> {args.output}", file=sys.stderr)
     return 0

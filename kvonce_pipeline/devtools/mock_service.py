@@ -23,7 +23,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.domain import Domain, DomainEvent
 
 SERVICE_NAME = "kvonce-mock-service"
 SCOPE_NAME = "kvonce.mock_service"
@@ -110,8 +113,14 @@ class ScenarioResult:
 
 
 def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] | None = None,
-                 scenario: tuple[Put, ...] = SCENARIO, timeout: float = 10.0) -> ScenarioResult:
+                 scenario: tuple[Put, ...] = SCENARIO, timeout: float = 10.0,
+                 domain: "Domain | None" = None, events: int = 40) -> ScenarioResult:
     """Run the scenario, exporting through the real OTLP/HTTP exporter to ``endpoint``.
+
+    With ``domain`` (not KvOnce) the spans are that domain's events instead: ``events`` from its
+    generator, or its first bundled sample when it has none, each one span carrying
+    ``<prefix>*`` attributes the way an instrumented service sets them (:func:`domain_attributes`),
+    with the event's time as the span's start.
 
     Raises :class:`~kvonce_pipeline.engine.errors.KvonceError` if the exporter could not deliver every span
     (the exporter itself only logs failures, so they are counted on the way through).
@@ -152,13 +161,20 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME,
                                                         "service.instance.id": "mock-1"}))
     provider.add_span_processor(BatchSpanProcessor(CountingExporter(exporter)))
-    store = MockKvOnceStore(provider.get_tracer(SCOPE_NAME, "1.0.0"))
     try:
-        for call in scenario:
-            try:
-                store.put(call)
-            except DuplicateKey:
-                pass  # the client sees the refusal; the failure event is the point
+        if domain is not None:
+            tracer = provider.get_tracer(f"{domain.name}.mock_service", "1.0.0")
+            for event in _domain_events(domain, events):
+                span = tracer.start_span(f"{domain.name}.{event.type}", attributes=domain_attributes(domain, event),
+                                         start_time=event.time_unix_nano)
+                span.end(end_time=event.time_unix_nano)
+        else:
+            store = MockKvOnceStore(provider.get_tracer(SCOPE_NAME, "1.0.0"))
+            for call in scenario:
+                try:
+                    store.put(call)
+                except DuplicateKey:
+                    pass  # the client sees the refusal; the failure event is the point
         provider.force_flush(int(timeout * 1000))
     finally:
         provider.shutdown()
@@ -168,16 +184,51 @@ def run_scenario(endpoint: str, *, gzip: bool = False, headers: dict[str, str] |
     return result
 
 
-def generate_payload(dest_dir: Path, *, gzip: bool = False) -> Path:
+def domain_attributes(domain: "Domain", event: "DomainEvent") -> dict[str, Any]:
+    """A domain event as span attributes: SDK attributes are scalars or lists of scalars, so an object
+    field is flattened into ``<prefix><field>.<name>`` (a nested value as JSON text), and anything
+    else that is not a scalar is JSON text, which the mapping reads back as the object or array."""
+    import orjson
+
+    prefix = domain.definition.prefix
+    attributes: dict[str, Any] = {prefix + "type": event.type, prefix + "key": event.key}
+    for name, value in event.fields.items():
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                scalar = item is not None and not isinstance(item, (dict, list))
+                attributes[f"{prefix}{name}.{inner}"] = item if scalar else orjson.dumps(item).decode()
+        elif isinstance(value, list) or value is None:
+            attributes[prefix + name] = orjson.dumps(value).decode()
+        else:
+            attributes[prefix + name] = value
+    return attributes
+
+
+def _domain_events(domain: "Domain", count: int) -> list["DomainEvent"]:
+    if domain.generate is not None:
+        return list(domain.generate(count, seed=1))
+    from ..engine.domain_decode import read_domain_events
+
+    samples = domain.sample_paths()
+    if not samples:
+        from ..engine.errors import KvonceError
+
+        raise KvonceError(f"mock service: the {domain.name} domain has neither a generator nor a sample")
+    return read_domain_events(samples[0], [domain]).events[domain.name]
+
+
+def generate_payload(dest_dir: Path, *, gzip: bool = False, domain: "Domain | None" = None,
+                     events: int = 40) -> Path:
     """Run the scenario against an in-process receiver on 127.0.0.1 (ephemeral port) that writes
-    into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports."""
+    into ``dest_dir``; returns the payload file (OTLP protobuf). ``gzip`` compresses the exports;
+    ``domain`` and ``events`` as for :func:`run_scenario`."""
     from ..engine.errors import KvonceError
     from ..collector.receiver import Receiver, ReceiverConfig
 
     # One batch for the whole run: the timer never fires first, stop() writes it as one file.
     receiver = Receiver(ReceiverConfig(drop_dir=Path(dest_dir), host="127.0.0.1", port=0, flush_seconds=3600.0))
     with receiver:
-        run_scenario(receiver.endpoint, gzip=gzip)
+        run_scenario(receiver.endpoint, gzip=gzip, domain=domain, events=events)
     files = receiver.files
     if len(files) != 1:
         raise KvonceError(f"mock service: expected one payload file in {dest_dir}, got {len(files)}")
@@ -200,6 +251,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="send to a running receiver instead, e.g. http://127.0.0.1:4318/v1/traces "
                              "(uses KVONCE_COLLECTOR_TOKEN as the bearer token when set)")
     parser.add_argument("--gzip", action="store_true", help="gzip the export requests")
+    parser.add_argument("--domain", default="kvonce",
+                        help="whose spans: kvonce (the scenario above, the default) or another installed domain's "
+                             "events (its generator, else its sample)")
+    parser.add_argument("--events", type=int, default=40, help="how many events of another domain (default 40)")
     parser.set_defaults(run=_run)
 
 
@@ -207,13 +262,16 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from ..engine.artifacts import drop_dir
+    from ..engine.registry import get
 
+    domain = None if args.domain == "kvonce" else get(args.domain)
     if args.endpoint:
         token = (os.environ.get("KVONCE_COLLECTOR_TOKEN") or "").strip()
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        result = run_scenario(args.endpoint, gzip=args.gzip, headers=headers)
+        result = run_scenario(args.endpoint, gzip=args.gzip, headers=headers, domain=domain, events=args.events)
         print(f"kvonce mock: {result.spans_exported} spans delivered to {args.endpoint}", file=sys.stderr)
         return 0
-    path = generate_payload(Path(args.drop_dir) if args.drop_dir else drop_dir(), gzip=args.gzip)
+    path = generate_payload(Path(args.drop_dir) if args.drop_dir else drop_dir(), gzip=args.gzip, domain=domain,
+                            events=args.events)
     print(path)
     return 0

@@ -7,10 +7,11 @@ events back (the round trip is tested per format). Spans are grouped into resour
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -82,28 +83,35 @@ def requests(domain: Domain, events: Iterable[DomainEvent]) -> Iterator[dict[str
         yield request()
 
 
-def write_trace(domain: Domain, events: Iterable[DomainEvent], path: str | Path, format: str) -> int:
-    """Write ``events`` to ``path`` (atomically) in ``format``; returns how many were written."""
+def write_trace(domain: Domain, events: Iterable[DomainEvent], path: str | Path, format: str, *,
+                compress: bool = False) -> int:
+    """Write ``events`` to ``path`` (atomically) in ``format``, gzipped when ``compress`` (with no
+    time stamp in the gzip header: the same events give the same bytes); returns how many."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    with atomic_writer(path) as target:
+        if not compress:
+            return _write(domain, events, target, format)
+        with gzip.GzipFile(fileobj=cast(Any, target), mode="wb", mtime=0) as zipped:
+            return _write(domain, events, zipped, format)
+
+
+def _write(domain: Domain, events: Iterable[DomainEvent], out: Any, format: str) -> int:
     count = 0
-    with atomic_writer(path) as out:
-        if format == "ndjson":
-            for event in events:
-                out.write(orjson.dumps(event_line(domain, event)) + b"\n")
-                count += 1
-        elif format == "otlp-jsonl":
-            for item in requests(domain, events):
-                count += len(item["resourceSpans"][0]["scopeSpans"][0]["spans"])
-                out.write(orjson.dumps(item) + b"\n")
-        else:
-            merged: list[dict[str, Any]] = []
-            for item in requests(domain, events):
-                count += len(item["resourceSpans"][0]["scopeSpans"][0]["spans"])
-                merged += item["resourceSpans"]
-            document = {"resourceSpans": merged}
-            if format == "otlp-json":
-                out.write(orjson.dumps(document))
-            else:
-                out.write(request_to_message(document).SerializeToString())
+    if format == "ndjson":
+        for event in events:
+            out.write(orjson.dumps(event_line(domain, event)) + b"\n")
+            count += 1
+        return count
+    if format == "otlp-jsonl":
+        for item in requests(domain, events):
+            count += len(item["resourceSpans"][0]["scopeSpans"][0]["spans"])
+            out.write(orjson.dumps(item) + b"\n")
+        return count
+    merged: list[dict[str, Any]] = []
+    for item in requests(domain, events):
+        count += len(item["resourceSpans"][0]["scopeSpans"][0]["spans"])
+        merged += item["resourceSpans"]
+    document = {"resourceSpans": merged}
+    out.write(orjson.dumps(document) if format == "otlp-json" else request_to_message(document).SerializeToString())
     return count

@@ -91,3 +91,54 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError):
         list(__import__("kvonce_pipeline.devtools.generate", fromlist=["iter_steps"]).iter_steps(
             GenerateOptions(events=10, keys=5, violations=0.5)))
+
+
+# --- another domain's generator (kvonce generate --domain NAME) -------------------------------------
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+
+    from ..conftest import VENV_BIN
+
+    return subprocess.run([str(VENV_BIN / "kvonce"), *args], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {})})
+
+
+def test_another_domains_trace_reads_the_same_in_every_form(tmp_path: Path) -> None:
+    """``--domain inventory``: the domain's own generator; every form gives the same findings."""
+    import hashlib
+
+    import orjson
+
+    seen = []
+    for form, zipped in (("ndjson", False), ("otlp-json", True), ("otlp-jsonl", False), ("otlp-proto", True)):
+        path = tmp_path / f"inv-{form}{'.gz' if zipped else ''}"
+        args = ["generate", "--domain", "inventory", "--events", "3000", "--violations", "0.003", "--seed", "4",
+                "--format", form, "--output", str(path), *(["--gzip"] if zipped else [])]
+        made = _cli(*args)
+        assert made.returncode == 0, made.stderr
+        assert "3000 Inventory events" in made.stderr
+        first = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert _cli(*args).returncode == 0 and hashlib.sha256(path.read_bytes()).hexdigest() == first  # same bytes
+        done = _cli("conformance", "--input", str(path), "--domain", "inventory", "--output-dir", str(tmp_path / form))
+        assert done.returncode == 1, done.stderr  # the injected faults
+        report = orjson.loads((tmp_path / form / "inventory" / "inventory-validation.json").read_bytes())
+        seen.append([(i["eventIndex"], i["type"], i["key"]) for i in report["issues"]])
+    assert seen[0] and all(findings == seen[0] for findings in seen)
+
+
+def test_another_domains_generator_refuses_what_it_cannot_do(tmp_path: Path, toy_project) -> None:
+    out = str(tmp_path / "x")
+    keys = _cli("generate", "--domain", "inventory", "--events", "10", "--keys", "3", "--output", out)
+    assert keys.returncode == 2 and "--keys is not used" in keys.stderr
+    form = _cli("generate", "--domain", "inventory", "--events", "10", "--format", "otlp-proto-delimited",
+                "--output", out)
+    assert form.returncode == 2 and "KvOnce's only" in form.stderr
+    none = _cli("generate", "--domain", "toy", "--events", "10", "--output", out, env=toy_project.env())
+    assert none.returncode == 2 and "has no generator" in none.stderr
+    unknown = _cli("generate", "--domain", "nope", "--events", "10", "--output", out)
+    assert unknown.returncode == 2 and "no domain 'nope'" in unknown.stderr
+    kv = _cli("generate", "--events", "10", "--output", out)
+    assert kv.returncode == 2 and "--keys is required" in kv.stderr
+    assert not (tmp_path / "x").exists()
