@@ -1,4 +1,6 @@
-"""kvonce_pipeline: prove or disprove that a KvOnce run obeyed its spec, from its OTLP traces.
+"""kvonce_pipeline: prove or disprove that a run obeyed its specification, from its OTLP traces.
+
+Each specification is a domain (KvOnce and Inventory are built in; a package may add its own).
 
 The public API is the names in ``__all__``; everything else is internal and may change. The core
 (reading, projection, validation, reports) is plain Python and imports no Dagster. Names are
@@ -9,6 +11,9 @@ that imports Dagster.
 >>> from kvonce_pipeline import ConformanceOptions, run_conformance
 >>> result = run_conformance("trace.json", "reports/", ConformanceOptions(strict=True))  # doctest: +SKIP
 >>> result.valid, result.exit_code, result.report["summary"]["errors"]  # doctest: +SKIP
+>>> from kvonce_pipeline import PayloadRequest, check_payload
+>>> outcome = check_payload(PayloadRequest("mixed.json", Path("reports/")))  # doctest: +SKIP
+>>> [(r.domain.name, r.status) for r in outcome.results], outcome.exit_code  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,6 +35,21 @@ _EXPORTS = {
     "TraceRead": "engine.decode.reader",
     "Event": "domains.kvonce.events",
     "validate_events": "domains.kvonce.validation",
+    # domains: defining one, finding the installed ones, and checking a payload for every domain it has
+    "Domain": "engine.domain",
+    "DomainEvent": "engine.domain",
+    "Definition": "engine.domain",
+    "Machine": "engine.domain",
+    "load_definition": "engine.domain",
+    "installed_domains": "engine.registry:installed",
+    "get_domain": "engine.registry:get",
+    "read_domain_events": "engine.domain_decode",
+    "check_domain": "engine.domain_pass",
+    "DomainOptions": "engine.domain_pass",
+    "DomainResult": "engine.domain_pass",
+    "check_payload": "engine.payload",
+    "PayloadRequest": "engine.payload",
+    "PayloadResult": "engine.payload",
     # limits and the errors every entry point raises
     "Limits": "engine.limits",
     "KvonceError": "engine.errors",
@@ -57,6 +77,12 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .domains.kvonce.events import Event
     from .domains.kvonce.validation import validate_events
     from .engine.conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .engine.domain import Definition, Domain, DomainEvent, Machine, load_definition
+    from .engine.domain_decode import read_domain_events
+    from .engine.domain_pass import DomainOptions, DomainResult, check_domain
+    from .engine.payload import PayloadRequest, PayloadResult, check_payload
+    from .engine.registry import get as get_domain
+    from .engine.registry import installed as installed_domains
     from .engine.decode.reader import TraceRead, open_trace, read_trace
     from .engine.envelope import read_envelope
     from .engine.errors import ConfigError, InputError, KvonceError, OutputError
