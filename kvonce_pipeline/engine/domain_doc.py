@@ -49,13 +49,13 @@ def render_domain_doc(domain: Domain) -> str:
     rows += [(name, kind, req, doc) for name, kind, req, doc, _ in _TRAILING]
     lines += [f"| `{name}` | {kind} | {req} | {_cell(doc)} |" for name, kind, req, doc in rows]
     lines += ["", "## OTLP mapping", "",
-              f"A span is a {d.label} event when it carries `{d.prefix}type`.", "",
+              f"A span carries a {d.label} event when it has the attribute `{d.prefix}type`.", "",
               "| event field | OTLP span |", "|---|---|"]
     lines += [f"| `{name}` | {where.format(**fmt)} |" for name, _, _, _, where in _COMMON]
     for f in d.fields:
         where = f"`{d.prefix}{f.name}`"
         if "object" in f.json or "array" in f.json:
-            where += f" (an AnyValue; a JSON string holding an object or array is read as it)"
+            where += " (an AnyValue; a JSON string holding an object or array is read as it)"
         if "object" in f.json:
             where += f", or flattened `{d.prefix}{f.name}.<name>` attributes"
         lines.append(f"| `{f.name}` | {where} |")
