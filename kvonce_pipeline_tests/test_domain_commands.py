@@ -115,3 +115,18 @@ def test_kvonce_is_documented_from_its_definition() -> None:
     for rule in RULES.values():
         assert f"| `{rule.id}` | {rule.severity} |" in doc.stdout
     assert "`kvonce.event.value`" in doc.stdout and "| `success` | `value` |" in doc.stdout
+
+
+def test_the_readme_rule_tables_are_the_generated_ones() -> None:
+    """The README shows each built-in domain's rules as ``kvonce domain doc`` prints them: edit the
+    domain's definition, then paste the table again (this test says which one drifted)."""
+    from kvonce_pipeline.engine import registry
+    from kvonce_pipeline.engine.domain_doc import render_domain_doc
+
+    from .conftest import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("kvonce", "inventory"):
+        doc = render_domain_doc(registry.get(name))
+        table = doc[doc.index("| id | severity | finding |"):doc.index("\n\n`--strict`")]
+        assert table in readme, f"README's {name} rule table differs from `kvonce domain doc {name}`"
