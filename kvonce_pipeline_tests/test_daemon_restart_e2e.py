@@ -24,8 +24,8 @@ the kill), none left unlaunched, and the sensor's cursor must have survived. Thr
 States at the kill and after the restart are printed (``pytest -s``); docs/drop-folder.md ("What a
 daemon crash does") describes them. Every process started is SIGKILLed (process groups, then any
 process left with this test's ``DAGSTER_HOME``) whatever happens. The run queue is polled every
-second (``FAST_QUEUE``; Dagster's default is 5 s) and conditions every quarter second: only how soon
-things are seen, not what is checked. About 40 s per kill point on an idle two-core machine, most of
+second (``FAST_QUEUE``; Dagster's default is 5 s): only how soon queued runs start, not what is
+checked. About 40 s per kill point on an idle two-core machine, most of
 it the two starts of ``dagster dev``.
 """
 
@@ -45,8 +45,8 @@ from dagster._core.instance.ref import InstanceRef
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 from .postgres import deploy_config
-from .test_dagster_dev_e2e import (FAST_QUEUE, SENSOR, SENSOR_INTERVAL_S, VALID, Dagit, _drop, _free_port, _key, _wait,
-                                   kill_dagster_dev)
+from .test_dagster_dev_e2e import (FAST_QUEUE, SENSOR, SENSOR_INTERVAL_S, UP_POLL_S, VALID, Dagit, _drop, _free_port, _key,
+                                   _wait, kill_dagster_dev)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -159,7 +159,7 @@ def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterD
 
     # 1. First life: the sensor requests the runs of two payloads, then everything is SIGKILLed.
     dagit = dev.start(closed if kill_point == "queued" else open_, "first")
-    _wait(dagit, "the webserver", deadline, dagit.up)
+    _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
     _drop(dev.drop_dir, "one.ndjson", ONE)
     _drop(dev.drop_dir, "two.ndjson", TWO)
     at_kill: dict[str, list[str]] = {}
@@ -189,7 +189,7 @@ def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterD
 
     # 2. Second life, same DAGSTER_HOME and drop folder, queue open; a third payload arrives.
     dagit = dev.start(open_, "second")
-    _wait(dagit, "the webserver after the restart", deadline, dagit.up)
+    _wait(dagit, "the webserver after the restart", deadline, dagit.up, poll=UP_POLL_S)
     print(f"[{kill_point}] {_elapsed(deadline):.0f} s: up again")
     _drop(dev.drop_dir, "three.ndjson", THREE)
 

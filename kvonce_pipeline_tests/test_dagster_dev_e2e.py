@@ -10,9 +10,9 @@ What makes it quick, without changing what it proves: the sensor's minimum inter
 (``KVONCE_DROP_SENSOR_INTERVAL_SECONDS``, 15 s by default), so the daemon evaluates it on every pass
 of its sensor loop, which Dagster runs every 5 s whatever the interval (with a 5 s minimum a pass
 that came a moment early skipped it: ticks every 5 or 10 s); the run queue is polled every second
-(``run_queue: dequeue_interval_seconds``, Dagster's default is 5 s); conditions are polled every
-quarter second; and the processes are SIGKILLed at the end instead of waiting 3 to 5 s for a
-graceful shutdown nothing here checks. About 25 s per instance on a quiet two-core machine (most of
+(``run_queue: dequeue_interval_seconds``, Dagster's default is 5 s); whether the webserver is up
+is polled every quarter second; and the processes are SIGKILLed at the end instead of waiting 3 to
+5 s for a graceful shutdown nothing here checks. About 25 s per instance on a quiet two-core machine (most of
 it ``dagster dev`` loading the code location, the sensor's 5 s passes, and one run process per
 payload); the deadline leaves room for a loaded one. ``pytest -s`` prints when each step was reached.
 """
@@ -42,8 +42,12 @@ from .postgres import deploy_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DEADLINE_S = 100
-#: How often a condition is polled: GraphQL and file reads are cheap next to a run.
-POLL_S = 0.25
+#: How often a condition is polled. Once a second: each GraphQL query costs the webserver CPU that
+#: the runs need on two cores (with four polls a second the restart test ran ~10 s slower per kill
+#: point in one back-to-back comparison, most likely for that reason). Whether the webserver is up
+#: yet is asked more often (a refused connection costs nothing).
+POLL_S = 1.0
+UP_POLL_S = 0.25
 #: Appended to an instance's dagster.yaml: the queue daemon looks for queued runs every second
 #: (Dagster's default, 5 s, would add up to 5 s before each run). Nothing else of the queue changes:
 #: its limits stay those of ``concurrency: runs:`` (Dagster accepts the two blocks side by side).
@@ -204,12 +208,12 @@ def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tupl
         yield running
 
 
-def _wait(dagit: Dagit, what: str, deadline: float, check) -> Any:
+def _wait(dagit: Dagit, what: str, deadline: float, check, poll: float = POLL_S) -> Any:
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(POLL_S)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}; dagster dev's log ends:\n{dagit.log_tail()}")
 
 
@@ -222,7 +226,7 @@ def test_dagster_dev_processes_each_dropped_payload_exactly_once(dagster_dev, re
     dagit, drop_dir, reports = dagster_dev
     clock = Clock(request.node.callspec.id)
     deadline = time.monotonic() + DEADLINE_S
-    _wait(dagit, "the webserver", deadline, dagit.up)
+    _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
     clock.note("webserver up")
     sensor = _wait(dagit, "the sensor", deadline, lambda: dagit.sensor().get("sensorState"))
     assert sensor["status"] == "RUNNING"  # running by default, nobody switched it on

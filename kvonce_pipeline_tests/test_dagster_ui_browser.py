@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from .test_dagster_dev_e2e import Dagit, _drop, _finished, _key, _wait, running_dagster_dev
+from .test_dagster_dev_e2e import UP_POLL_S, Dagit, _drop, _finished, _key, _wait, running_dagster_dev
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -172,7 +172,7 @@ def test_each_payload_shows_its_own_verdict_on_its_partition(tmp_path: Path) -> 
     # dagster dev first: Chromium starts on the other core while it loads its code location
     with running_dagster_dev(tmp_path) as (dagit, drop_dir, reports), browser_page(chromium) as page:
         deadline = time.monotonic() + DEADLINE_S
-        _wait(dagit, "the webserver", deadline, dagit.up)
+        _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
         bad, good = _key("violating.ndjson", VIOLATING), _key("valid.ndjson", VALID)
         _drop(drop_dir, "violating.ndjson", VIOLATING)
         _wait(dagit, "the violating payload's run", deadline, lambda: _finished(dagit.drop_runs(), {bad}))

@@ -94,7 +94,7 @@ def test_the_image_install_step_succeeds_in_a_clean_virtual_environment(tmp_path
 # --- the run queue of the production instance, on a real daemon ----------------------------------
 
 from .test_daemon_restart_e2e import DagsterDev, dev  # noqa: E402,F401  (dev: the fixture)
-from .test_dagster_dev_e2e import FAST_QUEUE, Clock, _drop, _wait  # noqa: E402
+from .test_dagster_dev_e2e import FAST_QUEUE, UP_POLL_S, Clock, _drop, _wait  # noqa: E402
 
 BILLING = b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"b0","value":"v"}\n'
 
@@ -144,7 +144,7 @@ def test_runs_of_one_scope_never_overlap_on_the_deployed_queue(dev: DagsterDev, 
     (dev.drop_dir / "billing").mkdir()
     payloads = _payloads(dev.tmp_path, 3)  # generated while dagster dev loads (on the other core)
     clock.note("payloads generated")
-    _wait(dagit, "the webserver", deadline, dagit.up)
+    _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
     clock.note("webserver up")
     for n, data in enumerate(payloads):
         _drop(dev.drop_dir / "orders", f"o{n}.ndjson", data)
