@@ -2,7 +2,8 @@
 still runs exactly once.
 
 Real ``dagster dev`` (webserver, daemon, code server, run workers) on 127.0.0.1 with a temporary
-``DAGSTER_HOME``, drop folder and reports folder, the sensor ticking every second. Two payloads are
+``DAGSTER_HOME``, drop folder and reports folder, the sensor ticking on every pass of the daemon's
+sensor loop (its minimum interval 1 s; the loop passes every 5 s). Two payloads are
 dropped; once the sensor has requested their runs, the whole process group is SIGKILLed. Then
 ``dagster dev`` starts again on the same ``DAGSTER_HOME`` and drop folder, a third payload is
 dropped, and the GraphQL API must show exactly one run per partition (the very runs created before
@@ -22,14 +23,15 @@ the kill), none left unlaunched, and the sensor's cursor must have survived. Thr
 
 States at the kill and after the restart are printed (``pytest -s``); docs/drop-folder.md ("What a
 daemon crash does") describes them. Every process started is SIGKILLed (process groups, then any
-process left with this test's ``DAGSTER_HOME``) whatever happens. About 55 s per kill point on a
-two-core machine.
+process left with this test's ``DAGSTER_HOME``) whatever happens. The run queue is polled every
+second (``FAST_QUEUE``; Dagster's default is 5 s): only how soon queued runs start, not what is
+checked. About 40 s per kill point on an idle two-core machine, most of
+it the two starts of ``dagster dev``.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,14 +45,17 @@ from dagster._core.instance.ref import InstanceRef
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 from .postgres import deploy_config
-from .test_dagster_dev_e2e import SENSOR, VALID, Dagit, _drop, _free_port, _key, _wait
+from .test_dagster_dev_e2e import (FAST_QUEUE, SENSOR, SENSOR_INTERVAL_S, UP_POLL_S, VALID, Dagit, _drop, _free_port, _key,
+                                   _wait, kill_dagster_dev)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DEADLINE_S = 110
 ONE = VALID
 TWO = (b'{"timestamp":"2025-10-04T07:00:00.000Z","type":"success","key":"gamma","value":"v3"}\n'
        b'{"timestamp":"2025-10-04T07:00:01.000Z","type":"success","key":"delta","value":"v4"}\n')
 THREE = b'{"timestamp":"2025-10-04T08:00:00.000Z","type":"success","key":"epsilon","value":"v5"}\n'
-TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+TELEMETRY_OFF = "telemetry:\n  enabled: false\n" + FAST_QUEUE
 QUEUE_CLOSED = TELEMETRY_OFF + "concurrency:\n  runs:\n    max_concurrent_runs: 0\n"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 LEFT = {"STARTING", "STARTED"}  # in progress when the process group was killed
@@ -74,7 +79,7 @@ class DagsterDev:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))},
                "DAGSTER_HOME": str(self.home), "KVONCE_DROP_DIR": str(self.drop_dir),
                "KVONCE_REPORTS_DIR": str(self.reports), "KVONCE_DROP_SETTLE_SECONDS": "0.5",
-               "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": "1", **self.extra_env}
+               "KVONCE_DROP_SENSOR_INTERVAL_SECONDS": SENSOR_INTERVAL_S, **self.extra_env}
         log_path = self.tmp_path / f"dagster-dev-{name}.log"
         with log_path.open("wb") as log:
             self.processes.append(subprocess.Popen(
@@ -82,40 +87,10 @@ class DagsterDev:
                 cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         return Dagit(port, log_path)
 
-    def _leftovers(self) -> list[int]:
-        """Processes still running with this test's DAGSTER_HOME (a child that left the group)."""
-        marker = f"DAGSTER_HOME={self.home}\0".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if marker in (entry / "environ").read_bytes():
-                        found.append(int(entry.name))
-                except OSError:
-                    continue
-        return found
-
     def kill_all(self) -> None:
         """SIGKILL every process group started here, then any straggler; wait until all are gone."""
         for process in self.processes:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        for _ in range(50):
-            left = self._leftovers()
-            if not left:
-                return
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+            kill_dagster_dev(process, self.home)
 
     def stored_cursor(self) -> dict[str, Any]:
         """The sensor's cursor as the dead daemon left it in DAGSTER_HOME: the instigator state's, or
@@ -180,11 +155,11 @@ def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterD
         url = request.getfixturevalue("postgres_url")
         dev.extra_env = {"DAGSTER_PG_URL": url}
         monkeypatch.setenv("DAGSTER_PG_URL", url)  # for reading the dead daemon's cursor from the instance
-        closed, open_ = deploy_config(max_concurrent_runs=0), deploy_config()
+        closed, open_ = deploy_config(max_concurrent_runs=0) + FAST_QUEUE, deploy_config() + FAST_QUEUE
 
     # 1. First life: the sensor requests the runs of two payloads, then everything is SIGKILLed.
     dagit = dev.start(closed if kill_point == "queued" else open_, "first")
-    _wait(dagit, "the webserver", deadline, dagit.up)
+    _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
     _drop(dev.drop_dir, "one.ndjson", ONE)
     _drop(dev.drop_dir, "two.ndjson", TWO)
     at_kill: dict[str, list[str]] = {}
@@ -214,7 +189,7 @@ def test_daemon_killed_between_tick_and_run_each_payload_runs_once(dev: DagsterD
 
     # 2. Second life, same DAGSTER_HOME and drop folder, queue open; a third payload arrives.
     dagit = dev.start(open_, "second")
-    _wait(dagit, "the webserver after the restart", deadline, dagit.up)
+    _wait(dagit, "the webserver after the restart", deadline, dagit.up, poll=UP_POLL_S)
     print(f"[{kill_point}] {_elapsed(deadline):.0f} s: up again")
     _drop(dev.drop_dir, "three.ndjson", THREE)
 

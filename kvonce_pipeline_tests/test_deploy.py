@@ -22,6 +22,7 @@ HELM_VALUES = PROJECT_ROOT / "deploy" / "helm" / "values.yaml"
 DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"
 
 
+@pytest.mark.slow  # starts PostgreSQL (once per session)
 def test_the_instance_on_postgres_loads_with_its_queue(postgres_url: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster import DagsterInstance
@@ -65,11 +66,18 @@ def _install_arguments() -> list[str]:
     return shlex.split(line.removeprefix("RUN pip install"))
 
 
+@pytest.mark.slow
 def test_the_image_install_step_succeeds_in_a_clean_virtual_environment(tmp_path: Path) -> None:
-    """The Dockerfile's ``pip install`` line, run as it is on the project in a fresh venv."""
+    """The Dockerfile's ``pip install`` line, run as it is on the project in a fresh venv.
+
+    With ``--no-compile`` added: pip then skips writing ``.pyc`` files for every module it installs
+    (about a third of this test's time, measured), which decides nothing about whether the install
+    succeeds (pip only warns when a file does not compile) and the import below compiles what it
+    loads anyway."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_install_arguments()],
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
+                           *_install_arguments()],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
                           env={k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")})
     if done.returncode != 0 and re.search(r"(?i)(connection|network|resolve|name or service)", done.stderr):
@@ -86,42 +94,58 @@ def test_the_image_install_step_succeeds_in_a_clean_virtual_environment(tmp_path
 # --- the run queue of the production instance, on a real daemon ----------------------------------
 
 from .test_daemon_restart_e2e import DagsterDev, dev  # noqa: E402,F401  (dev: the fixture)
-from .test_dagster_dev_e2e import _drop, _wait  # noqa: E402
+from .test_dagster_dev_e2e import FAST_QUEUE, UP_POLL_S, Clock, _drop, _wait  # noqa: E402
 
 BILLING = b'{"timestamp":"2025-10-04T06:00:00.000Z","type":"success","key":"b0","value":"v"}\n'
 
 
+#: Events per ``orders`` payload (keys: 30 %). What the size has to do: make a run last longer than
+#: the time between the starts of the runs dropped together, so that without the scope limit they
+#: would overlap and the test could fail. Checked with the limit raised to 3 (``dagster dev`` on this
+#: file with FAST_QUEUE, two loaded cores), the orders runs' (start, end) in seconds:
+#: 2k events (0, 4.8) (8.2, 14.2) (16.6, 22.4): no overlap, too small to prove anything;
+#: 20k events (0, 14.3) (7.9, 22.5) (17.3, 36.3): they overlap; 50k (0, 28.1) (6.7, 38.6) (14, 57.6).
+ORDER_EVENTS = 20_000
+
+
 def _payloads(folder: Path, count: int) -> list[bytes]:
-    """Traces big enough (50k events) that a run lasts longer than the time between run starts on
-    two cores: without the scope limit, the runs of one scope would overlap."""
+    """Traces big enough (``ORDER_EVENTS``) that a run lasts longer than the time between run starts
+    on two cores: without the scope limit, the runs of one scope would overlap."""
     from kvonce_pipeline.generate import GenerateOptions, generate
 
     out = []
     for n in range(count):
-        generate(folder / f"g{n}.ndjson", GenerateOptions(events=50_000, keys=15_000, format="ndjson", seed=n))
+        generate(folder / f"g{n}.ndjson", GenerateOptions(events=ORDER_EVENTS, keys=ORDER_EVENTS * 3 // 10,
+                                                          format="ndjson", seed=n))
         # keys of their own: a key written by two payloads of one scope is a (true) cross-payload violation
         out.append((folder / f"g{n}.ndjson").read_bytes().replace(b'"key":"', b'"key":"p%d-' % n))
     return out
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_runs_of_one_scope_never_overlap_on_the_deployed_queue(dev: DagsterDev, postgres_url: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``dagster dev`` on deploy/dagster.yaml (PostgreSQL, queued runs, one run per store scope):
     three payloads dropped at once into the ``orders`` scope run one after another (their start and
     end times, as the instance recorded them, never overlap), a ``billing`` payload runs beside them,
-    and all succeed."""
+    and all succeed. The queue is polled every second (``FAST_QUEUE``; Dagster's default is 5 s):
+    the limits are the shipped file's, and a faster poll only brings the next run's start closer to
+    the previous run's end, which makes an overlap easier to see, not harder."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
     from dagster._core.instance.ref import InstanceRef
 
+    clock = Clock("queue")
     deadline = time.monotonic() + 150
     dev.extra_env = {"DAGSTER_PG_URL": postgres_url}
     monkeypatch.setenv("DAGSTER_PG_URL", postgres_url)
-    dagit = dev.start(DEPLOY_CONFIG.read_text(), "queue")
-    _wait(dagit, "the webserver", deadline, dagit.up)
+    dagit = dev.start(DEPLOY_CONFIG.read_text() + FAST_QUEUE, "queue")
     (dev.drop_dir / "orders").mkdir()
     (dev.drop_dir / "billing").mkdir()
-    payloads = _payloads(dev.tmp_path, 3)
+    payloads = _payloads(dev.tmp_path, 3)  # generated while dagster dev loads (on the other core)
+    clock.note("payloads generated")
+    _wait(dagit, "the webserver", deadline, dagit.up, poll=UP_POLL_S)
+    clock.note("webserver up")
     for n, data in enumerate(payloads):
         _drop(dev.drop_dir / "orders", f"o{n}.ndjson", data)
     _drop(dev.drop_dir / "billing", "b0.ndjson", BILLING)
@@ -133,11 +157,15 @@ def test_runs_of_one_scope_never_overlap_on_the_deployed_queue(dev: DagsterDev, 
             return records if len(done) == 4 else []
 
         records = _wait(dagit, "four drop runs to finish", deadline, finished)
+        clock.note("four runs finished")
     finally:
         instance.dispose()
     assert {r.dagster_run.status for r in records} == {DagsterRunStatus.SUCCESS}
     scopes = {r.dagster_run.run_id: r.dagster_run.tags["kvonce/store-scope"] for r in records}
     assert sorted(scopes.values()) == ["billing", "orders", "orders", "orders"]
     orders = sorted((r.start_time, r.end_time) for r in records if scopes[r.dagster_run.run_id] == "orders")
+    first_start = orders[0][0]
+    clock.note(f"orders runs (start, end), s after the first start: "
+               f"{[(round(a - first_start, 1), round(b - first_start, 1)) for a, b in orders]}")
     for (_, first_end), (second_start, _) in zip(orders, orders[1:]):
         assert second_start >= first_end, f"two runs of one scope overlapped: {orders}"
