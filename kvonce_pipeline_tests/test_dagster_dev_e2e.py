@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from kvonce_pipeline import drops
-from kvonce_pipeline.envelope import ENVELOPE
+from kvonce_pipeline.engine import drops
+from kvonce_pipeline.engine.envelope import ENVELOPE
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 from .postgres import deploy_config

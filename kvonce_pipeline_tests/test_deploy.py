@@ -111,7 +111,7 @@ ORDER_EVENTS = 20_000
 def _payloads(folder: Path, count: int) -> list[bytes]:
     """Traces big enough (``ORDER_EVENTS``) that a run lasts longer than the time between run starts
     on two cores: without the scope limit, the runs of one scope would overlap."""
-    from kvonce_pipeline.generate import GenerateOptions, generate
+    from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 
     out = []
     for n in range(count):
