@@ -34,8 +34,8 @@ from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES, _first_text
 from .decode.ndjson import _duplicate_key, _event_time, iter_lines, loads_line
 from ..domains.kvonce.events import MAX_TIME_NS
 from .decode.otlp_json_typed import _LOWER_HEX, _NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document
-from .decode.otlp_json import (_HEX16_LOWER, _HEX32_LOWER, _SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist,
-                         count_resources, iter_request_events)
+from .decode.otlp_json import (_SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist, count_resources,
+                               fast_ids_and_start, iter_request_events)
 from .decode.otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
 from .one_pass import gc_paused
 from .decode.reader import InputFormat, _loads_document, detect_format, open_payload
@@ -174,18 +174,10 @@ class SpanMapper:
         key = values[reader.key_attr]["stringValue"]
         if type(kind) is not str or type(key) is not str or not kind or not key:
             return _SLOW
-        trace_id = span["traceId"]
-        if type(trace_id) is not str or not _HEX32_LOWER(trace_id):
+        ids = fast_ids_and_start(span)
+        if ids is None:
             return _SLOW
-        span_id = span["spanId"]
-        if type(span_id) is not str or (span_id and not _HEX16_LOWER(span_id)):
-            return _SLOW
-        start = span["startTimeUnixNano"]
-        if type(start) is not str or not start.isascii() or not start.isdigit():
-            return _SLOW
-        start_ns = int(start)
-        if start_ns > MAX_TIME_NS:
-            return _SLOW
+        trace_id, span_id, start_ns = ids
         mine = 2
         fields: dict[str, Any] = {}
         for name, attribute, flat in reader.fields:
@@ -212,7 +204,7 @@ class SpanMapper:
         prefix = reader.prefix
         if sum(1 for name in values if name.startswith(prefix)) != mine:
             return _SLOW  # flattened fields, the actor attribute or an undeclared one: the general path
-        return [(reader.name, DomainEvent(start_ns or None, kind, key, fields, trace_id, span_id, actor, origin))]
+        return [(reader.name, DomainEvent(start_ns, kind, key, fields, trace_id, span_id, actor, origin))]
 
     def __call__(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks,
                  **where: Any) -> list[tuple[str, DomainEvent]] | None:

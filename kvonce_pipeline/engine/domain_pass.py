@@ -23,6 +23,7 @@ import msgspec
 import orjson
 
 from .atomic import atomic_writer
+from .decode.reader import sort_key_times
 from .errors import InputError, OutputError
 from ..domains.kvonce.events import format_timestamp
 from .summary import _cell, findings_section
@@ -78,20 +79,11 @@ class DomainResult:
 
 
 def time_order(events: list[DomainEvent]) -> list[DomainEvent]:
-    """Stable order by time; an event without a time keeps its place after the event before it."""
-    keys: list[int] = []
-    last = 0
-    ordered = True
-    for event in events:
-        t = event.time_unix_nano
-        if t is not None:
-            if t < last:
-                ordered = False
-            last = t
-        keys.append(last)
-    if ordered:
-        return events
-    return [events[i] for i in sorted(range(len(events)), key=keys.__getitem__)]
+    """Stable order by time; an event without a time keeps its place after the event before it
+    (KvOnce's rule: :func:`~kvonce_pipeline.engine.decode.reader.sort_key_times`)."""
+    ordered = list(events)
+    sort_key_times(ordered)
+    return ordered
 
 
 class _Entry(msgspec.Struct, gc=False):
@@ -319,7 +311,7 @@ def domain_input_error(domain: Domain, error: InputError, out_dir: str | Path,
     for name in (names.events, names.state_sequence, names.projection):
         try:
             (out / name).unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
             pass
         except OSError as exc:
             raise OutputError(f"cannot remove {out / name}: {exc.strerror or exc}") from exc

@@ -157,7 +157,7 @@ def _remove_stale(out_dir: Path, results: Sequence[DomainResult], installed: Ite
         for name in domain.artifact_names().all():
             try:
                 (folder / name).unlink()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
                 pass
             except OSError as exc:
                 raise OutputError(f"cannot remove {folder / name}: {exc.strerror or exc}") from exc
@@ -194,7 +194,7 @@ def _no_events_of(result: DomainResult, others: Sequence[DomainResult]) -> bool:
     for name in (result.names.validation, result.names.summary):
         try:
             (result.out_dir / name).unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
             pass
         except OSError as exc:
             raise OutputError(f"cannot remove {result.out_dir / name}: {exc.strerror or exc}") from exc

@@ -256,6 +256,24 @@ def _fast_kvlist(raw: dict[str, Any], decoder: AnyValueDecoder) -> Any:
     return out
 
 
+def fast_ids_and_start(span: dict[str, Any]) -> tuple[str, str, int | None] | None:
+    """A spec-shaped span's ids (lower-case hex) and start time (``None``: 0, OTLP's "unset"), or
+    ``None`` when anything there needs the general path (which names the error, if it is one)."""
+    trace_id = span["traceId"]
+    if type(trace_id) is not str or not _HEX32_LOWER(trace_id):
+        return None
+    span_id = span["spanId"]
+    if type(span_id) is not str or (span_id and not _HEX16_LOWER(span_id)):
+        return None
+    start = span["startTimeUnixNano"]
+    if type(start) is not str or not start.isascii() or not start.isdigit():
+        return None
+    start_int = int(start)
+    if start_int > MAX_TIME_NS:
+        return None
+    return trace_id, span_id, start_int or None
+
+
 def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str, origin: str) -> Any:
     """The event of a spec-shaped span, or :data:`_SLOW` when anything is unusual.
 
@@ -290,19 +308,10 @@ def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str,
         return _SLOW  # a kvonce attribute twice: the general path names it
     if reason is not None and type(reason) is not str:
         return _SLOW
-    trace_id = span["traceId"]
-    if type(trace_id) is not str or not _HEX32_LOWER(trace_id):
+    ids = fast_ids_and_start(span)
+    if ids is None:
         return _SLOW
-    span_id = span["spanId"]
-    if type(span_id) is not str or (span_id and not _HEX16_LOWER(span_id)):
-        return _SLOW
-    start = span["startTimeUnixNano"]
-    if type(start) is not str or not start.isascii() or not start.isdigit():
-        return _SLOW
-    start_int = int(start)
-    if start_int > MAX_TIME_NS:
-        return _SLOW
-    start_ns = start_int or None  # 0 is "unset" in OTLP
+    trace_id, span_id, start_ns = ids
     if value is not None:
         text = value.get("stringValue")
         if type(text) is str:

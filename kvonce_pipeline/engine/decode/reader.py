@@ -420,8 +420,10 @@ def _loads_document(blob: bytes, source: str) -> object:
             gc.enable()
 
 
-def sort_key_times(events: list[Event]) -> bool:
+def sort_key_times(events: list[Any]) -> bool:
     """Order events by time, stably; events without a time keep their place after the previous one.
+
+    Any events with a ``time_unix_nano`` (KvOnce's and every other domain's).
 
     Returns True when the order changed (collected batches arrive in any order).
     """
