@@ -114,12 +114,6 @@ class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def type_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.types)
 
-    def field(self, name: str) -> FieldSpec | None:
-        for spec in self.fields:
-            if spec.name == name:
-                return spec
-        return None
-
 
 
 def _check(definition: Definition, where: str) -> None:

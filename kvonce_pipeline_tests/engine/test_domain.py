@@ -40,7 +40,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_a_good_definition_loads(tmp_path: Path) -> None:
     definition = load_definition(_write(tmp_path, GOOD))
     assert definition.name == "shop" and definition.type_names == ("buy",)
-    assert definition.field("amount") is not None and definition.field("nope") is None
+    assert [(f.name, f.json) for f in definition.fields] == [("amount", ("number",))]
+    assert definition.types[0].required == ("amount",) and definition.options[0].default == 5
 
 
 @pytest.mark.parametrize("change, message", [

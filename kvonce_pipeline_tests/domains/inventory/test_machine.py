@@ -369,7 +369,7 @@ def test_every_rule_the_machine_emits_is_declared_and_every_declared_rule_is_emi
     assert {t.name: t.required for t in domain.definition.types} == {
         "projection": ("state",), "allocation": ("delta",), "release": ("delta",),
         "validation": ("state", "result", "checks")}
-    assert domain.definition.field("delta").json == ("object", "number")
+    assert next(f for f in domain.definition.fields if f.name == "delta").json == ("object", "number")
     assert domain.options() == {"onhand_min": 0}
 
 
