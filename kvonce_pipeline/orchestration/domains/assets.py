@@ -616,7 +616,8 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         return iter(())
 
     if not collected.is_file():
-        raise unusable(InputError(str(collected), f"no collected payload: materialize {placement.collected_key.to_user_string()} first"))
+        raise unusable(InputError(str(collected), "no collected payload: materialize "
+                                                  f"{placement.collected_key.to_user_string()} first"))
     mentioned = record.get("domains")
     if isinstance(mentioned, list) and domain.name not in mentioned and not require_spans:
         # the collected step's byte scan: no decode for a domain that is not there (required, the read

@@ -18,8 +18,8 @@ violation and on a payload without KvOnce spans, and Dagster abandons every step
 failed one (see :mod:`kvonce_pipeline.orchestration.domains.assets`). A mixed drop's Inventory verdict
 must not depend on its KvOnce verdict.
 
-Which groups run for a drop is the sensor's choice (:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`,
-:func:`selection_for`): the
+Which groups run for a drop is the sensor's choice (:func:`selection_for`, after
+:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`): the
 same byte scan ``kvonce conformance`` uses (``payload_mentions`` on each installed domain's
 ``<prefix>type``), run once per new file, stopping as soon as every domain's attribute name was
 seen. A drop that names no generic domain is routed exactly as before the domains existed
