@@ -12,6 +12,10 @@ What is built, from the installed domains' definitions alone (nothing here names
 - the jobs ``<name>_conformance_job`` (one domain) and ``trace_conformance_job`` (every domain of the
   payload, KvOnce's CI graph included).
 
+The same factory builds the drop folder's variant of each group (a :class:`Placement`: key prefix
+``drops/``, the drop partitions, group ``<name>_drops``, artifacts in ``<reports>/trace/<partition
+key>/<name>/``; see :mod:`kvonce_pipeline.orchestration.drops.domains`), so the two cannot drift apart.
+
 The step bodies are the engine's (``read_domain_events``, ``check_domain``, ``write_trace_summary``): for
 the same payload the domains' files and the trace summary are byte-identical to what ``kvonce
 conformance`` writes (tested on a mixed KvOnce and template-domain payload).

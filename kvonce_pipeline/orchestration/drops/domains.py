@@ -27,6 +27,11 @@ seen. A drop that names no generic domain is routed exactly as before the domain
 or NDJSON payload's clear KvOnce error. Every other drop runs ``trace_drop_job`` limited to the
 groups it carries (plus KvOnce's drop graph when it carries KvOnce spans), so an Inventory-only
 drop no longer launches a KvOnce run that can only fail with "no kvonce events".
+
+The scan's cost, per new file, on top of the sensor's hash of it: a KvOnce-only payload (no other
+domain's name to find, so the whole file is read) of 100 MB OTLP/JSON (``kvonce generate --events
+200000 --keys 20000 --format otlp-json``), from the page cache, medians of 5: hash 0.08 s, scan 0.07 s.
+A payload that names every installed domain near its start costs one 8 MiB read.
 """
 
 

@@ -20,8 +20,8 @@ from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_render import requests as render_requests
 from kvonce_pipeline.engine.payload import PayloadRequest, check_payload
 from kvonce_pipeline.orchestration.drops import domains as drop_domains
-from kvonce_pipeline.orchestration.drops.assets import (PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE,
-                                                        TAG_SHA)
+from kvonce_pipeline.orchestration.drops.assets import (PARTITIONS_NAME, PRIVATE_COPY, TAG_ARRIVED, TAG_BYTES,
+                                                        TAG_NAME, TAG_SCOPE, TAG_SHA)
 from kvonce_pipeline.orchestration.drops.definitions import defs as drop_defs
 from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
@@ -174,8 +174,14 @@ def test_an_inventory_drop_materializes_its_group_per_partition_and_no_kvonce(in
     dropped = put(drop_dir, "inv.json", data)
     first = tick(instance, settings)
     [request] = drop_runs(first)
+    # KvOnce's drop step's private copy, as if that step were running at the same time: not ours to touch
+    theirs = reports_dir / "trace" / request.partition_key / PRIVATE_COPY
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"KvOnce's copy")
     run = launch(instance, settings, request)
     assert run.success
+    assert theirs.read_bytes() == b"KvOnce's copy"
+    theirs.unlink()
     assert materialized(run) == {"drops/collected_otlp", *INVENTORY}
     assert checks(run) == {check: True for check in INVENTORY_CHECKS}
     key = request.partition_key
