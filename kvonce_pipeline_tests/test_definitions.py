@@ -15,7 +15,7 @@ DOMAIN_CHECKS = ["inventory_events:events_schema", "inventory_projection:project
 #: payload, fed by ``drops/collected_otlp``, run by ``trace_drop_job``.
 DROP_DOMAIN_JOBS = ["trace_drop_job"]
 DROP_DOMAIN_ASSETS = ["drops/collected_otlp", "drops/inventory_events", "drops/inventory_projection",
-                      "drops/inventory_validation"]
+                      "drops/inventory_validation", "drops/trace_summary"]
 DROP_DOMAIN_CHECKS = [f"drops/{check}" for check in DOMAIN_CHECKS]
 
 

@@ -746,19 +746,31 @@ def result_from_files(domain: Domain, folder: Path) -> DomainResult | None:
     return DomainResult(domain, folder, report, names, *_trace_ids(folder / names.events))
 
 
-@dg.asset(
-    key=SUMMARY_KEY,
-    group_name=TRACE_GROUP,
-    deps=[COLLECTED_KEY],
-    code_version=_code_version(sys.modules[write_trace_summary.__module__]),
-    kinds={"python", "json"},
-    op_tags={"dagster/priority": "-100"},
-    description="trace-summary.json and trace-summary.md over the reports of every domain the collected payload "
-                "carries (as `kvonce conformance` writes them); runs last in trace_conformance_job.",
-)
-def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-    trace_dir = kvonce.trace_dir()
-    record = _collected_record(context)
+def build_trace_summary(placement: Placement = CI) -> dg.AssetsDefinition:
+    """``trace_summary`` of a placement: in the drop variant, ``drops/trace_summary`` per partition,
+    in ``<reports>/trace/<partition key>/``."""
+
+    @dg.asset(
+        key=placement.key(SUMMARY_KEY.path[-1]),
+        group_name=TRACE_GROUP + placement.group_suffix,
+        deps=[placement.collected_key],
+        partitions_def=placement.partitions_def,
+        code_version=_code_version(sys.modules[write_trace_summary.__module__]),
+        kinds={"python", "json"},
+        op_tags={"dagster/priority": "-100"},
+        description="trace-summary.json and trace-summary.md over the reports of every domain the collected "
+                    "payload carries (as `kvonce conformance` writes them); runs last in its job.",
+    )
+    def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
+        return _trace_summary(context, kvonce, placement)
+
+    return trace_summary
+
+
+def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
+                   placement: Placement) -> dg.MaterializeResult:
+    trace_dir = placement.folder_of(context, kvonce)
+    record = _collected_record(context, placement.collected_key)
     mentioned = record.get("domains")
     source = str(record.get("source_path") or trace_dir / COLLECTED_FILE)
     installed = registry.installed()
@@ -785,6 +797,9 @@ def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> 
                   "dagster/row_count": aggregate["domains"]},
         data_version=dg.DataVersion(sha256_file(path)),
     )
+
+
+trace_summary = build_trace_summary()
 
 
 # --- the definitions -------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ partitions as KvOnce's drop graph (``drop_partitions``: one per dropped payload)
 checks (one verdict per payload). A domain's artifacts for a drop go to
 ``<reports>/trace/<partition key>/<name>/``, beside KvOnce's in ``<reports>/trace/<partition key>/``.
 
+``drops/trace_summary`` (group ``trace_drops``, last in its run) writes the drop's
+``trace-summary.json``/``.md`` over the reports of the domains it carries, KvOnce's included, in the
+partition's folder: the same bytes as ``kvonce conformance`` for the dropped file (tested for an
+Inventory drop; a KvOnce report in a drop folder is reconciled with the store, so it can differ).
+
 ``drops/collected_otlp`` (group ``trace_drops``) finds the partition's payload by content
 (:func:`~kvonce_pipeline.engine.drops.locate_payload`, the run tags only give hints) through a private
 copy of its own, ``.otlp-source-payload``: KvOnce's drop step removes its own copy when it finishes,
@@ -47,8 +52,8 @@ from ...engine import drops, registry
 from ...engine.domain import Domain
 from ...engine.errors import ConfigError, InputError
 from ..domains import assets as domain_assets
-from ..domains.assets import (COLLECTED_FILE, Placement, build_domain_assets, collect_as_otlp, mentioned_domains,
-                              unusable_failure)
+from ..domains.assets import (COLLECTED_FILE, Placement, build_domain_assets, build_trace_summary, collect_as_otlp,
+                              mentioned_domains, unusable_failure)
 from ..resources import KvonceSettings
 from .assets import PREFIX, TAG_BYTES, TAG_NAME, TAG_SHA, drop_assets, drop_output, drop_partitions
 
@@ -137,6 +142,10 @@ def build_drop_groups(domains: dict[str, Domain] | None = None) -> dict[str, dg.
 
 
 drop_groups = build_drop_groups()
+#: ``drops/trace_summary``: ``trace-summary.json``/``.md`` of the drop, over the reports of the domains it
+#: carries (KvOnce's included), in the partition's folder; in every ``trace_drop_job`` run, last.
+drop_trace_summary = build_trace_summary(PLACEMENT)
+DROP_SUMMARY_KEY = drop_trace_summary.key
 
 
 @dataclass(frozen=True)
@@ -158,13 +167,14 @@ def selection_for(carried: list[str], groups: dict[str, dg.AssetsDefinition] | N
         return None
     if registry.DEFAULT_DOMAIN in carried:
         chosen += drop_assets
-    return DropSelection([DROP_COLLECTED_KEY, *(key for assets in chosen for key in assets.keys)],
+    return DropSelection([DROP_COLLECTED_KEY, *(key for assets in chosen for key in assets.keys), DROP_SUMMARY_KEY],
                          [key for assets in chosen for key in assets.check_keys])
 
 
 trace_drop_job = dg.define_asset_job(
     TRACE_DROP_JOB,
-    selection=dg.AssetSelection.assets(DROP_COLLECTED_KEY, *(k for g in drop_groups.values() for k in g.keys),
+    selection=dg.AssetSelection.assets(DROP_COLLECTED_KEY, DROP_SUMMARY_KEY,
+                                       *(k for g in drop_groups.values() for k in g.keys),
                                        *(k for a in drop_assets for k in a.keys)),
     partitions_def=drop_partitions,
     executor_def=dg.in_process_executor,

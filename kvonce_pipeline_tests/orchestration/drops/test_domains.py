@@ -32,6 +32,7 @@ HOUR_AGO_NS = time.time_ns() - 3600 * 1_000_000_000
 INVENTORY_OTLP = Path(drop_domains.__file__).resolve().parents[2] / "domains" / "inventory" / "samples" / \
     "inventory-otlp.json"
 INVENTORY = {"drops/inventory_events", "drops/inventory_projection", "drops/inventory_validation"}
+SUMMARY = "drops/trace_summary"
 KVONCE = {"drops/collected_kvonce_otlp", "drops/kvonce_events", "drops/kvonce_projection", "drops/kvonce_validation"}
 INVENTORY_CHECKS = {("drops/inventory_events", "events_schema"), ("drops/inventory_projection", "projection_schema"),
                     ("drops/inventory_validation", "validation_schema"),
@@ -127,7 +128,7 @@ def test_an_inventory_drop_asks_for_its_group_only_with_the_usual_partition_run_
     [request] = drop_runs(result)
     key = key_for("inv.json", data)
     assert (request.job_name, request.partition_key, request.run_key) == ("trace_drop_job", key, key)
-    assert {k.to_user_string() for k in request.asset_selection} == {"drops/collected_otlp", *INVENTORY}
+    assert {k.to_user_string() for k in request.asset_selection} == {"drops/collected_otlp", *INVENTORY, SUMMARY}
     assert {(k.asset_key.to_user_string(), k.name) for k in request.asset_check_keys} == INVENTORY_CHECKS
     assert request.tags == {TAG_NAME: "inv.json", TAG_SHA: hashlib.sha256(data).hexdigest(), TAG_BYTES: str(len(data)),
                             TAG_ARRIVED: request.tags[TAG_ARRIVED], TAG_SCOPE: "default",
@@ -149,7 +150,8 @@ def test_a_mixed_drop_asks_for_both_domains(instance, settings, drop_dir) -> Non
     put(drop_dir, "both.json", mixed())
     [request] = drop_runs(tick(instance, settings))
     assert request.job_name == "trace_drop_job" and request.tags[drop_domains.TAG_DOMAINS] == "kvonce,inventory"
-    assert {k.to_user_string() for k in request.asset_selection} == {"drops/collected_otlp", *INVENTORY, *KVONCE}
+    assert {k.to_user_string() for k in request.asset_selection} == {"drops/collected_otlp", *INVENTORY, *KVONCE,
+                                                                     SUMMARY}
     assert {k.name for k in request.asset_check_keys} >= {"kvonce_conformance", "inventory_conformance",
                                                           "collected_schema"}
 
@@ -182,7 +184,7 @@ def test_an_inventory_drop_materializes_its_group_per_partition_and_no_kvonce(in
     assert run.success
     assert theirs.read_bytes() == b"KvOnce's copy"
     theirs.unlink()
-    assert materialized(run) == {"drops/collected_otlp", *INVENTORY}
+    assert materialized(run) == {"drops/collected_otlp", *INVENTORY, SUMMARY}
     assert checks(run) == {check: True for check in INVENTORY_CHECKS}
     key = request.partition_key
     assert all(e.materialization.partition == key for e in run.get_asset_materialization_events())
@@ -195,14 +197,15 @@ def test_an_inventory_drop_materializes_its_group_per_partition_and_no_kvonce(in
     assert (folder / "collected-otlp.json").read_bytes() == data, "a spec OTLP/JSON document is a byte copy"
     assert not (folder / drop_domains.PRIVATE_COPY).exists()
     # nothing of KvOnce's: no collected copy, no envelope, no key facts, no report
-    assert sorted(p.name for p in folder.iterdir()) == ["collected-otlp.json", "inventory"]
+    assert sorted(p.name for p in folder.iterdir()) == ["collected-otlp.json", "inventory", "trace-summary.json",
+                                                        "trace-summary.md"]
     # the same bytes as `kvonce conformance` writes for the dropped file
     cli = tmp_path / "cli"
     assert check_payload(PayloadRequest(dropped, cli)).exit_code == 0
     produced = sorted(p.name for p in (folder / "inventory").iterdir())
     assert produced == sorted(p.name for p in (cli / "inventory").iterdir()) and len(produced) == 5
-    for name in produced:
-        assert (folder / "inventory" / name).read_bytes() == (cli / "inventory" / name).read_bytes(), name
+    for name in [*(f"inventory/{name}" for name in produced), "trace-summary.json", "trace-summary.md"]:
+        assert (folder / name).read_bytes() == (cli / name).read_bytes(), name
     # no KvOnce result, so no store run is asked for
     assert [r.job_name for r in tick(instance, settings, first.cursor).run_requests or []] == []
 
@@ -215,7 +218,8 @@ def test_a_mixed_drop_checks_both_and_a_kvonce_violation_hides_no_inventory_verd
     [request] = drop_runs(first)
     run = launch(instance, settings, request)
     assert not run.success  # KvOnce's violation
-    assert materialized(run) == {"drops/collected_otlp", *INVENTORY, *(KVONCE - {"drops/kvonce_validation"})}
+    assert materialized(run) == {"drops/collected_otlp", *INVENTORY, *(KVONCE - {"drops/kvonce_validation"}),
+                                 SUMMARY}
     failed = sorted(check for check, passed in checks(run).items() if not passed)
     assert failed == [("drops/kvonce_validation", "kvonce_conformance")]
     assert all(checks(run)[check] for check in INVENTORY_CHECKS)
@@ -224,6 +228,9 @@ def test_a_mixed_drop_checks_both_and_a_kvonce_violation_hides_no_inventory_verd
     assert report["valid"] is False and report["summary"]["byRule"]["multiple-success"] == 1
     assert envelope.read_envelope(folder)["valid"] is False  # KvOnce's envelope, as for every KvOnce drop
     assert orjson.loads((folder / "inventory" / "inventory-validation.json").read_bytes())["valid"] is True
+    summary = orjson.loads((folder / "trace-summary.json").read_bytes())  # written last, over both reports
+    assert [(d["key"], d["status"]) for d in summary["domains"]] == [("kvonce", "invalid"), ("inventory", "valid")]
+    assert summary["aggregate"]["exitCode"] == 1
     # a KvOnce result was judged: the store is refolded on the next tick, as after any KvOnce drop
     assert [r.job_name for r in tick(instance, settings, first.cursor).run_requests or []] == ["kvonce_store_job"]
 
@@ -261,9 +268,10 @@ def test_a_template_made_domain_gets_a_drop_group_without_any_change(toy: Domain
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     selection = drop_domains.selection_for(["toy"], groups)
     assert selection is not None and drop_domains.selection_for(["kvonce"], groups) is None
-    run = dg.materialize([drop_domains.drop_collected_otlp, *groups.values()], instance=instance, partition_key=key,
+    run = dg.materialize([drop_domains.drop_collected_otlp, *groups.values(), drop_domains.drop_trace_summary],
+                         instance=instance, partition_key=key,
                          resources={"kvonce": settings}, selection=selection.assets, raise_on_error=False)
     assert run.success
     assert {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()} == {
-        "drops/collected_otlp", "drops/toy_events", "drops/toy_projection", "drops/toy_validation"}
+        "drops/collected_otlp", "drops/toy_events", "drops/toy_projection", "drops/toy_validation", SUMMARY}
     assert (reports_dir / "trace" / key / "toy" / "toy-validation.json").is_file()

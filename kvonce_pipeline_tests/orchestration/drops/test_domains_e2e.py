@@ -131,7 +131,7 @@ def test_dagster_dev_launches_one_run_per_drop_limited_to_its_domains(dagster_de
         return {"/".join(a["path"]) for a in by_partition[keys[name]]["assetSelection"] or []}
 
     inventory = {"drops/collected_otlp", "drops/inventory_events", "drops/inventory_projection",
-                 "drops/inventory_validation"}
+                 "drops/inventory_validation", "drops/trace_summary"}
     assert selected("inv.json") == inventory
     assert selected("svc2/both.json") == inventory | {"drops/collected_kvonce_otlp", "drops/kvonce_events",
                                                  "drops/kvonce_projection", "drops/kvonce_validation"}
