@@ -39,7 +39,8 @@ domain's name to find, so the whole file is read) of 100 MB OTLP/JSON (``kvonce 
 the same file gzipped (12.6 MB, ``gzip -1``): scan 0.24 s, as it reads the inflated bytes. A payload
 that names every installed domain near its start costs one 8 MiB read. The tick's hashing budget
 bounds the files' bytes, not their inflated size: a tick full of highly compressed files scans
-longer (about 2.4 s per GB inflated here), still within the sensor's 60 s.
+longer (about 2.4 s per GB inflated here; a full 2 GiB budget of 8:1 files would take some 40 s of
+the sensor's 60 s), which is a known limit of this design, not yet a per-tick scan budget.
 """
 
 
