@@ -12,6 +12,10 @@ What is built, from the installed domains' definitions alone (nothing here names
 - the jobs ``<name>_conformance_job`` (one domain) and ``trace_conformance_job`` (every domain of the
   payload, KvOnce's CI graph included).
 
+The same factory builds the drop folder's variant of each group (a :class:`Placement`: key prefix
+``drops/``, the drop partitions, group ``<name>_drops``, artifacts in ``<reports>/trace/<partition
+key>/<name>/``; see :mod:`kvonce_pipeline.orchestration.drops.domains`), so the two cannot drift apart.
+
 The step bodies are the engine's (``read_domain_events``, ``check_domain``, ``write_trace_summary``): for
 the same payload the domains' files and the trace summary are byte-identical to what ``kvonce
 conformance`` writes (tested on a mixed KvOnce and template-domain payload).
@@ -69,7 +73,8 @@ import inspect
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +91,7 @@ from ...domains.kvonce import otlp_render
 from ...engine import collect
 from ...engine.atomic import sha256_file
 from ...engine.errors import ConfigError, InputError, KvonceError, OutputError
+from ...engine.limits import Limits
 from ...engine import domain_decode, domain_pass, domain_render, registry
 from ...engine.domain import Domain, DomainEvent
 from ...engine.domain_decode import payload_mentions, read_domain_events
@@ -152,21 +158,27 @@ class DomainCheckConfig(dg.Config):
 # --- the collected payload -------------------------------------------------------------------------
 
 
-def _mentioned(path: Path, settings: KvonceSettings) -> list[str]:
-    """The installed domains whose ``<prefix>type`` attribute name occurs in ``path`` (a byte scan)."""
-    needles = {(domain.definition.prefix + "type").encode(): name for name, domain in registry.installed().items()}
-    found = payload_mentions(path, list(needles), settings.limits())
+def mentioned_domains(path: Path, limits: Limits, domains: Mapping[str, Domain] | None = None) -> list[str]:
+    """The installed domains (or ``domains``) whose ``<prefix>type`` attribute name occurs in ``path``, in
+    registry order: a byte scan (gzip read through) that ends once every name has been seen.
+
+    A name found only inside a value costs a group run that finds no event (it then materializes
+    nothing); a domain's spans are never missed, as every format stores attribute names as bytes."""
+    installed = registry.installed() if domains is None else domains
+    needles = {(domain.definition.prefix + "type").encode(): name for name, domain in installed.items()}
+    found = payload_mentions(path, list(needles), limits)
     return [name for needle, name in needles.items() if needle in found]
 
 
-def _unusable(error: InputError) -> dg.Failure:
+def unusable_failure(error: InputError) -> dg.Failure:
     """The step fails with the input's error (file, line or span, what is wrong), as KvOnce's does."""
     return dg.Failure(description=f"unusable input: {error}",
                       metadata={"verdict": "unusable", "source": error.source, "where": error.where or "",
                                 "message": error.message}, allow_retries=False)
 
 
-def _collect(source: Path, destination: Path, settings: KvonceSettings, ndjson_domain: str) -> collect.Collected:
+def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
+                    ndjson_domain: str) -> collect.Collected:
     """``collect_payload``; an NDJSON log of a generic domain is rendered through that domain's mapping
     instead (``collect_payload`` knows only KvOnce's), so reading the copy gives the same events."""
     limits = settings.limits()
@@ -196,11 +208,11 @@ def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
     try:
         source = kvonce.resolve_payload()
         context.log.info(f"collecting {source}")
-        collected = _collect(source, destination, kvonce, config.ndjson_domain or _job_domain(context))
-        domains = _mentioned(collected.path, kvonce)
+        collected = collect_as_otlp(source, destination, kvonce, config.ndjson_domain or _job_domain(context))
+        domains = mentioned_domains(collected.path, kvonce.limits())
         source_sha = collected.sha256 if not collected.converted else sha256_file(source)
     except InputError as error:
-        raise _unusable(error) from None
+        raise unusable_failure(error) from None
     except ConfigError as error:
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
     context.log.info(f"{source} carries the spans of: {', '.join(domains) or 'no installed domain'}")
@@ -232,12 +244,19 @@ def _job_domain(context: dg.AssetExecutionContext) -> str:
     return registry.DEFAULT_DOMAIN
 
 
-def _collected_record(context: dg.AssetExecutionContext) -> dict[str, Any]:
-    """The latest ``collected_otlp`` materialization's metadata (empty if none is recorded)."""
-    event = context.instance.get_latest_materialization_event(COLLECTED_KEY)
-    if event is None or event.asset_materialization is None:
+def _collected_record(context: dg.AssetExecutionContext, key: dg.AssetKey = COLLECTED_KEY) -> dict[str, Any]:
+    """The latest materialization's metadata of the collected asset ``key`` (of this run's partition when
+    the run has one; empty if none is recorded)."""
+    if context.has_partition_key:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1).records
+        event = records[0].event_log_entry.asset_materialization if records else None
+    else:
+        entry = context.instance.get_latest_materialization_event(key)
+        event = None if entry is None else entry.asset_materialization
+    if event is None:
         return {}
-    return {name: getattr(value, "value", value) for name, value in event.asset_materialization.metadata.items()}
+    return {name: getattr(value, "value", value) for name, value in event.metadata.items()}
 
 
 # --- the Pandera schemas, from the definition ------------------------------------------------------
@@ -466,43 +485,87 @@ def _remove_stale(domain: Domain, folder: Path) -> list[str]:
     return removed
 
 
-def build_domain_assets(domain: Domain) -> dg.AssetsDefinition:
+def _trace_dir(context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
+    return settings.trace_dir()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a variant of the domain groups lives: its asset key prefix, partitions, group names and
+    the folder of its collected payload (each domain's artifacts go to ``<that folder>/<name>/``).
+
+    The default is the unpartitioned CI variant; the drop folder's
+    (:mod:`kvonce_pipeline.orchestration.drops.domains`) puts the same groups under ``drops/`` on the
+    drop partitions, in ``<reports>/trace/<partition key>/``. One factory for both, so the two
+    variants cannot drift apart (as KvOnce's two graphs come from one factory)."""
+
+    key_prefix: tuple[str, ...] = ()
+    partitions_def: dg.PartitionsDefinition | None = None
+    #: appended to a domain's name for its group (``_drops``: the UI shows both variants apart)
+    group_suffix: str = ""
+    #: the folder of this run's ``collected-otlp.json``
+    folder_of: Callable[[dg.AssetExecutionContext, KvonceSettings], Path] = _trace_dir
+
+    def key(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.key_prefix, name])
+
+    @property
+    def collected_key(self) -> dg.AssetKey:
+        return self.key(COLLECTED_KEY.path[-1])
+
+    def op_name(self, name: str) -> str:
+        return "__".join([*self.key_prefix, name])
+
+
+CI = Placement()
+
+
+def build_domain_assets(domain: Domain, placement: Placement = CI) -> dg.AssetsDefinition:
     """The group ``<name>`` of a generic domain: three assets, four checks, one step (see the module)."""
     if domain.runner is not None:
         raise ValueError(f"domain {domain.name!r} brings its own pass; its Dagster graph is its own")
     definition = domain.definition
     events_name, projection_name, validation_name = asset_names(domain)
-    keys = {name: dg.AssetKey(name) for name in (events_name, projection_name, validation_name)}
+    keys = {name: placement.key(name) for name in (events_name, projection_name, validation_name)}
     version = _domain_code_version(domain)
     names = domain.artifact_names()
     label = definition.label
 
     def spec(name: str, deps: Sequence[dg.AssetKey], kind: str, description: str) -> dg.AssetSpec:
         return dg.AssetSpec(keys[name], deps=deps, code_version=version, description=description,
-                            kinds={"python", kind}, group_name=domain.name, skippable=True)
+                            kinds={"python", kind}, group_name=domain.name + placement.group_suffix,
+                            skippable=True)
 
     specs = [
-        spec(events_name, [COLLECTED_KEY], "ndjson", f"The {label} events, in time order ({names.events})."),
+        spec(events_name, [placement.collected_key], "ndjson", f"The {label} events, in time order ({names.events})."),
         spec(projection_name, [keys[events_name]], "json",
              f"{label} per-key state and stats ({names.projection}, {names.state_sequence})."),
         spec(validation_name, [keys[events_name], keys[projection_name]], "json",
              f"The {label} verdict and findings ({names.validation}, {names.summary})."),
     ]
-    check_specs = [
-        dg.AssetCheckSpec("events_schema", asset=keys[events_name], blocking=True,
-                          description="Pandera: declared fields of their JSON types, ISO timestamps in time order, "
-                                      "undeclared types and missing required fields reported"),
-        dg.AssetCheckSpec("projection_schema", asset=keys[projection_name], blocking=True,
-                          description="Pandera: stats.byType lists the declared types and adds up to the events"),
-        dg.AssetCheckSpec("validation_schema", asset=keys[validation_name], blocking=True,
-                          description=f"Pandera: {label} rule ids and severities, event indexes in range"),
-        dg.AssetCheckSpec(f"{domain.name}_conformance", asset=keys[validation_name], blocking=True,
-                          description=f"The verdict: fails (ERROR) when the trace violates {label}"),
-    ]
+    # Partitioned like their assets in the drop variant: one verdict per payload (see KvOnce's
+    # ``_check_specs``; the preview warning of Dagster 1.13 says nothing a user can act on).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        check_specs = [
+            dg.AssetCheckSpec(name, asset=keys[asset], blocking=True, description=description,
+                              partitions_def=placement.partitions_def)
+            for name, asset, description in (
+                ("events_schema", events_name, "Pandera: declared fields of their JSON types, ISO timestamps in "
+                 "time order, undeclared types and missing required fields reported"),
+                ("projection_schema", projection_name,
+                 "Pandera: stats.byType lists the declared types and adds up to the events"),
+                ("validation_schema", validation_name,
+                 f"Pandera: {label} rule ids and severities, event indexes in range"),
+                (f"{domain.name}_conformance", validation_name,
+                 f"The verdict: fails (ERROR) when the trace violates {label}"),
+            )
+        ]
 
     @dg.multi_asset(
-        name=step_name(domain),
+        name=placement.op_name(step_name(domain)),
         specs=specs,
+        partitions_def=placement.partitions_def,
         check_specs=check_specs,
         # True only because Dagster 1.13 makes a multi-asset's check outputs optional only then (a group
         # whose domain is absent from the payload yields nothing at all); subsets are refused in the step
@@ -517,19 +580,20 @@ def build_domain_assets(domain: Domain) -> dg.AssetsDefinition:
             # others' records out of date with the files on disk
             raise dg.Failure(description=f"the {domain.name} group is materialized as a whole: select all of "
                                          f"{', '.join(keys)}", allow_retries=False)
-        yield from _step(context, config, kvonce, domain, keys)
+        yield from _step(context, config, kvonce, domain, keys, placement)
 
     return conformance_pass
 
 
 def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings: KvonceSettings,
-          domain: Domain, keys: dict[str, dg.AssetKey]) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+          domain: Domain, keys: dict[str, dg.AssetKey], placement: Placement,
+          ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     definition = domain.definition
     events_key, projection_key, validation_key = keys.values()
-    trace_dir = settings.trace_dir()
+    trace_dir = placement.folder_of(context, settings)
     folder = domain_folder(trace_dir, domain)
     collected = trace_dir / COLLECTED_FILE
-    record = _collected_record(context)
+    record = _collected_record(context, placement.collected_key)
     source = str(record.get("source_path") or collected)
     try:
         options = DomainOptions(strict=settings.strict, disabled=frozenset(config.disable),
@@ -543,7 +607,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
             error = InputError(source, f"{error.message} (read from its collected copy {collected})",
                                where=error.where)
         domain_input_error(domain, error, folder)
-        return _unusable(error)
+        return unusable_failure(error)
 
     require_spans = config.require_spans if config.require_spans is not None else _job_domain(context) == domain.name
 
@@ -556,7 +620,8 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         return iter(())
 
     if not collected.is_file():
-        raise unusable(InputError(str(collected), "no collected payload: materialize collected_otlp first"))
+        raise unusable(InputError(str(collected), "no collected payload: materialize "
+                                                  f"{placement.collected_key.to_user_string()} first"))
     mentioned = record.get("domains")
     if isinstance(mentioned, list) and domain.name not in mentioned and not require_spans:
         # the collected step's byte scan: no decode for a domain that is not there (required, the read
@@ -681,19 +746,31 @@ def result_from_files(domain: Domain, folder: Path) -> DomainResult | None:
     return DomainResult(domain, folder, report, names, *_trace_ids(folder / names.events))
 
 
-@dg.asset(
-    key=SUMMARY_KEY,
-    group_name=TRACE_GROUP,
-    deps=[COLLECTED_KEY],
-    code_version=_code_version(sys.modules[write_trace_summary.__module__]),
-    kinds={"python", "json"},
-    op_tags={"dagster/priority": "-100"},
-    description="trace-summary.json and trace-summary.md over the reports of every domain the collected payload "
-                "carries (as `kvonce conformance` writes them); runs last in trace_conformance_job.",
-)
-def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-    trace_dir = kvonce.trace_dir()
-    record = _collected_record(context)
+def build_trace_summary(placement: Placement = CI) -> dg.AssetsDefinition:
+    """``trace_summary`` of a placement: in the drop variant, ``drops/trace_summary`` per partition,
+    in ``<reports>/trace/<partition key>/``."""
+
+    @dg.asset(
+        key=placement.key(SUMMARY_KEY.path[-1]),
+        group_name=TRACE_GROUP + placement.group_suffix,
+        deps=[placement.collected_key],
+        partitions_def=placement.partitions_def,
+        code_version=_code_version(sys.modules[write_trace_summary.__module__]),
+        kinds={"python", "json"},
+        op_tags={"dagster/priority": "-100"},
+        description="trace-summary.json and trace-summary.md over the reports of every domain the collected "
+                    "payload carries (as `kvonce conformance` writes them); runs last in its job.",
+    )
+    def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
+        return _trace_summary(context, kvonce, placement)
+
+    return trace_summary
+
+
+def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
+                   placement: Placement) -> dg.MaterializeResult:
+    trace_dir = placement.folder_of(context, kvonce)
+    record = _collected_record(context, placement.collected_key)
     mentioned = record.get("domains")
     source = str(record.get("source_path") or trace_dir / COLLECTED_FILE)
     installed = registry.installed()
@@ -720,6 +797,9 @@ def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> 
                   "dagster/row_count": aggregate["domains"]},
         data_version=dg.DataVersion(sha256_file(path)),
     )
+
+
+trace_summary = build_trace_summary()
 
 
 # --- the definitions -------------------------------------------------------------------------------

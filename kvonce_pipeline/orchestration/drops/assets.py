@@ -6,7 +6,9 @@ drops/kvonce_validation`` is the same graph as the CI job's (built by the same f
 dropped payload (``<stem>-<12 hex of sha256>``, see
 :mod:`kvonce_pipeline.engine.drops`). Artifacts go to ``<reports>/trace/<partition key>/`` under the
 default run's file names. ``drops/kvonce_store`` folds every processed payload into the
-cross-payload store (:mod:`kvonce_pipeline.domains.kvonce.store`).
+cross-payload store (:mod:`kvonce_pipeline.domains.kvonce.store`). The other domains' groups on the
+same partitions are in :mod:`kvonce_pipeline.orchestration.drops.domains`; a drop's run holds
+KvOnce's graph only when the drop carries KvOnce spans (or no other domain's).
 
 Lineage: every materialization carries the source file, its sha256, size and arrival time, the run
 id and the asset's code version; each partition folder gets ``kvonce-envelope.json``. The judge

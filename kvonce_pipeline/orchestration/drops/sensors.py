@@ -14,6 +14,14 @@ nothing. An unreadable payload's run fails once (its error names the file and li
 its partition folder gets an envelope with status ``unusable``); the guards above mean it is never
 retried, and the file itself is never touched. Work per tick is bounded (files and bytes hashed) so
 a tick stays far inside the 60 s sensor timeout; what is left waits for the next tick.
+
+Per domain: each new payload is scanned once for the installed domains' attribute names
+(:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, a byte scan that stops
+as soon as every name was seen). A payload naming no generic domain gets exactly the KvOnce run it
+always got (``kvonce_drop_job``); any other gets one ``trace_drop_job`` run limited to the drop groups
+of the domains it carries, KvOnce's drop graph included only if it carries KvOnce spans (see
+:mod:`kvonce_pipeline.orchestration.drops.domains`). Same partition, run key and tags either way,
+plus ``kvonce/domains``.
 """
 
 
@@ -24,9 +32,12 @@ import dagster as dg
 import orjson
 
 from ...engine import drops
+from ...engine.errors import InputError
+from ..domains.assets import mentioned_domains
 from .assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from ..resources import KvonceSettings
+from .domains import TAG_DOMAINS, selection_for, trace_drop_job
 
 CURSOR_VERSION = 1
 
@@ -63,13 +74,23 @@ def _latest_validation_storage_id(instance: dg.DagsterInstance) -> int:
     return records[0].storage_id if records else 0
 
 
+def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce: KvonceSettings) -> list[str]:
+    """The installed domains the payload names. A file that cannot be scanned (gone, over a limit, a
+    broken gzip) is routed to KvOnce's run, whose failure names the file and what is wrong, as before."""
+    try:
+        return mentioned_domains(found.path, kvonce.limits())
+    except (InputError, OSError) as exc:
+        context.log.warning(f"{found.label}: cannot scan for its domains ({exc}); routed as a KvOnce payload")
+        return []
+
+
 @dg.sensor(
     name="kvonce_drop_sensor",
-    jobs=[kvonce_drop_job, kvonce_store_job],
+    jobs=[kvonce_drop_job, kvonce_store_job, trace_drop_job],
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches KVONCE_DROP_DIR (default drops/): one partition and one run per new payload; "
-                "refolds the cross-payload store after new results.",
+    description="Watches KVONCE_DROP_DIR (default drops/): one partition and one run per new payload, limited "
+                "to the domains it carries; refolds the cross-payload store after new KvOnce results.",
 )
 def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettings) -> dg.SensorResult:
     cursor = load_cursor(context.cursor)
@@ -101,11 +122,18 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
             continue
         by_content[content] = key
         new_keys.append(key)
-        requests.append(dg.RunRequest(
-            job_name=kvonce_drop_job.name, partition_key=key, run_key=key,
-            tags={TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
-                  TAG_ARRIVED: found.arrived_at, TAG_SCOPE: found.scope}))
-        context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes)")
+        tags = {TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
+                TAG_ARRIVED: found.arrived_at, TAG_SCOPE: found.scope}
+        carried = _carried(context, found, kvonce)
+        selection = selection_for(carried)
+        if selection is None:  # no generic domain: KvOnce's run, exactly as before the domains existed
+            requests.append(dg.RunRequest(job_name=kvonce_drop_job.name, partition_key=key, run_key=key, tags=tags))
+        else:
+            requests.append(dg.RunRequest(job_name=trace_drop_job.name, partition_key=key, run_key=key,
+                                          asset_selection=selection.assets, asset_check_keys=selection.checks,
+                                          tags={**tags, TAG_DOMAINS: ",".join(carried)}))
+        context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes; "
+                         f"domains: {', '.join(carried) or 'none found, read as kvonce'})")
     refused: dict[str, list[int]] = {}
     for refusal in scan.refused:
         fingerprint = list(refusal.fingerprint())
