@@ -1,10 +1,12 @@
 """The Dagster ``Definitions``: what ``dagster dev`` and ``dagster job execute -m kvonce_pipeline`` load.
 
-Two variants of one graph, built by the same factory: the unpartitioned CI graph (``kvonce_*``,
+KvOnce's graph in two variants built by the same factory: the unpartitioned CI graph (``kvonce_*``,
 run by ``kvonce_conformance_job``) and the drop-folder graph (``drops/kvonce_*``, one dynamic
-partition per dropped payload, launched by ``kvonce_drop_sensor``), plus the cross-payload store
-``drops/kvonce_store``. Each graph is one multi-asset: its four assets are materialized together,
-by one step doing the CLI's one pass (see :mod:`kvonce_pipeline.orchestration.conformance.assets`).
+partition per dropped payload), plus the cross-payload store ``drops/kvonce_store``. Every other
+installed domain gets the same two variants from one factory over its definition (``<name>_*`` and
+``drops/<name>_*``), fed by the domain-neutral ``collected_otlp`` / ``drops/collected_otlp``, with
+``trace_summary`` over every domain of a payload. ``kvonce_drop_sensor`` launches, per dropped payload,
+a run of the domains it carries.
 
 Each area of ``orchestration/`` defines its own ``defs`` (assets, jobs, sensors) without
 resources; they are merged here and the one ``kvonce`` resource is bound once, for all of them.
