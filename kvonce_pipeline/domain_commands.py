@@ -30,7 +30,8 @@ _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}\.$")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("domain", help="the installed domains (list, doc) and a template for a new one (new)")
     commands = parser.add_subparsers(dest="domain_command", required=True)
-    listing = commands.add_parser("list", help="the installed domains: name, label, attribute prefix, package")
+    listing = commands.add_parser("list", help="the installed domains: name, label, attribute prefix, package "
+                                               "(exit 2, naming them, if some could not be loaded)")
     listing.set_defaults(run=_list)
     doc = commands.add_parser("doc", help="a domain's trace schema as Markdown (event fields, OTLP mapping, rules)")
     doc.add_argument("name")
@@ -54,7 +55,10 @@ def _list(args: argparse.Namespace) -> int:
         d = domain.definition
         print(f"{name:<{width}}  {d.label:<12} {d.prefix:<20} {len(d.types)} types, {len(domain.rules())} rules  "
               f"({packages.get(name, '?')})")
-    return 0
+    problems = registry.load_errors()
+    for problem in problems.values():
+        print(f"kvonce: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _doc(args: argparse.Namespace) -> int:
@@ -74,6 +78,15 @@ def _new(args: argparse.Namespace) -> int:
     if not _PREFIX.match(prefix):
         raise ConfigError(f"--prefix {prefix!r} must be letters, digits, '_', '-', '.' and end with '.' "
                           "(e.g. payments.event.)")
+    from .engine.domain import RESERVED_NAMES
+    from .engine.registry import installed
+
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"domain name {name!r} is reserved ({', '.join(sorted(RESERVED_NAMES))})")
+    for other in installed().values():
+        if other.name == name or other.definition.prefix == prefix:
+            raise ConfigError(f"the installed domain {other.name!r} already has "
+                              f"{'this name' if other.name == name else f'the prefix {prefix!r}'}: choose another")
     values = {"name": name, "prefix": prefix, "label": args.label or name.replace("_", " ").title(),
               "package": f"kvonce_domain_{name}", "dist": f"kvonce-domain-{name.replace('_', '-')}"}
     parent = Path(args.dir)

@@ -64,12 +64,12 @@ def test_the_template_domain_through_the_cli(toy_project: ToyProject, tmp_path: 
     from kvonce_pipeline.engine import registry  # the toy domain object, loaded as the CLI loads it
 
     sys.path[:0] = toy_project.paths
-    registry.installed.cache_clear()
+    registry._load.cache_clear()
     try:
         toy = registry.get("toy")
     finally:
         del sys.path[:len(toy_project.paths)]
-        registry.installed.cache_clear()
+        registry._load.cache_clear()
     bad = tmp_path / "bad.pb"
     write_trace(toy, [DomainEvent(T0, "close", "k", {"reason": "x"}, "a" * 32, "b" * 16, "svc")], bad, "otlp-proto")
     failed = kvonce("conformance", "--input", str(bad), "--output-dir", str(tmp_path / "b"), env=env)

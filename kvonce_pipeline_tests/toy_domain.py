@@ -47,8 +47,8 @@ def toy(toy_project: ToyProject, monkeypatch: pytest.MonkeyPatch) -> Iterator[Do
     for path in reversed(toy_project.paths):
         monkeypatch.syspath_prepend(path)
     monkeypatch.setenv("PYTHONPATH", toy_project.env()["PYTHONPATH"])
-    registry.installed.cache_clear()
+    registry._load.cache_clear()
     try:
         yield registry.get("toy")
     finally:
-        registry.installed.cache_clear()
+        registry._load.cache_clear()

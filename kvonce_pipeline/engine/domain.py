@@ -53,6 +53,8 @@ ENGINE_RULES: tuple[tuple[str, Severity, str], ...] = (
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,79}$")
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+#: Names a domain may not have: the Dagster layer's groups, jobs and prefixes for every domain use them.
+RESERVED_NAMES = frozenset({"trace", "drops", "all", "domain", "domains"})
 #: Field names every event has; a domain's own fields may not reuse them.
 RESERVED_FIELDS = frozenset({"timestamp", "timeUnixNano", "type", "event", "key", "traceId", "spanId",
                              "actor", "origin", "domain"})
@@ -123,6 +125,9 @@ def _check(definition: Definition, where: str) -> None:
 
     if not _NAME.match(definition.name):
         fail(f"domain name {definition.name!r} must be lower-case letters, digits and '_' (at most 40)")
+    if definition.name in RESERVED_NAMES:
+        fail(f"domain name {definition.name!r} is taken by what serves every domain "
+             f"(reserved: {', '.join(sorted(RESERVED_NAMES))})")
     if not definition.prefix.endswith(".") or len(definition.prefix) < 2:
         fail(f"prefix {definition.prefix!r} must end with '.' (e.g. 'inventory.event.')")
     if not definition.types:

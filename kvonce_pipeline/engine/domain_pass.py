@@ -14,6 +14,8 @@ Artifacts, in the domain's folder (``<reports>/trace/<name>/`` for every domain 
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +26,13 @@ import orjson
 
 from .atomic import atomic_writer
 from .decode.reader import sort_key_times
-from .errors import InputError, OutputError
+from .errors import InputError, KvonceError, OutputError
 from ..domains.kvonce.events import format_timestamp
 from .summary import _cell, findings_section
 from .domain import ArtifactNames, Domain, DomainEvent, JsonType
 
+#: Bytes of event log gathered before both files are written out (and progress is reported).
+FLUSH_BYTES = 1 << 20
 #: How many distinct trace ids a report and the trace summary list (all are counted).
 TRACE_IDS_LISTED = 1000
 
@@ -152,9 +156,9 @@ def check_domain(domain: Domain, events: list[DomainEvent], out_dir: str | Path,
                  input_summary: dict[str, Any] | None = None,
                  progress: Callable[[str, int, int | None], None] | None = None) -> DomainResult:
     """Check ``events`` (as read, any order) against ``domain`` and write its artifacts in ``out_dir``.
-    ``progress(stage, done, total)`` is called every :data:`PROGRESS_EVERY` events."""
+    ``progress(stage, done, total)`` is called after every :data:`FLUSH_BYTES` of event log and at
+    the end. A failure of the domain's own code is a :class:`DomainFailure`, naming the event."""
     options = options or DomainOptions()
-    definition = domain.definition
     names = domain.artifact_names()
     out = Path(out_dir)
     try:
@@ -167,6 +171,21 @@ def check_domain(domain: Domain, events: list[DomainEvent], out_dir: str | Path,
     machine = domain.machine(values)
     ordered = time_order(events)
     emit = _Findings(domain, ordered, options)
+    for name in (names.validation, names.summary):  # until this run's report, none vouches for its files
+        remove_stale_file(out / name)
+    try:
+        return _pass(domain, machine, ordered, emit, out, names, options, values, input_summary, progress)
+    except (KvonceError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a domain's code: say whose, and stop with exit 2
+        raise DomainFailure(f"domain {domain.name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _pass(domain: Domain, machine: Any, ordered: list[DomainEvent], emit: "_Findings", out: Path,
+          names: ArtifactNames, options: DomainOptions, values: dict[str, Any],
+          input_summary: dict[str, Any] | None,
+          progress: Callable[[str, int, int | None], None] | None) -> DomainResult:
+    definition = domain.definition
     required = {spec.name: spec.required for spec in definition.types}
     allowed = {spec.name: frozenset(kind for t in spec.json for kind in _JSON_TYPES[t]) for spec in definition.fields}
     json_types = {spec.name: spec.json for spec in definition.fields}
@@ -183,66 +202,75 @@ def check_domain(domain: Domain, events: list[DomainEvent], out_dir: str | Path,
     with atomic_writer(out / names.events) as events_out, atomic_writer(out / names.state_sequence) as states_out:
         lines = bytearray()
         states = bytearray(b"[\n")
-        for index, event in enumerate(ordered):
-            kind, key, fields, t = event.type, event.key, event.fields, event.time_unix_nano
-            if t is None:
-                stamp = t_text = None
-                emit("missing-required-field", key, index, "event has no timestamp")
-            else:
-                stamp, t_text = format_timestamp(t), str(t)
-            seen_traces[event.trace_id] = None
-            needs = required.get(kind)  # type: ignore[arg-type]
-            if needs is None:
-                if kind is None:
-                    emit("missing-required-field", key, index, "event has no type")
+        index, event = -1, None
+        try:
+            for index, event in enumerate(ordered):
+                kind, key, fields, t = event.type, event.key, event.fields, event.time_unix_nano
+                if t is None:
+                    stamp = t_text = None
+                    emit("missing-required-field", key, index, "event has no timestamp")
                 else:
-                    unknown_types += 1
-                    emit("unknown-event-type", key, index, f"unknown event type {kind!r:.80}")
-            else:
-                by_type[kind] += 1  # type: ignore[index]
-            if fields:
+                    stamp, t_text = format_timestamp(t), str(t)
+                seen_traces[event.trace_id] = None
+                needs = required.get(kind)  # type: ignore[arg-type]
+                if needs is None:
+                    if kind is None:
+                        emit("missing-required-field", key, index, "event has no type")
+                    else:
+                        unknown_types += 1
+                        emit("unknown-event-type", key, index, f"unknown event type {kind!r:.80}")
+                else:
+                    by_type[kind] += 1  # type: ignore[index]
+                if fields:
+                    for name, value in fields.items():
+                        if type(value) not in allowed[name]:
+                            break
+                    else:
+                        name = ""
+                    if name:  # at least one wrongly typed field (rare): report and drop each
+                        for name in [n for n, v in fields.items() if type(v) not in allowed[n]]:
+                            emit("invalid-field-type", key, index, f"field {name!r} is {_json_kind(fields.pop(name))}, "
+                                 f"not {' or '.join(json_types[name])} (ignored)")
+                if needs:
+                    for name in needs:
+                        if name not in fields:
+                            emit("missing-required-field", key, index, f"{kind} event has no {name!r}")
+                state = None
+                if key:
+                    add_key(key)
+                    if needs is not None:
+                        state = observe(index, event, emit)
+                else:
+                    emit("missing-required-field", key, index,
+                         "event has no key" if key is None else "event has an empty key")
+                line = Line(timestamp=stamp, timeUnixNano=t_text, type=kind, event=kind, key=key,
+                            traceId=event.trace_id, spanId=event.span_id or unset, actor=event.actor,
+                            origin=event.origin or unset)
                 for name, value in fields.items():
-                    if type(value) not in allowed[name]:
-                        break
-                else:
-                    name = ""
-                if name:  # at least one wrongly typed field (rare): report and drop each
-                    for name in [n for n, v in fields.items() if type(v) not in allowed[n]]:
-                        emit("invalid-field-type", key, index, f"field {name!r} is {_json_kind(fields.pop(name))}, "
-                             f"not {' or '.join(json_types[name])} (ignored)")
-            if needs:
-                for name in needs:
-                    if name not in fields:
-                        emit("missing-required-field", key, index, f"{kind} event has no {name!r}")
-            state = None
-            if key:
-                add_key(key)
-                if needs is not None:
-                    state = observe(index, event, emit)
-            else:
-                emit("missing-required-field", key, index,
-                     "event has no key" if key is None else "event has an empty key")
-            line = Line(timestamp=stamp, timeUnixNano=t_text, type=kind, event=kind, key=key,
-                        traceId=event.trace_id, spanId=event.span_id or unset, actor=event.actor,
-                        origin=event.origin or unset)
-            for name, value in fields.items():
-                setattr(line, slots[name], value)
-            encode_into(line, lines, len(lines))
-            lines += b"\n"
-            entry.index, entry.timestamp, entry.type, entry.key, entry.state = index, stamp, kind, key, state
-            encode_into(entry, states, len(states))
-            states += b"\n,"
-            if len(lines) >= 1 << 20:
-                if progress is not None:
-                    progress(domain.name, index + 1, len(ordered))
-                events_out.write(lines)
-                lines.clear()
-                states_out.write(states[:-1])
-                del states[:-1]
+                    setattr(line, slots[name], value)
+                encode_into(line, lines, len(lines))
+                lines += b"\n"
+                entry.index, entry.timestamp, entry.type, entry.key, entry.state = index, stamp, kind, key, state
+                encode_into(entry, states, len(states))
+                states += b"\n,"
+                if len(lines) >= FLUSH_BYTES:
+                    if progress is not None:
+                        progress(domain.name, index + 1, len(ordered))
+                    events_out.write(lines)
+                    lines.clear()
+                    states_out.write(states[:-1])
+                    del states[:-1]
+        except (KvonceError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the domain's machine: name the event it failed at
+            where = f" ({event.origin})" if event is not None and event.origin else ""
+            raise DomainFailure(f"domain {domain.name!r} failed at event {index}{where}: "
+                                f"{type(exc).__name__}: {exc}") from exc
         events_out.write(lines)
         if progress is not None:
             progress(domain.name, len(ordered), len(ordered))
-        states_out.write(bytes(states[:-2]) + b"\n]\n" if len(states) > 3 else b"[\n]\n")
+        # every entry is followed by "\n,", whose "," a flush keeps back: drop it and close the array
+        states_out.write(bytes(states[:-1]) + b"]\n" if ordered else b"[\n]\n")
     machine.finish(emit)
     issues = emit.issues
     issues.sort(key=lambda issue: (issue["eventIndex"], issue["type"]))
@@ -263,7 +291,7 @@ def check_domain(domain: Domain, events: list[DomainEvent], out_dir: str | Path,
     projection = {"schemaVersion": f"{domain.name}-projection/v1", "domain": domain.name, "stats": stats,
                   "stateSequencePath": names.state_sequence, **machine.projection()}
     with atomic_writer(out / names.projection) as handle:
-        handle.write(orjson.dumps(projection, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        handle.write(dump_json(projection))
         handle.write(b"\n")
     summary: dict[str, Any] = {"events": len(ordered), "keys": len(keys), "errors": errors,
                                "warnings": len(issues) - errors, "byRule": by_rule}
@@ -284,6 +312,23 @@ def _first_time(events: Iterable[DomainEvent]) -> str | None:
     return None
 
 
+def dump_json(document: Any) -> bytes:
+    """Indented JSON of a report or projection. orjson refuses integers beyond 64 bits, which a
+    machine's sums over untrusted numbers can reach; the standard library writes those (the same
+    layout, slower: only then)."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        import json
+
+        return json.dumps(document, indent=2, ensure_ascii=False, default=str).encode()
+
+
+class DomainFailure(KvonceError):
+    """A domain's machine failed (a bug in the domain, or data it cannot handle): exit 2, naming the
+    domain and the event, instead of a traceback and the violations' exit code."""
+
+
 def _json_kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
             float: "a number"}.get(type(value), type(value).__name__)
@@ -295,13 +340,29 @@ def write_domain_report(result: DomainResult, stats: dict[str, Any] | None) -> N
     with atomic_writer(result.out_dir / result.names.summary) as handle:
         handle.write(text)
     with atomic_writer(result.out_dir / result.names.validation) as handle:
-        handle.write(orjson.dumps(result.report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        handle.write(dump_json(result.report))
         handle.write(b"\n")
 
 
+def remove_stale_file(path: Path, keep: str | os.PathLike[str] | None = None) -> None:
+    """Remove an artifact an earlier run left (ours: a known name in our folder), unless it is ``keep``,
+    the file this run reads: a user may well check an artifact of ours again, and the input is
+    never touched."""
+    try:
+        if keep is not None and os.path.samefile(path, keep):
+            return
+        path.unlink()
+    except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
+        pass
+    except OSError as exc:
+        raise OutputError(f"cannot remove {path}: {exc.strerror or exc}") from exc
+
+
 def domain_input_error(domain: Domain, error: InputError, out_dir: str | Path,
-                       input_summary: dict[str, Any] | None = None) -> DomainResult:
-    """An unusable input: a report that says so (``valid`` false) and no artifact of an earlier run."""
+                       input_summary: dict[str, Any] | None = None, *,
+                       keep: str | os.PathLike[str] | None = None) -> DomainResult:
+    """An unusable input: a report that says so (``valid`` false) and no artifact of an earlier run
+    (``keep``: the input, never removed)."""
     names = domain.artifact_names()
     out = Path(out_dir)
     try:
@@ -309,12 +370,7 @@ def domain_input_error(domain: Domain, error: InputError, out_dir: str | Path,
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
     for name in (names.events, names.state_sequence, names.projection):
-        try:
-            (out / name).unlink()
-        except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
-            pass
-        except OSError as exc:
-            raise OutputError(f"cannot remove {out / name}: {exc.strerror or exc}") from exc
+        remove_stale_file(out / name, keep)
     report = {"schemaVersion": domain.definition.schema_version, "domain": domain.name, "valid": False,
               "inputError": error.to_json(), "issues": [],
               "summary": {"events": 0, "keys": 0, "errors": 1, "warnings": 0, "byRule": {},

@@ -32,6 +32,12 @@ class InputError(KvonceError):
         return {"source": self.source, "where": self.where, "message": self.message}
 
 
+class NoEventsError(InputError):
+    """An input that holds no event of the domain being read: readable, just not that domain's. When
+    several domains are checked, this is how a payload says it is not one of them (any other
+    :class:`InputError` is a real fault and is reported)."""
+
+
 class OutputError(KvonceError):
     """Artifacts could not be written (disk full, read-only folder); the input is untouched."""
 

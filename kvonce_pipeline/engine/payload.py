@@ -25,14 +25,15 @@ from typing import Any
 import orjson
 
 from .atomic import atomic_writer
-from .errors import InputError, KvonceError, OutputError
+from .errors import InputError, KvonceError, NoEventsError, OutputError
 from .limits import Limits
 from .one_pass import gc_paused
 from .decode.reader import InputFormat, detect_format
 from . import registry
 from .domain import Domain
 from .domain_decode import DomainRead, payload_mentions, read_domain_events
-from .domain_pass import TRACE_IDS_LISTED, DomainOptions, DomainResult, check_domain, domain_input_error
+from .domain_pass import (TRACE_IDS_LISTED, DomainOptions, DomainResult, check_domain, domain_input_error,
+                          remove_stale_file)
 
 TRACE_SUMMARY = "trace-summary.json"
 TRACE_SUMMARY_MD = "trace-summary.md"
@@ -109,7 +110,7 @@ def check_payload(request: PayloadRequest) -> PayloadResult:
             results = _auto(request, list(installed.values()))
             if not results:  # no domain's spans at all: the default domain says so, as it always has
                 results = _run(request, [default], explicit=True)
-    _remove_stale(request.out_dir, results, installed.values())
+    _remove_stale(request.out_dir, results, installed.values(), request.input)
     try:
         summary = write_trace_summary(request.out_dir, results, str(request.input))
     except OutputError as output_error:
@@ -133,7 +134,7 @@ def _auto(request: PayloadRequest, installed: list[Domain]) -> list[DomainResult
     if leftover and generic:
         extra = _run(request, _mentioned(request, generic), explicit=False)
         if extra:
-            results = [r for r in results if not _no_events_of(r, extra)] + extra
+            results = [r for r in results if not _no_events_of(r, extra, request.input)] + extra
     return results
 
 
@@ -146,7 +147,8 @@ def _mentioned(request: PayloadRequest, domains: Sequence[Domain]) -> list[Domai
     return [domain for needle, domain in needles.items() if needle in found]
 
 
-def _remove_stale(out_dir: Path, results: Sequence[DomainResult], installed: Iterable[Domain]) -> None:
+def _remove_stale(out_dir: Path, results: Sequence[DomainResult], installed: Iterable[Domain],
+                  source: str | os.PathLike[str]) -> None:
     """Artifacts an earlier run left for a domain this payload does not have describe another input:
     they are ours (known names in our folders), so they go, and so do folders that leaves empty."""
     checked = {result.domain.name for result in results}
@@ -155,12 +157,7 @@ def _remove_stale(out_dir: Path, results: Sequence[DomainResult], installed: Ite
             continue
         folder = domain_folder(out_dir, domain)
         for name in domain.artifact_names().all():
-            try:
-                (folder / name).unlink()
-            except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
-                pass
-            except OSError as exc:
-                raise OutputError(f"cannot remove {folder / name}: {exc.strerror or exc}") from exc
+            remove_stale_file(folder / name, source)
             if "/" in name:
                 _rmdir_if_empty((folder / name).parent)
         if folder != out_dir:
@@ -186,18 +183,14 @@ def _skipped_spans(result: DomainResult) -> int:
     return int(source.get("skippedSpans") or 0)
 
 
-def _no_events_of(result: DomainResult, others: Sequence[DomainResult]) -> bool:
-    """Is ``result`` an own pass's "no events" while other domains had events? Then the payload
-    simply is not that domain's: its report is not listed and its error files are removed."""
-    if result.error is None or not any(other.error is None for other in others):
+def _no_events_of(result: DomainResult, others: Sequence[DomainResult], source: str | os.PathLike[str]) -> bool:
+    """Is ``result`` an own pass's "no events of mine" (not any other fault) while other domains had
+    results? Then the payload simply is not that domain's: its report is not listed and the error
+    files its pass wrote are removed."""
+    if not isinstance(result.error, NoEventsError) or not others:
         return False
     for name in (result.names.validation, result.names.summary):
-        try:
-            (result.out_dir / name).unlink()
-        except (FileNotFoundError, NotADirectoryError):  # nothing there: nothing stale
-            pass
-        except OSError as exc:
-            raise OutputError(f"cannot remove {result.out_dir / name}: {exc.strerror or exc}") from exc
+        remove_stale_file(result.out_dir / name, source)
     return True
 
 
@@ -212,7 +205,7 @@ def _run(request: PayloadRequest, chosen: Sequence[Domain], *, explicit: bool) -
             read = read_domain_events(request.input, generic, format=request.format, limits=request.limits)
         except InputError as unusable:
             read_error = unusable
-        if read is not None and read.format is InputFormat.NDJSON and len(generic) > 1:
+        if read is not None and read.format is InputFormat.NDJSON and len(chosen) > 1:
             raise KvonceError("an NDJSON event log holds one domain's events: give one --domain")
     results: list[DomainResult] = []
     for domain in chosen:
@@ -224,17 +217,16 @@ def _run(request: PayloadRequest, chosen: Sequence[Domain], *, explicit: bool) -
             results.append(_run_own_pass(domain, DomainRun(request.input, out, options, request.format,
                                                             request.limits, request.extra)))
             continue
-        if read is None:
-            if explicit or read_error is None:
-                results.append(domain_input_error(domain, read_error or InputError(str(request.input), "not read"),
-                                                  out))
+        if read is None:  # the read failed: every domain it was for says why (the scan found them)
+            results.append(domain_input_error(domain, read_error or InputError(str(request.input), "not read"),
+                                              out, keep=request.input))
             continue
         events = read.events[domain.name]
         if not events:
             if explicit:
                 what = f"no span carries {domain.definition.prefix}type" if read.format.is_otlp else "no events"
-                empty = InputError(str(request.input), f"no {domain.definition.label} events ({what})")
-                results.append(domain_input_error(domain, empty, out, read.summary(domain.name)))
+                empty = NoEventsError(str(request.input), f"no {domain.definition.label} events ({what})")
+                results.append(domain_input_error(domain, empty, out, read.summary(domain.name), keep=request.input))
             continue
         with gc_paused():
             results.append(check_domain(domain, events, out, options=options,

@@ -9,7 +9,7 @@ import pytest
 
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_decode import read_domain_events
-from kvonce_pipeline.engine.domain_pass import DomainOptions, check_domain, time_order
+from kvonce_pipeline.engine.domain_pass import DomainFailure, DomainOptions, check_domain, time_order
 from kvonce_pipeline.engine.errors import InputError
 
 T0 = 1_767_225_600_000_000_000
@@ -94,8 +94,37 @@ def test_a_machine_may_only_report_declared_rules(toy: Domain, tmp_path: Path) -
         def projection(self):
             return {}
 
-    with pytest.raises(ValueError, match="made-up.*does not declare"):
+    with pytest.raises(DomainFailure, match="'toy' failed at event 0 \\(line 1\\).*made-up.*does not declare"):
         check_domain(replace(toy, machine=Rogue), [ev(1, "open", "a")], tmp_path)
+
+
+def test_a_failing_machine_is_an_error_naming_the_event_and_nothing_vouches_for_the_run(
+        toy: Domain, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    check_domain(toy, [ev(1, "open", "a")], tmp_path)  # an earlier, valid run in the folder
+    assert (tmp_path / "toy-validation.json").exists()
+
+    class Broken:
+        def __init__(self, options):
+            pass
+
+        def observe(self, index, event, emit):
+            if index == 1:
+                raise ZeroDivisionError("division by zero")
+
+        def finish(self, emit):
+            pass
+
+        def projection(self):
+            return {"sum": 2**70}  # beyond 64 bits: written all the same
+
+    with pytest.raises(DomainFailure, match="failed at event 1 \\(line 2\\): ZeroDivisionError"):
+        check_domain(replace(toy, machine=Broken), [ev(1, "open", "a"), ev(2, "open", "b")], tmp_path)
+    assert not (tmp_path / "toy-validation.json").exists() and not (tmp_path / "toy-summary.md").exists()
+    result = check_domain(replace(toy, machine=Broken), [ev(1, "open", "a")], tmp_path / "big")
+    assert result.valid
+    assert orjson.loads((tmp_path / "big" / "toy-projection.json").read_bytes())["sum"] == 2**70
 
 
 def test_the_artifacts(toy_project, toy: Domain, tmp_path: Path) -> None:
@@ -125,3 +154,24 @@ def test_the_event_log_reads_back_as_the_same_events(toy: Domain, tmp_path: Path
     check_domain(toy, again, tmp_path / "two")
     for name in ("toy-events.ndjson", "toy-state-sequence.json", "toy-projection.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_the_state_sequence_is_json_whatever_lands_on_a_flush(toy: Domain, tmp_path: Path, count: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer flushes every MiB of event log; a flush on the very last event once closed the
+    array twice. Here every event is a flush (the threshold made tiny) and the files must still parse."""
+    import kvonce_pipeline.engine.domain_pass as domain_pass
+
+    monkeypatch.setattr(domain_pass, "FLUSH_BYTES", 1)
+    events = [ev(i, "open" if i % 2 == 0 else "close", "a", **({} if i % 2 == 0 else {"reason": "x"}))
+              for i in range(count)]
+    check_domain(toy, events, tmp_path)
+    states = orjson.loads((tmp_path / "toy-state-sequence.json").read_bytes())
+    assert [entry["index"] for entry in states] == list(range(count))
+    assert len((tmp_path / "toy-events.ndjson").read_bytes().splitlines()) == count
+    unflushed = tmp_path / "unflushed"
+    monkeypatch.setattr(domain_pass, "FLUSH_BYTES", 1 << 20)
+    check_domain(toy, events, unflushed)
+    for name in ("toy-state-sequence.json", "toy-events.ndjson"):
+        assert (unflushed / name).read_bytes() == (tmp_path / name).read_bytes()

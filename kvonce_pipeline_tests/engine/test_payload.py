@@ -110,3 +110,42 @@ def test_disable_names_must_exist(toy: Domain, tmp_path: Path) -> None:
 
     with pytest.raises(KvonceError, match="no-such-rule"):
         check_payload(PayloadRequest(SAMPLES / "kvonce-otlp.json", tmp_path, disabled=frozenset({"no-such-rule"})))
+
+
+def test_an_artifact_checked_again_in_its_own_folder_is_never_removed(toy: Domain, tmp_path: Path) -> None:
+    """Checking ``toy/toy-events.ndjson`` as KvOnce into the same folder: the toy artifacts are stale
+    for that run, but the input is the user's now and stays."""
+    out = tmp_path / "out"
+    check_payload(PayloadRequest(_mixed(toy, tmp_path / "m.json"), out))
+    events = out / "toy" / "toy-events.ndjson"
+    before = events.read_bytes()
+    check_payload(PayloadRequest(events, out))  # NDJSON: read as KvOnce's (unusable for it, no matter)
+    assert events.read_bytes() == before
+    kvonce_events = out / "kvonce-events.ndjson"  # the same, the other way round (here: toy events again)
+    before = kvonce_events.read_bytes()
+    check_payload(PayloadRequest(kvonce_events, out, domains=("toy",)))
+    assert kvonce_events.read_bytes() == before
+
+
+def test_a_broken_span_of_one_domain_is_reported_not_dropped(toy: Domain, tmp_path: Path) -> None:
+    """In a mixed payload, a KvOnce span that cannot be read is KvOnce's unusable input (exit 2),
+    not "this payload has no KvOnce": only a plain absence of a domain's events leaves it out."""
+    document = orjson.loads((SAMPLES / "kvonce-otlp.json").read_bytes())
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    next(a for a in span["attributes"] if a["key"] == "kvonce.event.type")["value"] = {"intValue": "5"}
+    document["resourceSpans"] += _toy_spans(toy)
+    path = tmp_path / "broken.json"
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    outcome = check_payload(PayloadRequest(path, tmp_path / "o"))
+    assert [(r.domain.name, r.status) for r in outcome.results] == [("kvonce", "error"), ("toy", "valid")]
+    assert outcome.exit_code == 2 and "must be a string" in str(outcome.results[0].error)
+    # and the other way round: a toy span that cannot be read, beside valid KvOnce spans
+    document = orjson.loads((SAMPLES / "kvonce-otlp.json").read_bytes())
+    spans = _toy_spans(toy)
+    attributes = spans[0]["scopeSpans"][0]["spans"][0]["attributes"]  # an object as a key: no key at all
+    next(a for a in attributes if a["key"] == "toy.event.key")["value"] = {"kvlistValue": {"values": []}}
+    document["resourceSpans"] += spans
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    outcome = check_payload(PayloadRequest(path, tmp_path / "p"))
+    assert [(r.domain.name, r.status) for r in outcome.results] == [("kvonce", "valid"), ("toy", "error")]
+    assert outcome.exit_code == 2

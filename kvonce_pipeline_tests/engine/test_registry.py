@@ -40,12 +40,35 @@ def test_two_domains_may_not_share_a_prefix(toy_project, tmp_path: Path, monkeyp
                                           '[project.entry-points."kvonce_pipeline.domains"]\nclash = "clash:domain"\n')
     for path in [*reversed(toy_project.paths), *reversed(register(clone, tmp_path / "site"))]:
         monkeypatch.syspath_prepend(path)
-    registry.installed.cache_clear()
+    registry._load.cache_clear()
     try:
-        with pytest.raises(ConfigError, match="share the attribute prefix 'toy.event.'"):
-            registry.installed()
+        # the first by name is kept ("clash"), the other is left out, named, and stops nothing else
+        assert "clash" in registry.installed() and "toy" not in registry.installed()
+        assert "kvonce" in registry.installed()
+        with pytest.raises(ConfigError, match="'clash' and 'toy' share the attribute prefix 'toy.event.'"):
+            registry.get("toy")
+        assert list(registry.load_errors()) == ["toy"]
     finally:
-        registry.installed.cache_clear()
+        registry._load.cache_clear()
+
+
+def test_a_package_that_fails_to_load_is_named_and_stops_nothing_else(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "broken"
+    (project / "broken_domain").mkdir(parents=True)
+    (project / "broken_domain" / "__init__.py").write_text("raise RuntimeError('half-installed')\n")
+    (project / "pyproject.toml").write_text('[project]\nname = "broken"\nversion = "1"\n'
+                                            '[project.entry-points."kvonce_pipeline.domains"]\n'
+                                            'broken = "broken_domain:domain"\n')
+    for path in reversed(register(project, tmp_path / "site")):
+        monkeypatch.syspath_prepend(path)
+    registry._load.cache_clear()
+    try:
+        assert list(registry.installed()) == ["kvonce", "inventory"]
+        with pytest.raises(ConfigError, match="'broken'.*failed to load: RuntimeError: half-installed"):
+            registry.get("broken")
+    finally:
+        registry._load.cache_clear()
 
 
 def test_an_entry_point_whose_name_differs_from_the_domain_is_refused(toy_project, tmp_path: Path,
@@ -57,9 +80,10 @@ def test_an_entry_point_whose_name_differs_from_the_domain_is_refused(toy_projec
                                             'wrong = "kvonce_domain_toy:domain"\n')
     for path in [*reversed(toy_project.paths), *reversed(register(project, tmp_path / "site"))]:
         monkeypatch.syspath_prepend(path)
-    registry.installed.cache_clear()
+    registry._load.cache_clear()
     try:
         with pytest.raises(ConfigError, match="'wrong' names a domain called 'toy'"):
-            registry.installed()
+            registry.get("wrong")
+        assert "kvonce" in registry.installed()
     finally:
-        registry.installed.cache_clear()
+        registry._load.cache_clear()

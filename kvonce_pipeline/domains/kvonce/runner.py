@@ -15,6 +15,7 @@ from pathlib import Path
 from ...engine import artifacts
 from ...engine.conformance import ConformanceOptions, run_conformance
 from ...engine.domain import ArtifactNames, Domain
+from ...engine.errors import ConfigError
 from ...engine.domain_pass import TRACE_IDS_LISTED, DomainResult
 from ...engine.payload import DomainRun
 
@@ -46,8 +47,10 @@ def trace_ids(events_file: Path) -> tuple[list[str], int | None]:
 
 
 def run(job: DomainRun) -> DomainResult:
-    options = ConformanceOptions(format=job.format, strict=job.options.strict,
-                                 max_retries=int(domain.options(job.options.options)["max_retries"]),
+    max_retries = int(domain.options(job.options.options)["max_retries"])
+    if max_retries < 0:
+        raise ConfigError(f"max_retries must be zero or more, not {max_retries}")
+    options = ConformanceOptions(format=job.format, strict=job.options.strict, max_retries=max_retries,
                                  limits=job.limits)
     if job.options.disabled:
         from ...engine.errors import KvonceError

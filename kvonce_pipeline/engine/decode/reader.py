@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, cast
 import orjson
 
 from ..atomic import private_folder_name, sweep_stale_folders
-from ..errors import InputError
+from ..errors import InputError, NoEventsError
 from ...domains.kvonce.events import Event
 from ..limits import RATIO_GRACE, Limits
 from ...domains.kvonce.mapping import TAP_EVENTS, DecodeStats, Tap
@@ -168,7 +168,7 @@ def sniff(head: bytes, first_line: bytes, *, source: str, hint: str = "auto") ->
     """Decide the format from the first bytes and the first line (both after gunzip)."""
     line = first_line.removeprefix(b"\xef\xbb\xbf").strip()
     if not line and not head.strip(b" \t\r\n\xef\xbb\xbf"):
-        raise InputError(source, "the file is empty: no kvonce events")
+        raise NoEventsError(source, "the file is empty: no kvonce events")
     if hint == "ndjson":
         if line[:1] in (b"{", b"[") and _REQUEST_START.match(head) and not _whole_json_object(line):
             raise InputError(source, "this is an OTLP/JSON document (it opens with \"resourceSpans\"), not an "
@@ -458,7 +458,7 @@ def read_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
             gc.enable()
     if not events:
         detail = f" ({stats.spans} spans, none with kvonce.event.type and kvonce.event.key)" if stats.spans else ""
-        raise InputError(str(path), f"no kvonce events{detail}")
+        raise NoEventsError(str(path), f"no kvonce events{detail}")
     reordered = sort_key_times(events)
     return TraceRead(source=str(path), format=detected, compressed=compressed, events=events,
                      stats=stats, reordered=reordered)
@@ -640,7 +640,7 @@ def _counted(stream: TraceStream, events: Iterable[Event], source: str) -> Itera
     if not count:
         stats = stream.stats
         detail = f" ({stats.spans} spans, none with kvonce.event.type and kvonce.event.key)" if stats.spans else ""
-        raise InputError(source, f"no kvonce events{detail}")
+        raise NoEventsError(source, f"no kvonce events{detail}")
 
 
 @contextmanager
