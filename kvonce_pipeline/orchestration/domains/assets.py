@@ -177,6 +177,22 @@ def unusable_failure(error: InputError) -> dg.Failure:
                                 "message": error.message}, allow_retries=False)
 
 
+def _what_to_read(record: dict[str, Any], collected: Path) -> Path:
+    """The collected copy, except for an NDJSON event log that is still the file that was collected:
+    the log itself is read then, so findings name its lines and every event reads exactly as the
+    CLI reads it (the copy is a rendering as spans, which cannot say everything a line can: an event
+    without a type, a string field that looks like JSON)."""
+    source = record.get("source_path")
+    if record.get("source_format") != "ndjson" or not isinstance(source, str) or not source:
+        return collected
+    try:
+        if sha256_file(source) == record.get("source_sha256"):
+            return Path(source)
+    except OSError:
+        pass
+    return collected
+
+
 def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
                     ndjson_domain: str) -> collect.Collected:
     """``collect_payload``; an NDJSON log of a generic domain is rendered through that domain's mapping
@@ -629,7 +645,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         yield from absent(f"no span carries {definition.prefix}type")
         return
     try:
-        read = read_domain_events(collected, [domain], format="otlp-json", limits=settings.limits())
+        read = read_domain_events(_what_to_read(record, collected), [domain], limits=settings.limits())
     except InputError as error:
         raise unusable(error) from None
     events = read.events[domain.name]

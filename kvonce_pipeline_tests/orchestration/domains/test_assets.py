@@ -214,6 +214,26 @@ def test_an_ndjson_log_of_the_toy_domain_is_collected_through_its_mapping(toy: D
     assert report["summary"]["events"] == 2 and report["summary"]["input"]["format"] == "ndjson"
 
 
+def test_an_ndjson_log_gets_the_clis_verdict_line_for_line(toy: Domain, tmp_path: Path) -> None:
+    """An NDJSON log is read itself, not its rendering as spans: an event without a type and a string
+    that looks like JSON read as the CLI reads them, and findings name the log's lines."""
+    log = tmp_path / "toy.ndjson"
+    log.write_text('{"timestamp": "2026-01-01T00:00:00Z", "type": "open", "key": "a"}\n'
+                   '{"timestamp": "2026-01-01T00:00:01Z", "key": "a"}\n'
+                   '{"timestamp": "2026-01-01T00:00:02Z", "type": "close", "key": "a", "reason": "x", '
+                   '"context": "{\\"looks\\": \\"like json\\"}"}\n')
+    result = _run(toy, "toy_conformance_job", log, tmp_path / "reports")
+    assert not result.success
+    dagster = orjson.loads((tmp_path / "reports" / "trace" / "toy" / "toy-validation.json").read_bytes())
+    cli = check_payload(PayloadRequest(log, tmp_path / "cli", domains=("toy",))).results[0].report
+    assert [(i["type"], i["eventIndex"], i.get("origin")) for i in dagster["issues"]] == \
+        [(i["type"], i["eventIndex"], i.get("origin")) for i in cli["issues"]]
+    assert ("missing-required-field", 1, "line 2") in [(i["type"], i["eventIndex"], i.get("origin"))
+                                                      for i in dagster["issues"]]
+    assert ("invalid-field-type", 2, "line 3") in [(i["type"], i["eventIndex"], i.get("origin"))
+                                                  for i in dagster["issues"]]
+
+
 def test_the_trace_job_checks_both_domains_of_a_mixed_payload(toy: Domain, tmp_path: Path) -> None:
     payload = _mixed(toy, tmp_path / "mixed.json", bad_toy=True)
     result = _run(toy, "trace_conformance_job", payload, tmp_path / "reports")
