@@ -428,8 +428,9 @@ def _delimited(stream: Any, source: str, stats: DecodeStats, decoder: ProtoAnyVa
 def payload_mentions(path: str | os.PathLike[str], needles: Sequence[bytes], limits: Limits) -> set[bytes]:
     """Which of ``needles`` occur in the payload's bytes (after gunzip): a quick scan that decides
     which domains' decoders need to run at all. A needle found in a value only costs a decode that
-    finds no event; one missed is impossible (an attribute name is stored as its bytes in every
-    format we read)."""
+    finds no event. An attribute name is stored as its bytes in protobuf and in JSON as exporters
+    write it; a name spelled with JSON escapes (``\\u002e`` for a dot) is missed, which ``--domain``
+    overrides. Stops reading as soon as every needle is found."""
     found: set[bytes] = set()
     tail = max((len(n) for n in needles), default=1) - 1
     carry = b""
