@@ -29,7 +29,7 @@ import orjson
 from .errors import InputError
 from ..domains.kvonce.events import check_time_range, scan_json
 from .limits import Limits
-from ..domains.kvonce.mapping import DecodeStats, Decode, ResourceFallbacks, resource_fallbacks, scalar_text
+from ..domains.kvonce.mapping import DecodeStats, Decode, ResourceFallbacks, scalar_text
 from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES, _first_text
 from .decode.ndjson import _duplicate_key, _event_time, iter_lines, loads_line
 from ..domains.kvonce.events import MAX_TIME_NS

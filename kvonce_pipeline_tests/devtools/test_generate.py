@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conforman
 from kvonce_pipeline.devtools.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
 from kvonce_pipeline.engine.decode.reader import InputFormat, read_trace
 from kvonce_pipeline.domains.kvonce.validation import RULES
+
+from ..conftest import VENV_BIN
 
 
 def _fields(events):
@@ -95,12 +99,7 @@ def test_options_are_checked() -> None:
 
 # --- another domain's generator (kvonce generate --domain NAME) -------------------------------------
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
-    import os
-    import subprocess
-
-    from ..conftest import VENV_BIN
-
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(VENV_BIN / "kvonce"), *args], capture_output=True, text=True, timeout=180,
                           env={**os.environ, **(env or {})})
 

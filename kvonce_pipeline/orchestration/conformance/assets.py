@@ -741,15 +741,18 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 120 else text[:119] + "…"
 
 
-def verdict_message(report: dict[str, Any], payload: str, summary_path: Path) -> str:
-    """``N violations in <payload>:`` and a table of the first findings: what a failed run says first.
+def verdict_message(report: dict[str, Any], payload: str, summary_path: Path,
+                    validation_path: Path | None = None, label: str = "") -> str:
+    """``N violations in <payload>:`` and a table of the first findings: what a failed run says first
+    (``label``: the domain's, for every domain but KvOnce, ``N Inventory violations in ...``).
 
     It is the message of the step's failure, so it is what the run page, ``dagster job execute``
     and ``make run`` show, rather than the framework's "blocking asset check failed" and its stack.
     """
     errors = report["summary"]["errors"]
     issues = report["issues"]
-    lines = [f"{errors} violation{'' if errors == 1 else 's'} in {payload}:", "",
+    what = f"{label} violation" if label else "violation"
+    lines = [f"{errors} {what}{'' if errors == 1 else 's'} in {payload}:", "",
              "| severity | rule | key | event | where | trace / span | message |", "|---|---|---|---|---|---|---|"]
     for issue in issues[:VERDICT_FINDINGS]:
         ids = f"{issue['traceId']} / {issue.get('spanId', '')}" if issue.get("traceId") else ""
@@ -757,7 +760,7 @@ def verdict_message(report: dict[str, Any], payload: str, summary_path: Path) ->
                      f"{issue.get('eventIndex', '')} | {_cell(where_of(issue))} | {ids} | {_cell(issue['message'])} |")
     if len(issues) > VERDICT_FINDINGS:
         lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in {summary_path} "
-                      f"(all of them in {summary_path.with_name(artifacts.VALIDATION)})"]
+                      f"(all of them in {validation_path or summary_path.with_name(artifacts.VALIDATION)})"]
     return "\n".join(lines)
 
 

@@ -98,10 +98,10 @@ from ...engine.domain_decode import payload_mentions, read_domain_events
 from ...engine.domain_pass import DomainOptions, DomainResult, check_domain, domain_input_error, time_order
 from ...engine.payload import TRACE_SUMMARY, TRACE_SUMMARY_MD, domain_folder, write_trace_summary
 from ...engine.decode.reader import InputFormat, detect_format
-from ...domains.kvonce.schemas import ISO_MS, ISO_MS_FORM, NON_EMPTY, TEXT, SchemaOutcome, check_frame, iso_ms, matches_form
-from ...engine.summary import where_of
+from ...domains.kvonce.schemas import ISO_MS, ISO_MS_FORM, NON_EMPTY, TEXT, check_frame, iso_ms, matches_form
 from ..conformance.assets import ASSET_NAMES as KVONCE_ASSET_NAMES
 from ..conformance.assets import _code_version, _schema_check
+from ..conformance.assets import verdict_message as kvonce_verdict_message
 from ..resources import KvonceSettings
 
 COLLECTED_FILE = "collected-otlp.json"
@@ -451,20 +451,8 @@ def _cell(value: Any) -> str:
 
 def verdict_message(result: DomainResult, payload: str) -> str:
     """``N <label> violations in <payload>:`` and a table of the first findings (as KvOnce's run says)."""
-    report, label = result.report, result.domain.definition.label
-    errors = report["summary"]["errors"]
-    issues = report["issues"]
-    lines = [f"{errors} {label} violation{'' if errors == 1 else 's'} in {payload}:", "",
-             "| severity | rule | key | event | where | trace / span | message |", "|---|---|---|---|---|---|---|"]
-    for issue in issues[:VERDICT_FINDINGS]:
-        ids = f"{issue['traceId']} / {issue.get('spanId', '')}" if issue.get("traceId") else ""
-        lines.append(f"| {issue['severity']} | {issue['type']} | {_cell(issue.get('key'))} | "
-                     f"{issue.get('eventIndex', '')} | {_cell(where_of(issue))} | {ids} | {_cell(issue['message'])} |")
-    if len(issues) > VERDICT_FINDINGS:
-        lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in "
-                      f"{result.out_dir / result.names.summary} (all of them in "
-                      f"{result.out_dir / result.names.validation})"]
-    return "\n".join(lines)
+    return kvonce_verdict_message(result.report, payload, result.out_dir / result.names.summary,
+                                  result.out_dir / result.names.validation, result.domain.definition.label)
 
 
 def _file(path: Path) -> dict[str, Any]:

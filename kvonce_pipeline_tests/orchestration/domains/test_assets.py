@@ -4,7 +4,6 @@ template-made ``toy`` domain on a real ephemeral instance, and the CI command as
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
