@@ -20,26 +20,27 @@ The JSON types of fields are not judged here: the pass reports a wrong one as a 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from .errors import InputError
-from ..domains.kvonce.events import check_time_range, scan_json
-from .limits import Limits
-from ..domains.kvonce.mapping import DecodeStats, Decode, ResourceFallbacks, scalar_text
-from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES, _first_text
-from .decode.ndjson import _duplicate_key, _event_time, iter_lines, loads_line
-from ..domains.kvonce.events import MAX_TIME_NS
-from .decode.otlp_json_typed import _LOWER_HEX, _NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document
+from ..domains.kvonce.events import check_time_range
+from ..domains.kvonce.mapping import (TRACE_ID_ATTRIBUTES, Decode, DecodeStats, ResourceFallbacks, _first_text,
+                                      scalar_text)
+from .decode.ndjson import (check_event_object, checked_nesting, event_time, iter_lines, loads_line,
+                            refuse_duplicate_keys)
 from .decode.otlp_json import (_SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist, count_resources,
                                fast_ids_and_start, iter_request_events)
+from .decode.otlp_json_typed import (_NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document,
+                                     typed_ids_and_start)
 from .decode.otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
-from .one_pass import gc_paused
 from .decode.reader import InputFormat, _loads_document, detect_format, open_payload
 from .domain import Domain, DomainEvent
+from .errors import InputError
+from .limits import Limits
+from .one_pass import gc_paused
 
 #: Actor attributes after the domain's own ``<prefix>actor`` (the same fallbacks as KvOnce's).
 GENERIC_ACTOR_ATTRIBUTES = ("actor", "enduser.id", "service.name", "service.instance.id")
@@ -56,8 +57,6 @@ class DomainRead:
     compressed: bool
     events: dict[str, list[DomainEvent]]
     stats: DecodeStats = field(default_factory=DecodeStats)
-    #: spans of other installed domains this read was not asked for, per attribute prefix
-    foreign: dict[str, int] = field(default_factory=dict)
 
     def summary(self, domain: str) -> dict[str, Any]:
         """The ``input`` part of one domain's report (the same fields as KvOnce's)."""
@@ -130,16 +129,28 @@ class _FieldReader:
 
 
 class SpanMapper:
-    """The ``to_event`` the OTLP walkers call: a span to ``[(domain name, event)]`` or ``None``.
+    """The ``to_event`` the OTLP walkers call: a span to ``[(domain name, event)]`` or ``None``, with
+    a fast path for each walker (:meth:`fast_json`, :meth:`fast_typed`)."""
 
-    ``watch``: attribute prefixes of domains not being read; their spans are only counted (so a
-    caller knows whether another domain has events without decoding them).
-    """
-
-    def __init__(self, domains: Sequence[Domain], watch: Iterable[str] = ()) -> None:
+    def __init__(self, domains: Sequence[Domain]) -> None:
         self._readers = tuple(_FieldReader(domain) for domain in domains)
-        self._watch = tuple((prefix, prefix + "type") for prefix in watch)
-        self.foreign: dict[str, int] = {}
+
+    def __call__(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks,
+                 **where: Any) -> list[tuple[str, DomainEvent]] | None:
+        found: list[tuple[str, DomainEvent]] | None = None
+        for reader in self._readers:
+            if reader.type_attr in attrs:
+                event = reader.event(attrs, decode, resource, **where)
+                if event is not None:
+                    if found is None:
+                        found = []
+                    found.append((reader.name, event))
+        return found
+
+    def _readers_of(self, values: Mapping[str, Any]) -> list[_FieldReader]:
+        """The domains whose type attribute a span carries: mostly one or none (several are rare,
+        and the fast paths leave them to the general path)."""
+        return [reader for reader in self._readers if reader.type_attr in values]
 
     def fast_json(self, span: dict[str, Any], decoder: AnyValueDecoder, actor: str, origin: str) -> Any:
         """A spec-shaped OTLP/JSON span's events without the general path, or ``_SLOW``.
@@ -156,20 +167,10 @@ class SpanMapper:
             if name in values or name in _SLOW_NAMES:
                 return _SLOW
             values[name] = attribute["value"]
-        found = None
-        for reader in self._readers:
-            raw_type = values.get(reader.type_attr)
-            if raw_type is None:
-                continue
-            if found is not None:
-                return _SLOW  # one span, two domains: rare, the general path does it
-            found = reader
-        if found is None:
-            for prefix, type_attr in self._watch:
-                if type_attr in values:
-                    self.foreign[prefix] = self.foreign.get(prefix, 0) + 1
-            return None
-        reader = found
+        readers = self._readers_of(values)
+        if len(readers) != 1:
+            return _SLOW if readers else None
+        reader = readers[0]
         kind = values[reader.type_attr]["stringValue"]
         key = values[reader.key_attr]["stringValue"]
         if type(kind) is not str or type(key) is not str or not kind or not key:
@@ -206,23 +207,6 @@ class SpanMapper:
             return _SLOW  # flattened fields, the actor attribute or an undeclared one: the general path
         return [(reader.name, DomainEvent(start_ns, kind, key, fields, trace_id, span_id, actor, origin))]
 
-    def __call__(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks,
-                 **where: Any) -> list[tuple[str, DomainEvent]] | None:
-        found: list[tuple[str, DomainEvent]] | None = None
-        for reader in self._readers:
-            if reader.type_attr in attrs:
-                event = reader.event(attrs, decode, resource, **where)
-                if event is not None:
-                    if found is None:
-                        found = []
-                    found.append((reader.name, event))
-        if found is None:
-            for prefix, type_attr in self._watch:
-                if type_attr in attrs:
-                    self.foreign[prefix] = self.foreign.get(prefix, 0) + 1
-        return found
-
-
     def fast_typed(self, span: Any, decoder: Any, actor: str, prefix: str, p: int) -> Any:
         """:meth:`fast_json` for the typed decoder's structs (:mod:`kvonce_pipeline.otlp_json_typed`):
         the events, ``_NO_EVENT``, or ``None`` for the general mapping."""
@@ -230,41 +214,20 @@ class SpanMapper:
         values = {attribute.key: attribute.value for attribute in attributes}
         if len(values) != len(attributes) or not values.keys().isdisjoint(_SLOW_NAMES):
             return None
-        found = None
-        for reader in self._readers:
-            if reader.type_attr in values:
-                if found is not None:
-                    return None
-                found = reader
-        if found is None:
-            for prefix_name, type_attr in self._watch:
-                if type_attr in values:
-                    self.foreign[prefix_name] = self.foreign.get(prefix_name, 0) + 1
-            return _NO_EVENT
-        reader = found
+        readers = self._readers_of(values)
+        if len(readers) != 1:
+            return None if readers else _NO_EVENT
+        reader = readers[0]
         kind, key = values[reader.type_attr], values.get(reader.key_attr)
         if kind is UNSET or key is None or key is UNSET:
             return None
         kind, key = kind.stringValue, key.stringValue
         if type(kind) is not str or type(key) is not str or not kind or not key:
             return None
-        if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
+        ids = typed_ids_and_start(span)
+        if ids is None:
             return None
-        trace_id = span.traceId
-        if len(trace_id) != 32 or trace_id.strip(_LOWER_HEX):
-            return None
-        span_id = span.spanId
-        if span_id and (len(span_id) != 16 or span_id.strip(_LOWER_HEX)):
-            return None
-        start = span.startTimeUnixNano
-        if type(start) is str:
-            if not (start.isascii() and start.isdigit()):
-                return None
-            start = int(start)
-        elif start is UNSET or start < 0:
-            return None
-        if start > MAX_TIME_NS:
-            return None
+        trace_id, span_id, start_ns = ids
         mine = 2
         fields: dict[str, Any] = {}
         for name, attribute, flat in reader.fields:
@@ -287,8 +250,7 @@ class SpanMapper:
                     fields[name] = value
         if len(values) != mine and sum(1 for name in values if name.startswith(reader.prefix)) != mine:
             return None
-        return [(reader.name, DomainEvent(start or None, kind, key, fields, trace_id, span_id, actor,
-                                          f"{prefix}{p}"))]
+        return [(reader.name, DomainEvent(start_ns, kind, key, fields, trace_id, span_id, actor, f"{prefix}{p}"))]
 
 
 def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max_depth: int,
@@ -296,12 +258,7 @@ def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max
     """One NDJSON line of ``domain``'s event log. Unreadable lines are :class:`InputError`; the
     fields' JSON types are judged by the pass."""
     where = f"line {number}"
-    if type(obj) is not dict:
-        raise InputError(source, "an event must be a JSON object", where=where)
-    for name in _TEXT_FIELDS:
-        item = obj.get(name)
-        if item is not None and type(item) is not str:
-            raise InputError(source, f"field '{name}' must be a string, got {type(item).__name__}", where=where)
+    check_event_object(obj, _TEXT_FIELDS, source=source, where=where)
     try:
         key = scalar_text(obj.get("key"), "field 'key'", stats)
     except ValueError as exc:
@@ -310,24 +267,12 @@ def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max
     fields: dict[str, Any] = {}
     for spec in domain.definition.fields:
         value = obj.get(spec.name)
-        if value is None:
-            continue
-        too_deep, nested_keys, wide = scan_json(value, max_depth)
-        if too_deep:
-            raise InputError(source, f"'{spec.name}' nests deeper than {max_depth} levels", where=where)
-        if wide is not None:
-            raise InputError(source, f"'{spec.name}' holds the integer {wide}, beyond 64 bits (OTLP cannot "
-                             "carry it)", where=where)
-        keys += nested_keys
-        fields[spec.name] = value
-    if raw is not None and raw.count(b'":') != keys:
-        duplicate = _duplicate_key(raw)  # the exact (slow) check, only when the cheap count disagrees
-        if duplicate is not None:
-            raise InputError(source, f"duplicate key {duplicate!r}: the line says two things", where=where)
-    try:
-        time_ns = _event_time(obj)
-    except ValueError as exc:
-        raise InputError(source, str(exc), where=where) from None
+        if value is not None:
+            keys += checked_nesting(spec.name, value, max_depth, source=source, where=where)
+            fields[spec.name] = value
+    if raw is not None:
+        refuse_duplicate_keys(raw, keys, source=source, where=where)
+    time_ns = event_time(obj, source=source, where=where)
     return DomainEvent(
         time_ns,
         obj.get("type") or obj.get("event"),
@@ -341,12 +286,9 @@ def event_from_object(obj: Any, domain: Domain, *, source: str, number: int, max
 
 
 def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], *, format: str = "auto",
-                       limits: Limits | None = None, watch: Iterable[str] = ()) -> DomainRead:
+                       limits: Limits | None = None) -> DomainRead:
     """Read ``path`` once and return the events of every domain in ``domains``, in input order.
-
-    An NDJSON event log is read as ``domains[0]``'s. ``watch``: attribute prefixes of domains not
-    asked for, whose spans are counted in :attr:`DomainRead.foreign`.
-    """
+    An NDJSON event log is read as ``domains[0]``'s."""
     limits = limits or Limits()
     source = str(path)
     detected, compressed = detect_format(path, hint=format, limits=limits)
@@ -369,7 +311,7 @@ def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], 
                 if len(target) > limits.max_events:
                     raise over()
             return read
-        mapper = SpanMapper(domains, watch)
+        mapper = SpanMapper(domains)
         batches: Iterator[list[tuple[str, DomainEvent]]]
         if detected in (InputFormat.OTLP_JSON, InputFormat.OTLP_JSONL):
             decoder = AnyValueDecoder(stats, limits.max_context_depth)
@@ -381,7 +323,6 @@ def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], 
                 if typed is not None:  # the typed decoder took it: spec-shaped, no error to name
                     batches = iter(typed)
                 else:
-                    mapper.foreign.clear()  # the general path counts again
                     request = _loads_document(blob, source)
                     del blob
                     batches = iter_request_events(request, source=source, stats=stats, decoder=decoder,
@@ -401,7 +342,6 @@ def read_domain_events(path: str | os.PathLike[str], domains: Sequence[Domain], 
             count += len(batch)
             if count > limits.max_events:
                 raise over()
-        read.foreign = mapper.foreign
     return read
 
 

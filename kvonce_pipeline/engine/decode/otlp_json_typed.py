@@ -445,26 +445,10 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
         reason = reason.stringValue if reason is not UNSET else UNSET  # str or UNSET: tested next
         if type(reason) is not str:
             return None
-    if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
-        raise _GiveUp
-    trace_id = span.traceId
-    if len(trace_id) != 32 or trace_id.strip(_LOWER_HEX):
-        return None  # not 32 lower-case hex digits (str.strip is the cheapest exact test)
-    span_id = span.spanId
-    if span_id and (len(span_id) != 16 or span_id.strip(_LOWER_HEX)):
+    ids = typed_ids_and_start(span)
+    if ids is None:
         return None
-    start = span.startTimeUnixNano
-    if isinstance(start, str):
-        if not (start.isascii() and start.isdigit()):
-            return None
-        start = int(start)
-    elif start is UNSET or start < 0:  # an int once UNSET is ruled out
-        return None
-    start_ns: int | None = start
-    if start == 0:
-        start_ns = None
-    elif start > MAX_TIME_NS:
-        return None
+    trace_id, span_id, start_ns = ids
     if value is not None:
         if value is UNSET:
             return None
@@ -488,6 +472,32 @@ def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: s
             if type(context) is str and context[:1] in ("{", "["):
                 return None  # a JSON string context: the mapping reads it as JSON
     return Event(start_ns, event_type, key, value, reason, context, trace_id, span_id, actor, f"{prefix}{p}")
+
+
+def typed_ids_and_start(span: Span) -> tuple[str, str, int | None] | None:
+    """A spec-shaped span's ids (lower-case hex) and start time (``None``: 0, OTLP's "unset"), or
+    ``None`` for the general mapping. The snake_case spellings give the whole document up (the
+    general path reads them)."""
+    if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
+        raise _GiveUp
+    trace_id = span.traceId
+    if len(trace_id) != 32 or trace_id.strip(_LOWER_HEX):
+        return None  # not 32 lower-case hex digits (str.strip is the cheapest exact test)
+    span_id = span.spanId
+    if span_id and (len(span_id) != 16 or span_id.strip(_LOWER_HEX)):
+        return None
+    raw = span.startTimeUnixNano
+    if isinstance(raw, str):
+        if not (raw.isascii() and raw.isdigit()):
+            return None
+        start = int(raw)
+    elif isinstance(raw, int):
+        start = raw
+    else:
+        return None  # unset
+    if not 0 <= start <= MAX_TIME_NS:
+        return None
+    return trace_id, span_id, start or None
 
 
 def _only_pairs(value: AnyValue) -> bool:
