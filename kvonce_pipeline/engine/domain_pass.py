@@ -160,11 +160,7 @@ def check_domain(domain: Domain, events: list[DomainEvent], out_dir: str | Path,
     the end. A failure of the domain's own code is a :class:`DomainFailure`, naming the event."""
     options = options or DomainOptions()
     names = domain.artifact_names()
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    out = make_folder(Path(out_dir))
     values = domain.options(options.options)
     if domain.machine is None:
         raise ValueError(f"domain {domain.name!r} has no machine for the generic pass (it brings its own pass)")
@@ -344,6 +340,27 @@ def write_domain_report(result: DomainResult, stats: dict[str, Any] | None) -> N
         handle.write(b"\n")
 
 
+def input_error_report(schema_version: str, error: InputError, input_summary: dict[str, Any] | None = None,
+                       *, domain: str | None = None) -> dict[str, Any]:
+    """The validation report of an unusable input, every domain's (KvOnce's has no ``domain``)."""
+    report: dict[str, Any] = {"schemaVersion": schema_version}
+    if domain is not None:
+        report["domain"] = domain
+    report.update({"valid": False, "inputError": error.to_json(), "issues": [],
+                   "summary": {"events": 0, "keys": 0, "errors": 1, "warnings": 0, "byRule": {},
+                               **({"input": input_summary} if input_summary else {})}})
+    return report
+
+
+def make_folder(folder: Path) -> Path:
+    """``folder``, created with its parents if need be; one that cannot be is an :class:`OutputError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
 def remove_stale_file(path: Path, keep: str | os.PathLike[str] | None = None) -> None:
     """Remove an artifact an earlier run left (ours: a known name in our folder), unless it is ``keep``,
     the file this run reads: a user may well check an artifact of ours again, and the input is
@@ -364,17 +381,10 @@ def domain_input_error(domain: Domain, error: InputError, out_dir: str | Path,
     """An unusable input: a report that says so (``valid`` false) and no artifact of an earlier run
     (``keep``: the input, never removed)."""
     names = domain.artifact_names()
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    out = make_folder(Path(out_dir))
     for name in (names.events, names.state_sequence, names.projection):
         remove_stale_file(out / name, keep)
-    report = {"schemaVersion": domain.definition.schema_version, "domain": domain.name, "valid": False,
-              "inputError": error.to_json(), "issues": [],
-              "summary": {"events": 0, "keys": 0, "errors": 1, "warnings": 0, "byRule": {},
-                          **({"input": input_summary} if input_summary else {})}}
+    report = input_error_report(domain.definition.schema_version, error, input_summary, domain=domain.name)
     result = DomainResult(domain, out, report, names, [], 0, error)
     write_domain_report(result, None)
     return result

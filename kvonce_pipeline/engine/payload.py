@@ -33,7 +33,7 @@ from . import registry
 from .domain import Domain
 from .domain_decode import DomainRead, payload_mentions, read_domain_events
 from .domain_pass import (TRACE_IDS_LISTED, DomainOptions, DomainResult, check_domain, domain_input_error,
-                          remove_stale_file)
+                          input_error_report, make_folder, remove_stale_file)
 
 TRACE_SUMMARY = "trace-summary.json"
 TRACE_SUMMARY_MD = "trace-summary.md"
@@ -242,8 +242,7 @@ def _run_own_pass(domain: Domain, job: DomainRun) -> DomainResult:
     try:
         return domain.runner(job)
     except InputError as error:
-        report = {"schemaVersion": domain.definition.schema_version, "valid": False, "inputError": error.to_json(),
-                  "issues": [], "summary": {"events": 0, "keys": 0, "errors": 1, "warnings": 0, "byRule": {}}}
+        report = input_error_report(domain.definition.schema_version, error)
         return DomainResult(domain, job.out_dir, report, domain.artifact_names(), [], 0, error)
 
 
@@ -309,10 +308,7 @@ def write_trace_summary(out_dir: Path, results: Sequence[DomainResult], source: 
     """Write ``trace-summary.md`` then ``trace-summary.json`` (last: it vouches for the rest)."""
     document = trace_summary(results, out_dir, source)
     text = render_trace_summary(document, results)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out_dir}: {exc.strerror or exc}") from exc
+    make_folder(out_dir)
     with atomic_writer(out_dir / TRACE_SUMMARY_MD) as handle:
         handle.write(text.encode())
     with atomic_writer(out_dir / TRACE_SUMMARY) as handle:

@@ -19,6 +19,7 @@ from .atomic import atomic_writer
 from .errors import OutputError
 from ..domains.kvonce.events import Event, format_timestamp
 from .decode.ndjson import EventLine, dump_events, encode_lines, event_line
+from .domain_pass import input_error_report
 from .one_pass import (
     BATCH,
     BackgroundWriter,
@@ -368,14 +369,7 @@ def write_input_error(error: Any, out_dir: Path, input_summary: dict[str, Any] |
         (out_dir / artifacts.STATE_SEQUENCE).parent.rmdir()
     except OSError:  # not there, not empty, or not ours to remove: leave it
         pass
-    report = {
-        "schemaVersion": "kvonce-validation/v1",
-        "valid": False,
-        "inputError": error.to_json(),
-        "issues": [],
-        "summary": {"events": 0, "keys": 0, "errors": 1, "warnings": 0, "byRule": {},
-                    **({"input": input_summary} if input_summary else {})},
-    }
+    report = input_error_report("kvonce-validation/v1", error, input_summary)
     write_report_files(report, out_dir)
 
 
