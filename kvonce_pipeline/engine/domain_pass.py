@@ -217,16 +217,12 @@ def _pass(domain: Domain, machine: Any, ordered: list[DomainEvent], emit: "_Find
                         emit("unknown-event-type", key, index, f"unknown event type {kind!r:.80}")
                 else:
                     by_type[kind] += 1  # type: ignore[index]
-                if fields:
-                    for name, value in fields.items():
-                        if type(value) not in allowed[name]:
-                            break
-                    else:
-                        name = ""
-                    if name:  # at least one wrongly typed field (rare): report and drop each
+                for name, value in fields.items():  # no list per event: wrong types are rare
+                    if type(value) not in allowed[name]:
                         for name in [n for n, v in fields.items() if type(v) not in allowed[n]]:
                             emit("invalid-field-type", key, index, f"field {name!r} is {_json_kind(fields.pop(name))}, "
                                  f"not {' or '.join(json_types[name])} (ignored)")
+                        break  # each wrong field reported and dropped; the loop over the dict ends here
                 if needs:
                     for name in needs:
                         if name not in fields:
