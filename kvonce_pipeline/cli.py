@@ -119,20 +119,14 @@ def _domain_options(args: argparse.Namespace, domains: tuple[str, ...] | None) -
 def _check_payload(args: argparse.Namespace, out_dir: Path, domains: tuple[str, ...] | None,
                    options: "ConformanceOptions", progress: "ConsoleProgress | None") -> int:
     from .engine.payload import TRACE_SUMMARY, PayloadRequest, check_payload
-    from .engine.registry import get, load_errors
+    from .engine.registry import DEFAULT_DOMAIN, load_errors
 
     for problem in load_errors().values():  # never a silently missing domain
         print(f"kvonce: warning: {problem}", file=sys.stderr)
-
-    for name in domains or ():
-        get(name)  # an unknown name fails before anything is read
-    domain_options = _domain_options(args, domains)
-    for name, given in domain_options.items():
-        get(name).options(given)  # an unknown domain or option, or a bad value, fails before anything is read
     request = PayloadRequest(args.input, out_dir, format=args.format, limits=options.limits, domains=domains,
                              strict=args.strict,
                              disabled=frozenset(_names(args.disable) or ()),
-                             options=domain_options, extra={"progress": progress})
+                             options=_domain_options(args, domains), extra={"progress": progress})
     outcome = check_payload(request)
     results = outcome.results
     if len(results) == 1 and results[0].error is not None:
@@ -140,7 +134,7 @@ def _check_payload(args: argparse.Namespace, out_dir: Path, domains: tuple[str, 
     if progress is not None:
         progress.finish()
     for result in results:
-        tag = "" if result.domain.name == "kvonce" else f"[{result.domain.name}] "
+        tag = "" if result.domain.name == DEFAULT_DOMAIN else f"[{result.domain.name}] "
         if result.error is not None:
             print(f"kvonce: {tag}unusable input: {result.error}", file=sys.stderr)
             continue

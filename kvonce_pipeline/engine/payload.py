@@ -89,9 +89,12 @@ def domain_folder(out_dir: Path, domain: Domain) -> Path:
 def check_payload(request: PayloadRequest) -> PayloadResult:
     """Check the domains of ``request.input`` and write the trace summary (see the module).
 
-    Without ``--domain``: an NDJSON log is the default domain's; for OTLP see :func:`_auto`.
+    Without ``--domain``: an NDJSON log is the default domain's; for OTLP see :func:`_auto`. Every
+    domain named (``domains``, ``options``) is checked before anything is read.
     """
     installed = registry.installed()
+    for name, given in request.options.items():
+        registry.get(name).options(given)  # an unknown domain or option, or a bad value: before any reading
     if request.domains:
         chosen = [registry.get(name) for name in request.domains]
         _check_disabled(request, chosen)
