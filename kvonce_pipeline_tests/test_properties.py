@@ -361,7 +361,7 @@ def _has_float(value: Any) -> bool:
 def test_event_lines_are_to_json_lines(batch: list[Event]) -> None:
     """The msgspec line encoder writes what ``orjson.dumps(event.to_json())`` writes: byte for byte
     when no float is involved (msgspec spells 1e+16 as 1e16), value for value and type for type always."""
-    from kvonce_pipeline.domains.kvonce.events import format_timestamp
+    from kvonce_pipeline.engine.timestamps import format_timestamp
     from kvonce_pipeline.engine.decode.ndjson import encode_lines, event_line
 
     stamps = [None if e.time_unix_nano is None else format_timestamp(e.time_unix_nano) for e in batch]

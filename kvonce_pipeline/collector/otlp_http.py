@@ -27,7 +27,7 @@ import orjson
 
 from ..engine.errors import InputError
 from ..engine.limits import RATIO_GRACE
-from ..domains.kvonce.mapping import DecodeStats
+from ..engine.decode.spans import DecodeStats
 
 #: gRPC status codes carried in ``google.rpc.Status`` error bodies (what OTLP clients log).
 GRPC_INVALID_ARGUMENT = 3

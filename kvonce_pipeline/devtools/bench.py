@@ -194,7 +194,7 @@ def child_stages(path: str, out_dir: str) -> None:
 
     import orjson
 
-    from ..domains.kvonce.events import format_timestamp
+    from ..engine.timestamps import format_timestamp
     from ..engine.decode.ndjson import encode_lines, event_line
     from ..domains.kvonce.projection import ProjectionBuilder, StateSequence
     from ..engine.decode.reader import OutOfOrder, open_trace

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..domains.kvonce.events import format_timestamp
+from ..engine.timestamps import format_timestamp
 
 FORMATS = ("ndjson", "otlp-json", "otlp-jsonl", "otlp-proto", "otlp-proto-delimited")
 

@@ -21,7 +21,7 @@ from . import artifacts
 from .errors import InputError, OutputError
 from ..domains.kvonce.events import Event
 from .limits import Limits
-from ..domains.kvonce.mapping import Tap
+from .decode.spans import Tap
 from .strategies.parallel import FedProjection
 from .decode.reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
 from .stages import ProgressCallback, write_artifacts, write_input_error

@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from ..domains.kvonce.events import check_time_range
-from ..domains.kvonce.mapping import (TRACE_ID_ATTRIBUTES, Decode, DecodeStats, ResourceFallbacks, _first_text,
-                                      scalar_text)
+from .timestamps import check_time_range
+from .decode.spans import Decode, DecodeStats, ResourceFallbacks, first_text, scalar_text
+from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES
 from .decode.ndjson import (check_event_object, checked_nesting, event_time, iter_lines, loads_line,
                             refuse_duplicate_keys)
 from .decode.otlp_json import (_SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist, count_resources,
@@ -105,7 +105,7 @@ class _FieldReader:
         if start_ns is not None:
             start_ns = None if start_ns == 0 else check_time_range(start_ns)
         if not trace_id:
-            trace_id = (_first_text(attrs, TRACE_ID_ATTRIBUTES, decode) or resource.trace_id
+            trace_id = (first_text(attrs, TRACE_ID_ATTRIBUTES, decode) or resource.trace_id
                         or "otlp-missing-traceid-r{}-s{}-p{}".format(*position))
         fields: dict[str, Any] = {}
         for name, attribute, flat in self.fields:
@@ -124,7 +124,7 @@ class _FieldReader:
                             for item, raw_item in attrs.items() if item.startswith(flat)}
                 if gathered:
                     fields[name] = gathered
-        actor = _first_text(attrs, self.actor_attrs, decode) or resource.actor or "unknown"
+        actor = first_text(attrs, self.actor_attrs, decode) or resource.actor or "unknown"
         return DomainEvent(start_ns, raw_type, key, fields, trace_id, span_id, actor, origin)
 
 

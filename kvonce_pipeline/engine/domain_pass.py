@@ -27,7 +27,7 @@ import orjson
 from .atomic import atomic_writer
 from .decode.reader import sort_key_times
 from .errors import InputError, KvonceError, OutputError
-from ..domains.kvonce.events import format_timestamp
+from .timestamps import format_timestamp
 from .summary import _cell, findings_section
 from .domain import ArtifactNames, Domain, DomainEvent, JsonType
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 import orjson
 
 from .atomic import atomic_writer
-from ..domains.kvonce.events import format_timestamp
+from .timestamps import format_timestamp
 from ..domains.kvonce.otlp_render import SCOPE_NAME, any_value, request_to_message
 from .domain import Domain, DomainEvent
 

@@ -22,7 +22,8 @@ import orjson
 
 from . import artifacts
 from .atomic import atomic_writer
-from ..domains.kvonce.events import Event, format_timestamp
+from .timestamps import format_timestamp
+from ..domains.kvonce.events import Event
 from .decode.ndjson import EventLine, encode_lines, event_line
 from ..domains.kvonce.projection import PerKeyFold, StateFold, StateSequence
 from ..domains.kvonce.validation import Validator

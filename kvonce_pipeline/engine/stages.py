@@ -17,7 +17,8 @@ import orjson
 from . import artifacts
 from .atomic import atomic_writer
 from .errors import OutputError
-from ..domains.kvonce.events import Event, format_timestamp
+from .timestamps import format_timestamp
+from ..domains.kvonce.events import Event
 from .decode.ndjson import EventLine, dump_events, encode_lines, event_line
 from .domain_pass import input_error_report
 from .one_pass import (

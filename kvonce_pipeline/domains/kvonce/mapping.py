@@ -27,13 +27,14 @@ Spans without a type or key are not KvOnce events: they are skipped and counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
-from .events import Event, check_time_range
+from ...engine.decode.spans import Decode, DecodeStats, ResourceFallbacks, first_text, scalar_text
+from ...engine.timestamps import check_time_range
+from .events import Event
 
 ATTR_TYPE = "kvonce.event.type"
 ATTR_KEY = "kvonce.event.key"
@@ -57,115 +58,11 @@ ACTOR_ATTRIBUTES = (
     "service.instance.id",
 )
 
-Raw = TypeVar("Raw")
-Decode = Callable[[Any, str], Any]
-
-
-#: ``to_event(attrs, decode, resource, *, trace_id, span_id, start_ns, position, origin, stats)``: one
-#: span's event, ``None`` for a span that carries none. :func:`span_to_event` is KvOnce's; the decoders
-#: take another for the other domains (:mod:`kvonce_pipeline.engine.domain_decode`).
-SpanToEvent = Callable[..., Any]
-
-#: ``tap(start, events)``: called by the whole-document decoders with each run of new events in
-#: document order (``start`` is the first one's index), while the rest is still being decoded,
-#: so a consumer on another core can begin. A call whose ``start`` is not where the previous
-#: run ended means the decoder started over; the decoder's result is what counts.
-Tap = Callable[[int, list[Any]], None]
-#: Events per tap call, at least (a resource's spans are never split).
-TAP_EVENTS = 4096
-
-
-@dataclass
-class DecodeStats:
-    """What a decoder saw besides events; it ends up in the validation report's summary."""
-
-    spans: int = 0
-    skipped_spans: int = 0
-    map_value_uses: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    #: per id field (``traceId``, ``spanId``): how many spans had an id kept as written, and the first
-    legacy_ids: dict[str, tuple[int, str]] = field(default_factory=dict)
-    #: per field (``key``, ``kvonce.event.value``, ...): events whose string was a number or boolean
-    scalars: dict[str, tuple[int, str]] = field(default_factory=dict)
-
-    def warn_once(self, text: str) -> None:
-        if text not in self.warnings:
-            self.warnings.append(text)
-
-    def read_scalar(self, name: str, value: Any) -> str:
-        """``value`` (a number or boolean where the schema has a string) as its JSON text, counted."""
-        text = orjson.dumps(value).decode()
-        _tally(self.scalars, name, text)
-        return text
-
-    def absorb(self, other: "DecodeStats") -> None:
-        """Add what ``other`` counted (a decoder's scratch counts, once its result is kept)."""
-        for text in other.warnings:
-            self.warn_once(text)
-        for mine, theirs in ((self.legacy_ids, other.legacy_ids), (self.scalars, other.scalars)):
-            for name, (count, first) in theirs.items():
-                _tally(mine, name, first, count)
-
-    def keep_legacy_id(self, name: str, item: str) -> None:
-        _tally(self.legacy_ids, name, item)
-
-    def report_warnings(self) -> list[str]:
-        """The warnings as the report lists them: each once, counts included."""
-        out = list(self.warnings)
-        for name, (count, first) in self.legacy_ids.items():
-            digits = 32 if name == "traceId" else 16
-            out.append(f"{count} span(s) with a {name} that is not {digits} hex digits (first: {first!r:.60}): "
-                       f"kept as written; findings still point at them, no verdict depends on them")
-        for name, (count, first) in self.scalars.items():
-            out.append(f"{count} event(s) whose {name} is a number or boolean, not a string (first: {first}): "
-                       f"read as its JSON text")
-        return out
-
-
-def _tally(table: dict[str, tuple[int, str]], name: str, first: str, count: int = 1) -> None:
-    """Count ``count`` more under ``name``, keeping the first example seen."""
-    had, example = table.get(name, (0, first))
-    table[name] = (had + count, example)
-
-
-@dataclass(slots=True)
-class ResourceFallbacks:
-    trace_id: str | None
-    actor: str | None
-
-
-def _first_text(attrs: Mapping[str, Any], names: tuple[str, ...], decode: Decode) -> str | None:
-    for name in names:
-        raw = attrs.get(name)
-        if raw is None:
-            continue
-        value = decode(raw, name)
-        if value is None or value == "":
-            continue
-        return value if isinstance(value, str) else orjson.dumps(value).decode()
-    return None
-
-
 def resource_fallbacks(attrs: Mapping[str, Any], decode: Decode) -> ResourceFallbacks:
     return ResourceFallbacks(
-        trace_id=_first_text(attrs, TRACE_ID_ATTRIBUTES, decode),
-        actor=_first_text(attrs, ACTOR_ATTRIBUTES, decode),
+        trace_id=first_text(attrs, TRACE_ID_ATTRIBUTES, decode),
+        actor=first_text(attrs, ACTOR_ATTRIBUTES, decode),
     )
-
-
-def scalar_text(value: Any, name: str, stats: DecodeStats, *, structured: bool = False) -> Any:
-    """A key or value as the string the schema has: a number or boolean becomes its JSON text
-    (``42``, ``1.5``, ``true``), counted for a warning, as services that store numbers send them.
-    An object or array is no key; as a value it is kept only where ``structured`` (an OTLP value
-    may be a kvlist or array, and always could). ``None`` (absent) stays ``None``."""
-    if value is None or type(value) is str:
-        return value
-    if type(value) in (int, float, bool):
-        return stats.read_scalar(name, value)
-    if structured and type(value) in (dict, list):
-        return value
-    raise ValueError(f"{name} must be a string, number or boolean, got {type(value).__name__} {value!r:.60}")
 
 
 def _text_attr(attrs: Mapping[str, Any], name: str, decode: Decode) -> str | None:
@@ -222,11 +119,11 @@ def span_to_event(
             check_time_range(start_ns)
     if not trace_id:
         trace_id = (
-            _first_text(attrs, TRACE_ID_ATTRIBUTES, decode)
+            first_text(attrs, TRACE_ID_ATTRIBUTES, decode)
             or resource.trace_id
             or "otlp-missing-traceid-r{}-s{}-p{}".format(*position)
         )
-    actor = _first_text(attrs, ACTOR_ATTRIBUTES, decode) or resource.actor or "unknown"
+    actor = first_text(attrs, ACTOR_ATTRIBUTES, decode) or resource.actor or "unknown"
     value_raw = attrs.get(ATTR_VALUE)
     return Event(
         time_unix_nano=start_ns,

@@ -352,7 +352,7 @@ collected_schema = pa.DataFrameSchema(
 
 
 def iso_ms(times: pd.arrays.IntegerArray) -> pd.Series:
-    """``events.format_timestamp`` of every time, vectorised: each distinct second is formatted once
+    """``engine.timestamps.format_timestamp`` of every time, vectorised: each distinct second is formatted once
     by numpy, the milliseconds are digits computed in place, and the strings are cut from one
     buffer. Missing times stay missing."""
     missing = np.asarray(times.isna())

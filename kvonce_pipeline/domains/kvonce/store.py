@@ -35,7 +35,8 @@ import orjson
 from ...engine.artifacts import EVENTS
 from ...engine.atomic import write_bytes_atomic
 from ...engine.drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
-from .events import Event, format_timestamp
+from ...engine.timestamps import format_timestamp
+from .events import Event
 from .validation import DEFAULT_MAX_RETRIES, RULES
 
 FACTS_SCHEMA = "kvonce-keyfacts/v1"

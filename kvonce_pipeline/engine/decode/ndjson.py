@@ -16,8 +16,10 @@ import msgspec
 import orjson
 
 from ..errors import InputError
-from ...domains.kvonce.events import Event, check_time_range, json_depth_exceeds, parse_timestamp, scan_json
-from ...domains.kvonce.mapping import DecodeStats, scalar_text
+from ..timestamps import check_time_range, parse_timestamp
+from ..json_values import json_depth_exceeds, scan_json
+from ...domains.kvonce.events import Event
+from .spans import DecodeStats, scalar_text
 
 _TEXT_FIELDS = ("type", "event", "reason", "traceId", "spanId", "actor", "origin")
 

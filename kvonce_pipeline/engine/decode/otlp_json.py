@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InputError
-from ...domains.kvonce.events import MAX_TIME_NS, Event
-from ...domains.kvonce.mapping import (ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, SpanToEvent,
-                                       resource_fallbacks, span_to_event)
+from ..timestamps import MAX_TIME_NS
+from ...domains.kvonce.events import Event
+from .spans import DecodeStats, SpanToEvent
+from ...domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, resource_fallbacks, span_to_event
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

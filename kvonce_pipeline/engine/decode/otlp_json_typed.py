@@ -30,9 +30,10 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
-from ...domains.kvonce.events import MAX_TIME_NS, Event
-from ...domains.kvonce.mapping import (ATTR_CONTEXT_PREFIX, TAP_EVENTS, DecodeStats, SpanToEvent, Tap,
-                                       resource_fallbacks, span_to_event)
+from ..timestamps import MAX_TIME_NS
+from ...domains.kvonce.events import Event
+from .spans import TAP_EVENTS, DecodeStats, SpanToEvent, Tap
+from ...domains.kvonce.mapping import ATTR_CONTEXT_PREFIX, resource_fallbacks, span_to_event
 from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------

@@ -17,9 +17,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from ..errors import InputError
 from ...domains.kvonce.events import Event
-from ...domains.kvonce.events import MAX_TIME_NS
-from ...domains.kvonce.mapping import (ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, DecodeStats, SpanToEvent,
-                                       resource_fallbacks, span_to_event)
+from ..timestamps import MAX_TIME_NS
+from .spans import DecodeStats, SpanToEvent
+from ...domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, resource_fallbacks, span_to_event
 
 _SLOW_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(ACTOR_ATTRIBUTES)
 _SLOW = object()

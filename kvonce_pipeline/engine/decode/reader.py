@@ -38,7 +38,7 @@ from ..atomic import private_folder_name, sweep_stale_folders
 from ..errors import InputError, NoEventsError
 from ...domains.kvonce.events import Event
 from ..limits import RATIO_GRACE, Limits
-from ...domains.kvonce.mapping import TAP_EVENTS, DecodeStats, Tap
+from .spans import TAP_EVENTS, DecodeStats, Tap
 from .ndjson import iter_lines, iter_ndjson_events, loads_line
 from .otlp_json import AnyValueDecoder, count_resources, iter_request_events
 from .otlp_json_typed import decode_document
@@ -658,7 +658,7 @@ def open_trace(path: str | os.PathLike[str], *, format: str = "auto", limits: Li
     * A single OTLP/JSON document or protobuf message must be parsed whole. When its spans
       are already in time order it is streamed and consumed as it goes (its memory is handed
       over to the events); otherwise the events are collected and sorted as :func:`read_trace` does.
-      ``tap`` sees its events in document order while they are decoded (:data:`~kvonce_pipeline.domains.kvonce.mapping.Tap`).
+      ``tap`` sees its events in document order while they are decoded (:data:`~kvonce_pipeline.engine.decode.spans.Tap`).
 
     ``detected`` is :func:`detect_format`'s answer for this path, when the caller has it already.
     """

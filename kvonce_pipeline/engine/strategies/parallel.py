@@ -2,7 +2,7 @@
 
 * :class:`FedProjection` (a whole OTLP document, the usual case for big inputs): a fresh
   interpreter, started before the document is read, receives the events over a pipe while the
-  decoder makes them (msgpack frames from the reader's tap, :data:`kvonce_pipeline.domains.kvonce.mapping.Tap`)
+  decoder makes them (msgpack frames from the reader's tap, :data:`kvonce_pipeline.engine.decode.spans.Tap`)
   and writes the events file, the state sequence and the per-key projection; the parent makes
   the verdict and publishes everything. Measured on the 1M-event trace it overlaps the files with
   the decoding, which no helper started after the decoding can.
@@ -40,7 +40,7 @@ import orjson
 
 from ..atomic import TEMP_SUFFIX
 from ..errors import OutputError
-from ...domains.kvonce.events import format_timestamp
+from ..timestamps import format_timestamp
 
 END = b"\x00end\n"
 
@@ -382,7 +382,7 @@ class FedProjection(_StagedProjection):
         self.void = False
 
     def tap(self, start: int, events: list[Any]) -> None:
-        """Take a run of events from the decoder (:data:`kvonce_pipeline.domains.kvonce.mapping.Tap`)."""
+        """Take a run of events from the decoder (:data:`kvonce_pipeline.engine.decode.spans.Tap`)."""
         if self.void:
             return
         if start != self.sent:

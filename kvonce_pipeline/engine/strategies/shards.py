@@ -55,7 +55,7 @@ from .. import artifacts
 from ..atomic import atomic_writer, fsync_directory, private_folder_name, sweep_stale_folders
 from ..conformance import ConformanceOptions, ConformanceResult
 from ..errors import InputError, KvonceError, OutputError
-from ...domains.kvonce.events import format_timestamp
+from ..timestamps import format_timestamp
 from ..decode.ndjson import encode_lines, event_line
 from ...domains.kvonce.projection import SCHEMA_VERSION as PROJECTION_SCHEMA
 from ...domains.kvonce.projection import KeyState, PerKeyFold, StateFold

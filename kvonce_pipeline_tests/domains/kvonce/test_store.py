@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvonce_pipeline.domains.kvonce.events import Event, parse_timestamp
+from kvonce_pipeline.engine.timestamps import parse_timestamp
+from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.domains.kvonce.store import FactsBuilder, PayloadFacts, fold, reconcile_report, span_ids_at
 from kvonce_pipeline.domains.kvonce.validation import validate_events
 

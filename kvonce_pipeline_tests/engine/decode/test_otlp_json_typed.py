@@ -44,9 +44,11 @@ from hypothesis import strategies as st
 
 from kvonce_pipeline.engine.decode import otlp_json_typed, reader
 from kvonce_pipeline.engine.errors import InputError
-from kvonce_pipeline.domains.kvonce.events import EVENT_TYPES, MAX_TIME_NS, Event
+from kvonce_pipeline.engine.timestamps import MAX_TIME_NS
+from kvonce_pipeline.domains.kvonce.events import EVENT_TYPES, Event
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
-from kvonce_pipeline.domains.kvonce.mapping import ACTOR_ATTRIBUTES, ATTR_CONTEXT_PREFIX, TRACE_ID_ATTRIBUTES, DecodeStats
+from kvonce_pipeline.engine.decode.spans import DecodeStats
+from kvonce_pipeline.domains.kvonce.mapping import ACTOR_ATTRIBUTES, ATTR_CONTEXT_PREFIX, TRACE_ID_ATTRIBUTES
 from kvonce_pipeline.engine.decode.otlp_json import AnyValueDecoder, iter_request_events
 from kvonce_pipeline.engine.decode.otlp_json_typed import decode_document
 from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request

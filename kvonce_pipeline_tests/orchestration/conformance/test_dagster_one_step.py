@@ -29,7 +29,7 @@ from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets
-from kvonce_pipeline.domains.kvonce.events import format_timestamp
+from kvonce_pipeline.engine.timestamps import format_timestamp
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration.conformance import assets as assets_module
 from kvonce_pipeline.orchestration.conformance.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets
