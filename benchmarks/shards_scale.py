@@ -190,7 +190,7 @@ def child_coordinator(input_path: str, out_dir: str, shards: int, scheduler: str
     """The coordinator: ``run_sharded`` with the dask engine; prints its timings and shard results."""
     import gc
 
-    from kvonce_pipeline.engine.strategies.shards import DaskEngine, run_sharded
+    from kvonce_pipeline.domains.kvonce.own_pass.shards import DaskEngine, run_sharded
 
     gc.disable()  # as the kvonce CLI does for its one pass
     with DaskEngine(scheduler) as engine:

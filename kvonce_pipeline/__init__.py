@@ -26,9 +26,9 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (``module:name`` when the name there differs)
 _EXPORTS = {
     # checking a trace: the same pass as `kvonce conformance`
-    "run_conformance": "engine.conformance",
-    "ConformanceOptions": "engine.conformance",
-    "ConformanceResult": "engine.conformance",
+    "run_conformance": "domains.kvonce.own_pass.conformance",
+    "ConformanceOptions": "domains.kvonce.own_pass.conformance",
+    "ConformanceResult": "domains.kvonce.own_pass.conformance",
     # reading traces in any supported format, and checking events already in memory
     "read_trace": "engine.decode.reader",
     "open_trace": "engine.decode.reader",
@@ -76,7 +76,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .devtools.generate import generate as generate_trace
     from .domains.kvonce.events import Event
     from .domains.kvonce.validation import validate_events
-    from .engine.conformance import ConformanceOptions, ConformanceResult, run_conformance
+    from .domains.kvonce.own_pass.conformance import ConformanceOptions, ConformanceResult, run_conformance
     from .engine.domain import Definition, Domain, DomainEvent, Machine, load_definition
     from .engine.domain_decode import read_domain_events
     from .engine.domain_pass import DomainOptions, DomainResult, check_domain

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from .engine.errors import InputError, KvonceError, OutputError
 
 if TYPE_CHECKING:
-    from .engine.conformance import ConformanceOptions, ConformanceResult
+    from .domains.kvonce.own_pass.conformance import ConformanceOptions, ConformanceResult
     from .engine.progress import ConsoleProgress
-    from .engine.stages import ProgressCallback
+    from .domains.kvonce.own_pass.stages import ProgressCallback
 
 EXIT_VALID = 0
 EXIT_VIOLATIONS = 1
@@ -57,7 +57,7 @@ def _add_conformance(sub: argparse._SubParsersAction) -> None:
 
 def _conformance(args: argparse.Namespace) -> int:
     from .engine.artifacts import cli_trace_dir
-    from .engine.conformance import ConformanceOptions, run_conformance
+    from .domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
     from .engine.limits import Limits
     from .engine.progress import ConsoleProgress
 
@@ -163,7 +163,7 @@ def _print_verdict(report: dict, shown: str, validation_name: str, tag: str) -> 
 
 
 def _add_shard_options(parser: argparse.ArgumentParser) -> None:
-    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.engine.strategies.shards)."""
+    """``--shards S [--engine local|dask] [--scheduler ADDRESS]``: the key-sharded run (kvonce_pipeline.domains.kvonce.own_pass.shards)."""
     parser.add_argument("--shards", type=int, default=1,
                         help="split the trace by a hash of the key into S shards checked independently and merged "
                              "(the same reports, byte for byte; default 1: one pass, no engine)")
@@ -184,8 +184,8 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
                  progress: "ProgressCallback | None") -> "ConformanceResult":
     from dataclasses import replace
 
-    from .engine.conformance import report_input_error
-    from .engine.strategies.shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
+    from .domains.kvonce.own_pass.conformance import report_input_error
+    from .domains.kvonce.own_pass.shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
     from .engine.storage import is_remote, run_staged
 
     if not 1 <= args.shards <= MAX_SHARDS:
@@ -218,10 +218,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .engine.conformance import _ordered_events
+    from .domains.kvonce.own_pass.conformance import _ordered_events
     from .engine.limits import Limits
     from .engine.decode.ndjson import dump_events
-    from .engine.stages import _timestamped, write_events
+    from .domains.kvonce.own_pass.stages import _timestamped, write_events
 
     if args.output and Path(args.output).is_dir():
         print(f"kvonce: --output {args.output} is a folder: give the name of the NDJSON file to write",

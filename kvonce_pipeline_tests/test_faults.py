@@ -340,7 +340,7 @@ def test_file_size_limit_stands_in_for_a_full_disk(big_trace: Path, tmp_path: Pa
 
 #: A real process sorting on disk with small runs (the CLI has no knob for the run size).
 _SORTING_RUN = ("import sys\n"
-                "from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance\n"
+                "from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance\n"
                 "run_conformance(sys.argv[1], sys.argv[2], ConformanceOptions(sort_run_events=1000))\n")
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from kvonce_pipeline.engine.decode import ndjson, reader
-from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.devtools.generate import FORMATS, GenerateOptions, generate
 from kvonce_pipeline.engine.decode.reader import external_sort, open_trace, sort_key_times
-from kvonce_pipeline.engine.stages import write_artifacts, write_events, write_projection, write_validation
+from kvonce_pipeline.domains.kvonce.own_pass.stages import (write_artifacts, write_events, write_projection,
+                                                            write_validation)
 
 ARTIFACTS = ("kvonce-events.ndjson", "kvonce-projection.json", "projected/kvonce-state-sequence.json",
              "kvonce-validation.json", "kvonce-summary.md")
@@ -178,7 +179,7 @@ def test_projection_worker_discards_its_files_when_the_parent_fails(tmp_path: Pa
 
 def _count_helpers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count which helper made the projection: the fed worker (finished) or the forked child (made)."""
-    from kvonce_pipeline.engine.strategies import parallel
+    from kvonce_pipeline.domains.kvonce.own_pass import parallel
 
     used = {"fed": 0, "fork": 0}
     real_fork, real_finish = parallel.ForkedProjection, parallel.FedProjection.finish
@@ -260,7 +261,7 @@ def test_fed_worker_stopped_when_the_input_fails_late(tmp_path: Path, monkeypatc
     naming the span, the worker is stopped, and nothing but the input-error report is left."""
     import orjson
 
-    from kvonce_pipeline.engine.strategies import parallel
+    from kvonce_pipeline.domains.kvonce.own_pass import parallel
 
     aborted: list[parallel.FedProjection] = []
     real_abort = parallel.FedProjection.abort

@@ -40,7 +40,7 @@ from .decode.reader import InputFormat, _loads_document, detect_format, open_pay
 from .domain import Domain, DomainEvent
 from .errors import InputError
 from .limits import Limits
-from .one_pass import gc_paused
+from .gc_pause import gc_paused
 
 #: Actor attributes after the domain's own ``<prefix>actor`` (the same fallbacks as KvOnce's).
 GENERIC_ACTOR_ATTRIBUTES = ("actor", "enduser.id", "service.name", "service.instance.id")

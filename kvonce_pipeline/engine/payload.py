@@ -27,7 +27,7 @@ import orjson
 from .atomic import atomic_writer
 from .errors import InputError, KvonceError, NoEventsError, OutputError
 from .limits import Limits
-from .one_pass import gc_paused
+from .gc_pause import gc_paused
 from .decode.reader import InputFormat, detect_format
 from . import registry
 from .domain import Domain

@@ -1,7 +1,7 @@
 """Progress for long runs: a bar on a terminal, one summary line otherwise, or log lines.
 
 The pipeline calls ``progress(stage, done, total)`` once per write batch (a few thousand events;
-see :data:`kvonce_pipeline.engine.one_pass.BATCH`), never per event, and the reporters below look at the
+see a pass's batch size), never per event, and the reporters below look at the
 clock only then and draw at most every ``interval`` seconds: the cost stays far below 1% of a run
 (the tests count the calls rather than time them).
 """

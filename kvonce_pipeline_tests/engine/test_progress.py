@@ -6,10 +6,10 @@ import io
 from pathlib import Path
 
 from kvonce_pipeline.cli import main
-from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.engine.progress import ConsoleProgress, describe, log_progress
-from kvonce_pipeline.engine.stages import BATCH
+from kvonce_pipeline.domains.kvonce.own_pass.stages import BATCH
 
 
 class Clock:

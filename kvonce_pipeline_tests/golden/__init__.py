@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from kvonce_pipeline.engine import artifacts
-from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE.parent.parent / "samples" / "trace"

@@ -247,7 +247,7 @@ class StateFold:
     """Each key's state and the running totals: what the state sequence holds, one entry per event.
 
     Separate from :class:`PerKeyFold` so the two halves of the projection can be made on two
-    cores (:mod:`kvonce_pipeline.engine.strategies.parallel`); :class:`ProjectionBuilder` runs both. The states
+    cores (:mod:`kvonce_pipeline.domains.kvonce.own_pass.parallel`); :class:`ProjectionBuilder` runs both. The states
     are :class:`KeyState` structs that :class:`StateSequence` encodes as they stand.
     """
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ...engine import artifacts
-from ...engine.conformance import ConformanceOptions, run_conformance
+from .own_pass.conformance import ConformanceOptions, run_conformance
 from ...engine.domain import ArtifactNames, Domain
 from ...engine.errors import ConfigError
 from ...engine.domain_pass import TRACE_IDS_LISTED, DomainResult

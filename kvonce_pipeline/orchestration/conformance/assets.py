@@ -5,7 +5,7 @@ Built by a factory so the same graph exists twice: unpartitioned for the CI job 
 
 The four assets are one ``@multi_asset`` (``can_subset=False``): one Dagster step that does what
 ``kvonce conformance`` does, one pass over the decoded events writing the events, the state
-sequence, the projection and the report (:func:`kvonce_pipeline.engine.stages.write_artifacts`), after
+sequence, the projection and the report (:func:`kvonce_pipeline.domains.kvonce.own_pass.stages.write_artifacts`), after
 collecting the payload. Four steps used to read the data four times (a second whole parse of the
 collected document for its span table, and the events file twice more): 96 s against the CLI's
 23 s on the 1M-event trace of issue #5. The specs keep the four asset keys, their dependencies
@@ -39,9 +39,10 @@ import dagster as dg
 import orjson
 
 from ...domains.kvonce import events, mapping, projection, schemas, validation
-from ...engine import artifacts, collect, conformance, stages
+from ...engine import artifacts, collect
+from ...domains.kvonce.own_pass import conformance, stages
 from ...engine.decode import ndjson, otlp_json, otlp_proto, reader
-from ...engine.strategies import parallel as projection_worker
+from ...domains.kvonce.own_pass import parallel as projection_worker
 from ...engine.errors import InputError, OutputError
 from ...engine.progress import log_progress
 from ...engine.summary import where_of
@@ -319,7 +320,7 @@ def build_conformance_assets(
     """The four stage assets under ``key_prefix``, as one multi-asset; ``hooks`` adds a variant's behaviour.
 
     ``parallel`` is the pass's projection worker and, with it, the schema worker: None decides by
-    input size and cores as the CLI does (:func:`kvonce_pipeline.engine.conformance.use_parallel`); the
+    input size and cores as the CLI does (:func:`kvonce_pipeline.domains.kvonce.own_pass.conformance.use_parallel`); the
     artifacts and check results are the same either way.
     """
     prefix = list(key_prefix)

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 import orjson
 
-from ...engine.strategies.parallel import close_and_wait
+from ...domains.kvonce.own_pass.parallel import close_and_wait
 
 _MODULE = "kvonce_pipeline.orchestration.conformance.schema_worker"
 

@@ -31,7 +31,7 @@ from ...engine import artifacts, drops, envelope
 from ...domains.kvonce import store
 from ...engine.atomic import write_bytes_atomic
 from ...engine.errors import InputError
-from ...engine.stages import ValidationResult, write_report_files
+from ...domains.kvonce.own_pass.stages import ValidationResult, write_report_files
 from ..conformance.assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
 from ..resources import KvonceSettings
 

@@ -1,6 +1,6 @@
 """``kvonce_sharded_job``: the conformance run in key shards on a distributed engine, as a Dagster job.
 
-A thin op around :func:`kvonce_pipeline.engine.strategies.shards.run_sharded`, so the laptop and the cluster run the
+A thin op around :func:`kvonce_pipeline.domains.kvonce.own_pass.shards.run_sharded`, so the laptop and the cluster run the
 same code: the run config says how many shards and where they run (``engine: dask`` with a
 ``scheduler`` address, or ``KVONCE_DASK_SCHEDULER``, or a local cluster started for the run;
 ``engine: local`` in this process). It reads the payload and writes the reports where
@@ -25,9 +25,9 @@ from typing import Any
 import dagster as dg
 
 from ...engine import artifacts
-from ...engine.conformance import ConformanceOptions
+from ...domains.kvonce.own_pass.conformance import ConformanceOptions
 from ...engine.errors import InputError
-from ...engine.strategies.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded
+from ...domains.kvonce.own_pass.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded
 from ..conformance.assets import Violations
 from ..resources import KvonceSettings
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from kvonce_pipeline.engine.conformance import run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import run_conformance
 
 
 def test_seed_sample_projection(sample_ndjson: Path, tmp_path: Path) -> None:

@@ -26,13 +26,14 @@ from kvonce_pipeline.engine import artifacts, drops, envelope
 from kvonce_pipeline.domains.kvonce import schemas
 from kvonce_pipeline.engine.collect import collect_payload
 from kvonce_pipeline.engine.errors import InputError
-from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets
 from kvonce_pipeline.engine.timestamps import format_timestamp
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.orchestration.conformance import assets as assets_module
-from kvonce_pipeline.orchestration.conformance.assets import ASSET_NAMES, CODE_VERSIONS, STEP_NAME, build_conformance_assets
+from kvonce_pipeline.orchestration.conformance.assets import (ASSET_NAMES, CODE_VERSIONS, STEP_NAME,
+                                                              build_conformance_assets)
 from kvonce_pipeline.orchestration.drops.assets import (PARTITIONS_NAME, PREFIX, TAG_NAME, TAG_SHA, drop_hooks,
                                                         drop_output, drop_partitions)
 from kvonce_pipeline.orchestration.resources import KvonceSettings
@@ -419,7 +420,7 @@ def test_the_projection_schema_still_catches_inconsistent_counts(tmp_path: Path)
 def test_a_whole_document_feeds_the_worker_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A document held whole (several lines, so not JSON Lines) goes to the fed worker in the step
     too; the files are the sequential CLI pass's, byte for byte."""
-    from kvonce_pipeline.engine.strategies import parallel
+    from kvonce_pipeline.domains.kvonce.own_pass import parallel
 
     finished: list[int] = []
     real_finish = parallel.FedProjection.finish

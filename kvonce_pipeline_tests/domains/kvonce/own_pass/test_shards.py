@@ -21,15 +21,15 @@ import pytest
 import orjson
 
 from kvonce_pipeline import cli
-from kvonce_pipeline.engine.conformance import ConformanceOptions, run_conformance
+from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.engine.errors import InputError, OutputError
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
-from kvonce_pipeline.engine.strategies.shards import (FOLDER_PREFIX, SCHEDULER_ENV, DaskEngine, EngineError, LocalEngine,
-                                    run_sharded, shard_of)
+from kvonce_pipeline.domains.kvonce.own_pass.shards import (FOLDER_PREFIX, SCHEDULER_ENV, DaskEngine, EngineError,
+                                                            LocalEngine, run_sharded, shard_of)
 
-from ...conftest import SAMPLES, VENV_BIN, write_ndjson
-from ...golden import CASES, MANIFEST
-from ...golden import ARTIFACTS as GOLDEN_ARTIFACTS
+from ....conftest import SAMPLES, VENV_BIN, write_ndjson
+from ....golden import CASES, MANIFEST
+from ....golden import ARTIFACTS as GOLDEN_ARTIFACTS
 
 ARTIFACTS = ("kvonce-events.ndjson", "kvonce-projection.json", "projected/kvonce-state-sequence.json",
              "kvonce-validation.json", "kvonce-summary.md")
@@ -166,7 +166,7 @@ def test_each_key_in_one_shard(tmp_path: Path) -> None:
 def test_shard_of_is_stable_across_processes() -> None:
     """Not Python's salted ``hash()``: another interpreter with another hash seed agrees."""
     keys = ["a", "key-000001", "ключ", ""]
-    code = ("import json,sys; from kvonce_pipeline.engine.strategies.shards import shard_of; "
+    code = ("import json,sys; from kvonce_pipeline.domains.kvonce.own_pass.shards import shard_of; "
             f"print(json.dumps([shard_of(k, 7) for k in {keys!r}]))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"})

@@ -38,9 +38,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from ..atomic import TEMP_SUFFIX
-from ..errors import OutputError
-from ..timestamps import format_timestamp
+from ....engine.atomic import TEMP_SUFFIX
+from ....engine.errors import OutputError
+from ....engine.timestamps import format_timestamp
 
 END = b"\x00end\n"
 
@@ -51,7 +51,7 @@ class ProjectionWorker:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "kvonce_pipeline.engine.strategies.parallel", str(out_dir)],
+            [sys.executable, "-m", "kvonce_pipeline.domains.kvonce.own_pass.parallel", str(out_dir)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1024 * 1024,
         )
         self._error: BaseException | None = None
@@ -120,10 +120,10 @@ class _Incomplete(Exception):
 
 
 def _worker(out_dir: Path) -> int:
-    from .. import artifacts
-    from ...domains.kvonce.events import Event
-    from ..one_pass import BATCH, BackgroundWriter, projection_file
-    from ...domains.kvonce.projection import ProjectionBuilder, StateSequence
+    from ....engine import artifacts
+    from ..events import Event
+    from .one_pass import BATCH, BackgroundWriter, projection_file
+    from ..projection import ProjectionBuilder, StateSequence
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     builder = ProjectionBuilder()
@@ -218,7 +218,7 @@ class _StagedProjection:
     staged: Path
 
     def _stage(self, out_dir: Path, how: str) -> None:
-        from .. import artifacts
+        from ....engine import artifacts
 
         self.out_dir = out_dir
         self.target = out_dir / artifacts.PROJECTION
@@ -226,7 +226,7 @@ class _StagedProjection:
 
     def publish(self) -> None:
         """Put the file in place (after the outcome is in and the parent's own files are written)."""
-        from ..atomic import fsync_directory
+        from ....engine.atomic import fsync_directory
 
         try:
             os.replace(self.staged, self.target)
@@ -235,7 +235,7 @@ class _StagedProjection:
         fsync_directory(self.out_dir)
 
     def _sweep(self) -> None:
-        from ..atomic import sweep_stale_temps
+        from ....engine.atomic import sweep_stale_temps
 
         try:
             self.staged.unlink()
@@ -266,8 +266,8 @@ class ForkedProjection(_StagedProjection):
     """
 
     def __init__(self, events: list[Any], out_dir: Path, validator: Any, input_summary: dict[str, Any] | None) -> None:
-        from ..atomic import fsync_directory  # noqa: F401 - imported before the fork, used by publish()
-        from ..one_pass import (
+        from ....engine.atomic import fsync_directory  # noqa: F401 - imported before the fork, used by publish()
+        from .one_pass import (
             project_per_key,  # imported before the fork: the child imports nothing
         )
 
@@ -365,7 +365,7 @@ class FedProjection(_StagedProjection):
     def __init__(self, out_dir: Path) -> None:
         import queue
 
-        from .. import artifacts
+        from ....engine import artifacts
 
         self._stage(out_dir, "fed")
         #: ``(staged, target)`` of the events file and the state sequence (the projection's are
@@ -453,7 +453,7 @@ class FedProjection(_StagedProjection):
 
     def publish(self) -> None:
         """Put the files in place: the state sequence, the projection (which names it), the events."""
-        from ..atomic import fsync_directory
+        from ....engine.atomic import fsync_directory
 
         (states, state_target), (events, events_target) = self._others
         for staged, target in ((states, state_target), (self.staged, self.target), (events, events_target)):
@@ -464,7 +464,7 @@ class FedProjection(_StagedProjection):
             fsync_directory(target.parent)
 
     def _sweep(self) -> None:
-        from ..atomic import sweep_stale_temps
+        from ....engine.atomic import sweep_stale_temps
 
         for staged, _ in self._others:
             try:
@@ -482,7 +482,7 @@ class FedProjection(_StagedProjection):
             staged.parent.mkdir(parents=True, exist_ok=True)
         (states, _), (events, _) = self._others
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "kvonce_pipeline.engine.strategies.parallel", "--fed", str(events), str(states), str(self.staged)],
+            [sys.executable, "-m", "kvonce_pipeline.domains.kvonce.own_pass.parallel", "--fed", str(events), str(states), str(self.staged)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )
         assert self._process.stdin is not None
@@ -526,7 +526,7 @@ def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
 
 def _fed_worker(events_path: Path, states_path: Path, projection_path: Path) -> int:
     """The fed worker: frames of :class:`WireEvent` arrays on stdin, its result as JSON on stdout."""
-    from ..one_pass import write_fed_files
+    from .one_pass import write_fed_files
 
     gc.disable()  # no cycles here, and a collection would walk every per-key entry
     decode = msgspec.msgpack.Decoder(list[WireEvent]).decode

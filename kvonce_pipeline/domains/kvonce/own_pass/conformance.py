@@ -1,7 +1,7 @@
 """One conformance run without Dagster: input -> events -> projection -> validation -> summary.
 
 The run is one pass: events flow from the decoder straight into the writer of every artifact
-(:func:`kvonce_pipeline.engine.stages.write_artifacts`), in time order. Inputs read as a stream (NDJSON,
+(:func:`kvonce_pipeline.domains.kvonce.own_pass.stages.write_artifacts`), in time order. Inputs read as a stream (NDJSON,
 JSON Lines, length-delimited protobuf) are never held whole: when they turn out not to be in
 time order the pass starts again through an on-disk merge sort, so memory depends on the number
 of keys, not of events. A single OTLP document is parsed whole (JSON has no cheaper way) and its
@@ -17,16 +17,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .errors import InputError, OutputError
-from ..domains.kvonce.events import Event
-from .limits import Limits
-from .decode.spans import Tap
-from .strategies.parallel import FedProjection
-from .decode.reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park, read_trace
+from ....engine import artifacts
+from ....engine.errors import InputError, OutputError
+from ..events import Event
+from ....engine.limits import Limits
+from ....engine.decode.spans import Tap
+from .parallel import FedProjection
+from ....engine.decode.reader import (SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park,
+                                      read_trace)
 from .stages import ProgressCallback, write_artifacts, write_input_error
-from .storage import is_remote, run_staged
-from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
+from ....engine.storage import is_remote, run_staged
+from ..validation import DEFAULT_MAX_RETRIES
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _run_local(input_path: str | os.PathLike[str], out: Path, options: Conforman
 
 
 class WholeDocumentFeed:
-    """The fed worker of one pass (:class:`~kvonce_pipeline.engine.strategies.parallel.FedProjection`), when there is one.
+    """The fed worker of one pass (:class:`~kvonce_pipeline.domains.kvonce.own_pass.parallel.FedProjection`), when there is one.
 
     Only a whole document on two cores gets one (streams have the pipe worker); it is started
     before the document is read. Pass :attr:`tap` and :attr:`detected` to ``open_trace``, then

@@ -14,29 +14,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from . import artifacts
-from .atomic import atomic_writer
-from .errors import OutputError
-from .timestamps import format_timestamp
-from ..domains.kvonce.events import Event
-from .decode.ndjson import EventLine, dump_events, encode_lines, event_line
-from .domain_pass import input_error_report
-from .one_pass import (
-    BATCH,
-    BackgroundWriter,
-    ProgressCallback,
-    Written,
-    gc_paused,
-    progressed,
-    projection_file,
-    write_events_and_states,
-)
-from ..domains.kvonce.projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
-from .summary import render_summary
-from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES, Validator
+from ....engine import artifacts
+from ....engine.atomic import atomic_writer
+from ....engine.errors import OutputError
+from ....engine.timestamps import format_timestamp
+from ..events import Event
+from ....engine.decode.ndjson import EventLine, dump_events, encode_lines, event_line
+from ....engine.domain_pass import input_error_report
+from .one_pass import (BATCH, BackgroundWriter, ProgressCallback, Written, progressed, projection_file,
+                       write_events_and_states)
+from ....engine.gc_pause import gc_paused
+from ..projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
+from ....engine.summary import render_summary
+from ..validation import DEFAULT_MAX_RETRIES, Validator
 
 if TYPE_CHECKING:
-    from .strategies.parallel import FedProjection
+    from .parallel import FedProjection
 
 
 def _timestamped(events: Iterable[Event]) -> Iterator[tuple[Event, str | None]]:
@@ -139,9 +132,9 @@ def write_artifacts(
     the last event, when the counts are only known then.
 
     ``parallel=True`` moves the projection to a worker process on the second core
-    (:mod:`kvonce_pipeline.engine.strategies.parallel`); the files are the same, but the returned projection then
+    (:mod:`kvonce_pipeline.domains.kvonce.own_pass.parallel`); the files are the same, but the returned projection then
     holds the stats and not ``perKey`` (read ``kvonce-projection.json`` for that). ``fed`` is a
-    :class:`~kvonce_pipeline.engine.strategies.parallel.FedProjection` that was sent exactly ``events`` (a list)
+    :class:`~kvonce_pipeline.domains.kvonce.own_pass.parallel.FedProjection` that was sent exactly ``events`` (a list)
     while they were decoded: it writes the events file, the state sequence and the projection, and
     this process makes the verdict.
     """
@@ -152,7 +145,7 @@ def write_artifacts(
                                         input_summary=input_summary, progress=progress, total=total)
     write: Callable[..., ArtifactsResult] = _write_artifacts
     if parallel:
-        from .strategies.parallel import can_fork
+        from .parallel import can_fork
 
         write = _write_artifacts_forked if type(events) is list and can_fork() else _write_artifacts_parallel
     with gc_paused():
@@ -171,7 +164,7 @@ def _write_artifacts_parallel(
     total: int | None,
 ) -> ArtifactsResult:
     """The projection in a worker process that reads the events file's bytes from a pipe."""
-    from .strategies.parallel import Feeder, ProjectionWorker
+    from .parallel import Feeder, ProjectionWorker
 
     validator = Validator(max_retries=max_retries, strict=strict)
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +197,7 @@ def _write_artifacts_forked(
     writes the events, the state sequence (its own, lighter fold) and the verdict. Measured on
     the 1M-event trace, that split keeps both cores about equally busy.
     """
-    from .strategies.parallel import ForkedProjection
+    from .parallel import ForkedProjection
 
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     summary = input_summary() if callable(input_summary) else input_summary  # final: the list is complete

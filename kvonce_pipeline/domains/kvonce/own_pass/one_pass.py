@@ -2,31 +2,29 @@
 
 :func:`write_events_and_states` is the reference per-event loop: the events file, the state
 sequence, the per-key fold and the validator, each event's timestamp formatted once. The worker
-halves of the two-core strategies (:mod:`kvonce_pipeline.engine.strategies.parallel`) and the strategies' selector
-(:mod:`kvonce_pipeline.engine.stages`) both build on this module, which imports neither of them: the
+halves of the two-core strategies (:mod:`kvonce_pipeline.domains.kvonce.own_pass.parallel`) and the strategies' selector
+(:mod:`kvonce_pipeline.domains.kvonce.own_pass.stages`) both build on this module, which imports neither of them: the
 layers run one way (``stages`` -> ``parallel`` -> ``one_pass``).
 """
 
 from __future__ import annotations
 
-import gc
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import artifacts
-from .atomic import atomic_writer
-from .timestamps import format_timestamp
-from ..domains.kvonce.events import Event
-from .decode.ndjson import EventLine, encode_lines, event_line
-from ..domains.kvonce.projection import PerKeyFold, StateFold, StateSequence
-from ..domains.kvonce.validation import Validator
+from ....engine import artifacts
+from ....engine.atomic import atomic_writer
+from ....engine.timestamps import format_timestamp
+from ..events import Event
+from ....engine.decode.ndjson import EventLine, encode_lines, event_line
+from ..projection import PerKeyFold, StateFold, StateSequence
+from ..validation import Validator
 
 #: ``progress(stage, done, total)``: called every :data:`BATCH` events (``total`` None if unknown).
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -160,7 +158,7 @@ def project_per_key(events: Iterable[Event], path: Path, validator: Validator,
 
 
 def write_fed_files(events: Iterable[Any], events_path: Path, states_path: Path, projection_path: Path) -> bytes:
-    """The fed worker's pass (:class:`~kvonce_pipeline.engine.strategies.parallel.FedProjection`): the events file,
+    """The fed worker's pass (:class:`~kvonce_pipeline.domains.kvonce.own_pass.parallel.FedProjection`): the events file,
     the state sequence and ``kvonce-projection.json`` of stamped events, under the given (staged)
     names; what the parent needs of them, as JSON."""
     per_key = PerKeyFold(share=False)  # each context arrived once: nothing to share
@@ -182,23 +180,6 @@ def projection_file(folded: PerKeyFold, projection_path: Path, *,
         out.write(b"\n")
     projection = folded.result(state_sequence_path=artifacts.STATE_SEQUENCE) if entries else {"stats": stats}
     return projection, Written(projection_path, out.hexdigest(), out.size)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector around a bulk pass over millions of live objects.
-
-    Nothing in these passes makes reference cycles, yet with a million events alive every
-    collection of the oldest generation walks all of them: measured at about a quarter of a
-    1M-event run. Objects are still freed by reference counting; the collector resumes after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def write_events_and_states(events: Iterable[Event], out_dir: Path, states: StateFold,

@@ -4,7 +4,7 @@ Every KvOnce rule is per key, so the keys can be dealt out to S shards and each 
 independently (on another core, or another machine) with the single pass's own folds
 (:class:`~kvonce_pipeline.domains.kvonce.projection.PerKeyFold`, :class:`~kvonce_pipeline.domains.kvonce.projection.StateFold`,
 :class:`~kvonce_pipeline.domains.kvonce.validation.Validator`). The merged artifacts are byte-identical to
-:func:`kvonce_pipeline.engine.conformance.run_conformance`'s (``kvonce_pipeline_tests/engine/strategies/test_shards.py``
+:func:`kvonce_pipeline.domains.kvonce.own_pass.conformance.run_conformance`'s (``kvonce_pipeline_tests/domains/kvonce/own_pass/test_shards.py``
 holds them to it). Three phases:
 
 * **split** (the coordinator, one pass over the decoded events in time order): each event's
@@ -51,19 +51,20 @@ from typing import Any, Protocol
 import msgspec
 import orjson
 
-from .. import artifacts
-from ..atomic import atomic_writer, fsync_directory, private_folder_name, sweep_stale_folders
-from ..conformance import ConformanceOptions, ConformanceResult
-from ..errors import InputError, KvonceError, OutputError
-from ..timestamps import format_timestamp
-from ..decode.ndjson import encode_lines, event_line
-from ...domains.kvonce.projection import SCHEMA_VERSION as PROJECTION_SCHEMA
-from ...domains.kvonce.projection import KeyState, PerKeyFold, StateFold
-from ..decode.reader import OutOfOrder, open_trace
-from ..one_pass import INDENT_BELOW
-from ..stages import BATCH, BackgroundWriter, ProgressCallback, gc_paused, write_input_error, write_report_files
-from ...domains.kvonce.validation import SCHEMA_VERSION as VALIDATION_SCHEMA
-from ...domains.kvonce.validation import Validator
+from ....engine import artifacts
+from ....engine.atomic import atomic_writer, fsync_directory, private_folder_name, sweep_stale_folders
+from .conformance import ConformanceOptions, ConformanceResult
+from ....engine.errors import InputError, KvonceError, OutputError
+from ....engine.timestamps import format_timestamp
+from ....engine.decode.ndjson import encode_lines, event_line
+from ..projection import SCHEMA_VERSION as PROJECTION_SCHEMA
+from ..projection import KeyState, PerKeyFold, StateFold
+from ....engine.decode.reader import OutOfOrder, open_trace
+from .one_pass import INDENT_BELOW
+from .stages import BATCH, BackgroundWriter, ProgressCallback, write_input_error, write_report_files
+from ....engine.gc_pause import gc_paused
+from ..validation import SCHEMA_VERSION as VALIDATION_SCHEMA
+from ..validation import Validator
 
 #: A shard's number is one byte of the shard map.
 MAX_SHARDS = 256
@@ -141,7 +142,7 @@ def split_trace(input_path: str | os.PathLike[str], folder: Path, shards: int, o
                 progress: ProgressCallback | None = None) -> SplitResult:
     """Decode ``input_path`` in time order and deal its events out to ``shards`` shard files.
 
-    As :func:`kvonce_pipeline.engine.conformance.run_conformance`, a streamed input is first read
+    As :func:`kvonce_pipeline.domains.kvonce.own_pass.conformance.run_conformance`, a streamed input is first read
     optimistically and read again through the on-disk sort if it turns out not to be in order
     (the writers of the first attempt discard their files). Raises :class:`InputError`.
     """
@@ -628,7 +629,7 @@ def run_sharded(input_path: str | os.PathLike[str], output_dir: str | Path, opti
                 keep_folder: bool = False) -> ShardedRun:
     """Write every artifact for ``input_path`` into ``output_dir`` through ``shards`` key shards.
 
-    The same files, byte for byte, as :func:`kvonce_pipeline.engine.conformance.run_conformance`, and
+    The same files, byte for byte, as :func:`kvonce_pipeline.domains.kvonce.own_pass.conformance.run_conformance`, and
     the same errors: an unusable input raises :class:`InputError` after writing the report that
     says so (``also_remove``: as there). ``stale``: more of our artifact names removed once the
     new ones are published, since a sharded run does not write them (the Dagster job's collected
