@@ -60,7 +60,7 @@ _EXPORTS = {
     "Receiver": "collector.receiver",
     "ReceiverConfig": "collector.receiver",
     # the lineage envelope a drop run writes beside its artifacts
-    "read_envelope": "engine.envelope",
+    "read_envelope": "domains.kvonce.envelope",
     # generated traces (what `kvonce generate` writes); not `generate`, the submodule's name
     "generate_trace": "devtools.generate:generate",
     "GenerateOptions": "devtools.generate",
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .engine.registry import get as get_domain
     from .engine.registry import installed as installed_domains
     from .engine.decode.reader import TraceRead, open_trace, read_trace
-    from .engine.envelope import read_envelope
+    from .domains.kvonce.envelope import read_envelope
     from .engine.errors import ConfigError, InputError, KvonceError, OutputError
     from .engine.limits import Limits
 

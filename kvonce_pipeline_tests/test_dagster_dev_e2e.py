@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from kvonce_pipeline.engine import drops
-from kvonce_pipeline.engine.envelope import ENVELOPE
+from kvonce_pipeline.domains.kvonce.envelope import ENVELOPE
 
 from .conftest import PROJECT_ROOT, VENV_BIN
 from .postgres import deploy_config

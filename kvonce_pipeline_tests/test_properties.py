@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.events import Event
-from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request, request_to_message
+from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
+from kvonce_pipeline.engine.otlp_encodings import request_to_message
 from kvonce_pipeline.engine.decode.reader import read_trace
 from kvonce_pipeline.domains.kvonce.validation import validate_events
 

@@ -226,7 +226,8 @@ def test_document_out_of_time_order_takes_the_forked_child(tmp_path: Path, monke
     stopped and the forked child makes the projection of the sorted list, with the same bytes."""
     import orjson
 
-    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request, request_to_message
+    from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
+    from kvonce_pipeline.engine.otlp_encodings import request_to_message
 
     used = _count_helpers(monkeypatch)
     events = reader.read_trace(_generated(tmp_path)).events

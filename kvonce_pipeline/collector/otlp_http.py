@@ -206,7 +206,7 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
 
     from ..engine.decode.otlp_json import AnyValueDecoder, iter_request_events
     from ..engine.decode.otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
-    from ..domains.kvonce.otlp_render import request_to_message
+    from ..engine.otlp_encodings import request_to_message
 
     stats = DecodeStats()
     try:

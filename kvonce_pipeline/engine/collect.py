@@ -2,13 +2,15 @@
 
 A spec OTLP/JSON document is copied byte for byte (its sha256 is the source's); anything else is
 converted: protobuf and JSON Lines batches are merged into one request, lenient JSON is rewritten
-in spec form, and an NDJSON event log is rendered through the inverse of the mapping, so that
-reading the collected payload gives the same events as reading the source.
+in spec form, and an NDJSON event log is rendered as spans by its domain (``render_log``: the inverse
+of that domain's mapping), so that reading the collected payload gives the same events as reading the
+source.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,15 @@ from typing import Any
 import orjson
 
 from .atomic import atomic_writer
+from .errors import ConfigError
 from .limits import Limits
 from .decode.ndjson import iter_lines, loads_line
 from .decode.otlp_proto import iter_delimited_records, parse_request
-from ..domains.kvonce.otlp_render import events_to_request, message_to_request, needs_normalizing, normalize_request
-from .decode.reader import InputFormat, detect_format, open_payload, read_trace
+from .otlp_encodings import message_to_request, needs_normalizing, normalize_request
+from .decode.reader import InputFormat, detect_format, open_payload
+
+#: ``render_log(path, limits)``: an NDJSON event log as one OTLP/JSON request (a domain's inverse mapping).
+RenderLog = Callable[[Path, Limits], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -35,16 +41,19 @@ class Collected:
 
 
 def collect_payload(source: str | Path, destination: Path, *, format: str = "auto",
-                    limits: Limits | None = None) -> Collected:
-    """Write ``source`` to ``destination`` as spec OTLP/JSON. Raises ``InputError`` if unusable."""
+                    limits: Limits | None = None, render_log: RenderLog | None = None) -> Collected:
+    """Write ``source`` to ``destination`` as spec OTLP/JSON. Raises ``InputError`` if unusable.
+    An NDJSON event log needs ``render_log``, its domain's rendering (a log does not say its domain)."""
     limits = limits or Limits()
     source = Path(source)
     detected, compressed = detect_format(source, hint=format, limits=limits)
     converted = True
     with atomic_writer(destination) as out:
         if detected is InputFormat.NDJSON:
-            trace = read_trace(source, format="ndjson", limits=limits)
-            out.write(orjson.dumps(events_to_request(trace.events)))
+            if render_log is None:
+                raise ConfigError(f"{source}: an NDJSON event log is collected by its domain's rendering, "
+                                  f"and none was given")
+            out.write(orjson.dumps(render_log(source, limits)))
         else:
             with open_payload(source, limits) as (stream, _):
                 if detected is InputFormat.OTLP_JSON:

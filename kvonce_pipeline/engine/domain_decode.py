@@ -8,7 +8,7 @@ the same limits; only the last step, span or line to event, comes from the domai
   is its key, ``<prefix><field>`` each declared field. A field that may be an object or array is
   also read from a JSON string holding one, or gathered from flattened ``<prefix><field>.<name>``
   attributes when the field itself is absent (SDKs cannot set map attributes). Times, ids, actor and
-  trace-id fallbacks are exactly KvOnce's.
+  trace-id fallbacks are the engine's (:data:`~kvonce_pipeline.engine.decode.spans.TRACE_ID_ATTRIBUTES`).
 - NDJSON: one object per line with ``timestamp`` (or ``timeUnixNano``), ``type`` (or ``event``),
   ``key``, the declared fields by name, and optionally ``traceId``, ``spanId``, ``actor``, ``origin``.
   An event log holds one domain's events: which one is the caller's choice (``--domain``).
@@ -27,8 +27,7 @@ from typing import Any
 import orjson
 
 from .timestamps import check_time_range
-from .decode.spans import Decode, DecodeStats, ResourceFallbacks, first_text, scalar_text
-from ..domains.kvonce.mapping import TRACE_ID_ATTRIBUTES
+from .decode.spans import TRACE_ID_ATTRIBUTES, Decode, DecodeStats, ResourceFallbacks, first_text, scalar_text
 from .decode.ndjson import (check_event_object, checked_nesting, event_time, iter_lines, loads_line,
                             refuse_duplicate_keys)
 from .decode.otlp_json import (_SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist, count_resources,

@@ -17,7 +17,7 @@ import orjson
 
 from .atomic import atomic_writer
 from .timestamps import format_timestamp
-from ..domains.kvonce.otlp_render import SCOPE_NAME, any_value, request_to_message
+from .otlp_encodings import SCOPE_NAME, any_value, request_to_message
 from .domain import Domain, DomainEvent
 
 FORMATS = ("ndjson", "otlp-json", "otlp-jsonl", "otlp-proto")

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from kvonce_pipeline.cli import main
+from kvonce_pipeline.domains.kvonce.otlp_render import render_event_log
 from kvonce_pipeline.engine.collect import collect_payload, dumps_any_depth
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.decode.reader import read_trace
@@ -37,7 +38,7 @@ def test_a_deep_unknown_member_gets_one_verdict_everywhere(depth: int, tmp_path:
     expected = read_trace(SAMPLES / "kvonce-otlp.json").events
 
     assert main(["conformance", "--input", str(source), "--output-dir", str(tmp_path / "cli")]) == 0
-    collected = collect_payload(source, tmp_path / "collected.json")
+    collected = collect_payload(source, tmp_path / "collected.json", render_log=render_event_log)
     assert collected.converted  # snake_case names were rewritten in spec form
     assert b'"nestedMember"' in collected.path.read_bytes()
     events = read_trace(collected.path).events
@@ -47,7 +48,7 @@ def test_a_deep_unknown_member_gets_one_verdict_everywhere(depth: int, tmp_path:
 def test_a_document_deeper_than_the_json_parser_reads_is_unusable_everywhere(tmp_path: Path) -> None:
     source = _deep_member_document(tmp_path, 2000)
     assert main(["conformance", "--input", str(source), "--output-dir", str(tmp_path / "cli")]) == 2
-    collected = collect_payload(source, tmp_path / "collected.json")  # copied as it is ...
+    collected = collect_payload(source, tmp_path / "collected.json", render_log=render_event_log)  # copied as it is ...
     with pytest.raises(InputError, match="depth limit"):
         read_trace(collected.path)  # ... and the events step names the problem, as the CLI does
 

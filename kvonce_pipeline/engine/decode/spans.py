@@ -15,6 +15,10 @@ import orjson
 
 Decode = Callable[[Any, str], Any]
 
+#: Where a span without a hex ``traceId`` finds one, first match wins (on the span, then on its
+#: resource): names instrumentations use. A domain may put its own names first (KvOnce's mapping does).
+TRACE_ID_ATTRIBUTES = ("traceId", "trace_id", "otel.trace_id")
+
 
 #: ``to_event(attrs, decode, resource, *, trace_id, span_id, start_ns, position, origin, stats)``: one
 #: span's event, ``None`` for a span that carries none. A domain may bring its own; otherwise one is

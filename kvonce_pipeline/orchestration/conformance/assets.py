@@ -39,9 +39,11 @@ import dagster as dg
 import orjson
 
 from ...domains.kvonce import events, mapping, projection, schemas, validation
-from ...engine import artifacts, collect
+from ...domains.kvonce import otlp_render
+from ...domains.kvonce.otlp_render import render_event_log
+from ...engine import artifacts, collect, json_values, otlp_encodings, timestamps
 from ...domains.kvonce.own_pass import conformance, stages
-from ...engine.decode import ndjson, otlp_json, otlp_proto, reader
+from ...engine.decode import ndjson, otlp_json, otlp_proto, reader, spans
 from ...domains.kvonce.own_pass import parallel as projection_worker
 from ...engine.errors import InputError, OutputError
 from ...engine.progress import log_progress
@@ -68,12 +70,12 @@ def _code_version(*modules: ModuleType, files: Sequence[Path] = ()) -> str:
     return digest.hexdigest()[:12]
 
 
-_DECODE = (reader, events, mapping, ndjson, otlp_json, otlp_proto)
+_DECODE = (reader, events, mapping, ndjson, otlp_json, otlp_proto, spans, timestamps, json_values)
 #: Further OTLP/JSON decoders ``reader`` may use (``otlp_json_*.py``), found on disk so that the
 #: versions do not depend on what happens to be imported.
 _DECODE_FILES = sorted(Path(otlp_json.__file__).parent.glob("otlp_json_*.py"))
 CODE_VERSIONS = {
-    COLLECTED: _code_version(collect, *_DECODE, files=_DECODE_FILES),
+    COLLECTED: _code_version(collect, otlp_render, otlp_encodings, *_DECODE, files=_DECODE_FILES),
     EVENTS: _code_version(stages, *_DECODE, files=_DECODE_FILES),
     PROJECTION: _code_version(projection, projection_worker, stages, ndjson, events),
     VALIDATION: _code_version(validation, stages, ndjson, events),
@@ -452,7 +454,7 @@ class _Collecting:
 
     def _copy(self) -> collect.Collected:
         return collect.collect_payload(self.source, self._destination, format=self._settings.input_format,
-                                       limits=self._settings.limits())
+                                       limits=self._settings.limits(), render_log=render_event_log)
 
     def result(self) -> collect.Collected:
         """The copy (waits for it); raises what collecting raised (``InputError`` for an unusable payload)."""

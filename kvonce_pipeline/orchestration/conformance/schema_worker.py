@@ -167,9 +167,11 @@ def _collect(source: Path, destination: Path, hint: str) -> None:
     from ...engine.collect import collect_payload
     from ...engine.errors import InputError, OutputError
     from ...engine.limits import Limits
+    from ...domains.kvonce.otlp_render import render_event_log
 
     try:
-        copy = collect_payload(source, destination, format=hint, limits=Limits.from_env())
+        copy = collect_payload(source, destination, format=hint, limits=Limits.from_env(),
+                               render_log=render_event_log)
     except InputError as error:
         _send({"inputError": error.to_json()})
         return

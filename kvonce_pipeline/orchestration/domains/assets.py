@@ -88,7 +88,8 @@ with warnings.catch_warnings():
     import pandera.pandas as pa
 
 from ...domains.kvonce import otlp_render
-from ...engine import collect
+from ...domains.kvonce.otlp_render import render_event_log
+from ...engine import collect, otlp_encodings
 from ...engine.atomic import sha256_file
 from ...engine.errors import ConfigError, InputError, KvonceError, OutputError
 from ...engine.limits import Limits
@@ -200,7 +201,8 @@ def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
     limits = settings.limits()
     detected, compressed = detect_format(source, hint=settings.input_format, limits=limits)
     if detected is not InputFormat.NDJSON or ndjson_domain == registry.DEFAULT_DOMAIN:
-        return collect.collect_payload(source, destination, format=settings.input_format, limits=limits)
+        return collect.collect_payload(source, destination, format=settings.input_format, limits=limits,
+                                       render_log=render_event_log)
     domain = registry.get(ndjson_domain)
     if domain.runner is not None:
         raise ConfigError(f"domain {ndjson_domain!r} reads its own NDJSON logs; collect them with its own job")
@@ -213,7 +215,7 @@ def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
 @dg.asset(
     key=COLLECTED_KEY,
     group_name=TRACE_GROUP,
-    code_version=_code_version(collect, otlp_render, domain_render, domain_decode),
+    code_version=_code_version(collect, otlp_render, otlp_encodings, domain_render, domain_decode),
     kinds={"python", "json"},
     description="The payload as collected, always as spec OTLP/JSON (collected-otlp.json), for every domain's "
                 "group; its metadata lists the installed domains whose spans it carries.",

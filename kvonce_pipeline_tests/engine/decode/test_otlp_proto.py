@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from kvonce_pipeline.engine.errors import InputError
-from kvonce_pipeline.domains.kvonce.otlp_render import request_to_message
+from kvonce_pipeline.engine.otlp_encodings import request_to_message
 from kvonce_pipeline.engine.decode.reader import read_trace
 
 from ...conftest import SAMPLES

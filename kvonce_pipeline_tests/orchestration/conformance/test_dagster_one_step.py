@@ -22,8 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline.engine import artifacts, drops, envelope
+from kvonce_pipeline.engine import artifacts, drops
+from kvonce_pipeline.domains.kvonce import envelope
 from kvonce_pipeline.domains.kvonce import schemas
+from kvonce_pipeline.domains.kvonce.otlp_render import render_event_log
 from kvonce_pipeline.engine.collect import collect_payload
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
@@ -284,7 +286,7 @@ def test_the_schema_worker_collects_as_collect_payload_does(sample_otlp: Path, s
         worker = SchemaWorker.collect(source, tmp_path / "w" / source.name, "auto")
         try:
             copy = worker.copy()
-            here = collect_payload(source, tmp_path / "here" / source.name)
+            here = collect_payload(source, tmp_path / "here" / source.name, render_log=render_event_log)
             assert (copy.format, copy.compressed, copy.converted, copy.sha256, copy.size) == (
                 here.format, here.compressed, here.converted, here.sha256, here.size)
             assert copy.path.read_bytes() == here.path.read_bytes()
@@ -299,7 +301,7 @@ def test_the_schema_worker_collects_as_collect_payload_does(sample_otlp: Path, s
     finally:
         worker.close()
     with pytest.raises(InputError) as here_raised:
-        collect_payload(broken, tmp_path / "here" / "broken.json")
+        collect_payload(broken, tmp_path / "here" / "broken.json", render_log=render_event_log)
     assert raised.value.to_json() == here_raised.value.to_json()
 
 

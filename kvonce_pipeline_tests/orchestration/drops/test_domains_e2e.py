@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from kvonce_pipeline.engine import drops
-from kvonce_pipeline.engine.envelope import ENVELOPE
+from kvonce_pipeline.domains.kvonce.envelope import ENVELOPE
 
 from ...conftest import PROJECT_ROOT, SAMPLES, VENV_BIN
 from .test_domains import INVENTORY_OTLP, mixed

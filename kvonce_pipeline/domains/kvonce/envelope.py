@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from . import artifacts
-from .atomic import sha256_file, write_bytes_atomic
-from ..domains.kvonce.store import KEYFACTS
+from ...engine import artifacts
+from ...engine.atomic import sha256_file, write_bytes_atomic
+from .store import KEYFACTS
 
 ENVELOPE = "kvonce-envelope.json"
 SCHEMA_VERSION = "kvonce-envelope/v1"
