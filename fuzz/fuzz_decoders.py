@@ -1,6 +1,6 @@
 """Coverage-guided fuzz target (atheris / libFuzzer) for the format sniffer and every decoder.
 
-Each input is written to a file and read with :func:`kvonce_pipeline.engine.decode.reader.read_trace`, exactly as
+Each input is written to a file and read with :func:`kvonce_pipeline.domains.kvonce.reader.read_trace`, exactly as
 ``kvonce conformance`` reads it (gzip detection, sniffing, the five decoders, the mapping); the
 events it yields are then validated, projected and serialised the way the artifacts are. The only
 acceptable failure is :class:`kvonce_pipeline.engine.errors.InputError` (exit 2 with a message): any other
@@ -38,10 +38,11 @@ with atheris.instrument_imports(include=["kvonce_pipeline"]):
     from kvonce_pipeline.engine.errors import InputError
     from kvonce_pipeline.engine.limits import Limits
     from kvonce_pipeline.domains.kvonce.events import Event
-    from kvonce_pipeline.engine.decode.ndjson import dump_events
+    from kvonce_pipeline.domains.kvonce.event_log import dump_events
     from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
     from kvonce_pipeline.domains.kvonce.projection import ProjectionBuilder
-    from kvonce_pipeline.engine.decode.reader import FORMAT_CHOICES, read_trace
+    from kvonce_pipeline.engine.decode.reader import FORMAT_CHOICES
+    from kvonce_pipeline.domains.kvonce.reader import read_trace
     from kvonce_pipeline.domains.kvonce.validation import Validator
 
 #: Small limits: a fuzz input is at most a few KiB, but decompression can blow it up.

@@ -30,9 +30,9 @@ _EXPORTS = {
     "ConformanceOptions": "domains.kvonce.own_pass.conformance",
     "ConformanceResult": "domains.kvonce.own_pass.conformance",
     # reading traces in any supported format, and checking events already in memory
-    "read_trace": "engine.decode.reader",
-    "open_trace": "engine.decode.reader",
-    "TraceRead": "engine.decode.reader",
+    "read_trace": "domains.kvonce.reader",
+    "open_trace": "domains.kvonce.reader",
+    "TraceRead": "domains.kvonce.reader",
     "Event": "domains.kvonce.events",
     "validate_events": "domains.kvonce.validation",
     # domains: defining one, finding the installed ones, and checking a payload for every domain it has
@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from .engine.payload import PayloadRequest, PayloadResult, check_payload
     from .engine.registry import get as get_domain
     from .engine.registry import installed as installed_domains
-    from .engine.decode.reader import TraceRead, open_trace, read_trace
+    from .domains.kvonce.reader import TraceRead, open_trace, read_trace
     from .domains.kvonce.envelope import read_envelope
     from .engine.errors import ConfigError, InputError, KvonceError, OutputError
     from .engine.limits import Limits

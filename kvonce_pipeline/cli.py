@@ -220,7 +220,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from .domains.kvonce.own_pass.conformance import _ordered_events
     from .engine.limits import Limits
-    from .engine.decode.ndjson import dump_events
+    from .domains.kvonce.event_log import dump_events
     from .domains.kvonce.own_pass.stages import _timestamped, write_events
 
     if args.output and Path(args.output).is_dir():

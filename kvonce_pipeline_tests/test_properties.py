@@ -31,7 +31,7 @@ from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
 from kvonce_pipeline.engine.otlp_encodings import request_to_message
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 from kvonce_pipeline.domains.kvonce.validation import validate_events
 
 ROUND_TRIP_EXAMPLES = 120
@@ -363,7 +363,7 @@ def test_event_lines_are_to_json_lines(batch: list[Event]) -> None:
     """The msgspec line encoder writes what ``orjson.dumps(event.to_json())`` writes: byte for byte
     when no float is involved (msgspec spells 1e+16 as 1e16), value for value and type for type always."""
     from kvonce_pipeline.engine.timestamps import format_timestamp
-    from kvonce_pipeline.engine.decode.ndjson import encode_lines, event_line
+    from kvonce_pipeline.domains.kvonce.event_log import encode_lines, event_line
 
     stamps = [None if e.time_unix_nano is None else format_timestamp(e.time_unix_nano) for e in batch]
     encoded = encode_lines([event_line(e, s) for e, s in zip(batch, stamps)])

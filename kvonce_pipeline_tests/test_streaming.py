@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from kvonce_pipeline.engine.decode import ndjson, reader
+from kvonce_pipeline.domains.kvonce import reader
+from kvonce_pipeline.domains.kvonce import event_log
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.events import Event
 from kvonce_pipeline.devtools.generate import FORMATS, GenerateOptions, generate
-from kvonce_pipeline.engine.decode.reader import external_sort, open_trace, sort_key_times
+from kvonce_pipeline.domains.kvonce.reader import external_sort, open_trace
+from kvonce_pipeline.engine.decode.reader import sort_key_times
 from kvonce_pipeline.domains.kvonce.own_pass.stages import (write_artifacts, write_events, write_projection,
                                                             write_validation)
 
@@ -117,7 +119,7 @@ class _Counted(Event):
 def test_streaming_holds_a_bounded_number_of_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "t.ndjson"
     generate(path, GenerateOptions(events=20_000, keys=2000, format="ndjson"))
-    monkeypatch.setattr(ndjson, "Event", _Counted)
+    monkeypatch.setattr(event_log, "Event", _Counted)
     _Counted.live = _Counted.peak = 0
     run_conformance(path, tmp_path / "streamed")
     assert _Counted.peak <= 4, "an ordered stream holds no events beyond the one being written"
@@ -128,7 +130,7 @@ def test_streaming_holds_a_bounded_number_of_events(tmp_path: Path, monkeypatch:
 
 def test_unordered_stream_holds_at_most_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _shuffled(tmp_path, "ndjson")
-    monkeypatch.setattr(ndjson, "Event", _Counted)
+    monkeypatch.setattr(event_log, "Event", _Counted)
     _Counted.live = _Counted.peak = 0
     run_conformance(path, tmp_path / "out", ConformanceOptions(sort_run_events=300))
     assert _Counted.peak <= 300 + 4

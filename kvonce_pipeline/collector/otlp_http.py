@@ -200,9 +200,12 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
     (any failure of a decoder included: HTTP and gRPC both answer it, neither drops the request).
 
     Validation runs the same mapping as ``kvonce conformance``, so a request answered with 200
-    can never make the payload file it lands in unreadable.
+    can never make the payload file it lands in unreadable. The mapping is KvOnce's: other domains'
+    spans are counted as spans here, and judged when their payload is checked.
     """
     from google.protobuf import json_format
+
+    from ..domains.kvonce.span_mapping import KVONCE_SPANS
 
     from ..engine.decode.otlp_json import AnyValueDecoder, iter_request_events
     from ..engine.decode.otlp_proto import ProtoAnyValueDecoder, iter_message_events, parse_request
@@ -213,7 +216,8 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
         if media is Media.PROTOBUF:
             message = parse_request(body, source=source)
             events = sum(1 for _ in iter_message_events(message, source=source, stats=stats,
-                                                        decoder=ProtoAnyValueDecoder(max_context_depth)))
+                                                        decoder=ProtoAnyValueDecoder(max_context_depth),
+                                                        to_event=KVONCE_SPANS))
             if body[:1] != b"\x0a" and stats.spans:
                 # Valid protobuf may start with an unknown field, but a payload file must start with
                 # field 1 (resourceSpans) to be recognised; store the request without unknown fields.
@@ -222,7 +226,8 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
             return DecodedRequest(message, body, stats.spans, events)
         document = _loads_json(body, source)
         events = sum(1 for _ in iter_request_events(document, source=source, stats=stats,
-                                                    decoder=AnyValueDecoder(stats, max_context_depth)))
+                                                    decoder=AnyValueDecoder(stats, max_context_depth),
+                                                    to_event=KVONCE_SPANS))
         for name, (_count, first) in stats.legacy_ids.items():
             raise InputError(source, f"{name} {first!r:.50} is not {32 if name == 'traceId' else 16} hex digits: "
                                      "payload files hold OTLP protobuf, which has room for hex ids only "

@@ -195,9 +195,9 @@ def child_stages(path: str, out_dir: str) -> None:
     import orjson
 
     from ..engine.timestamps import format_timestamp
-    from ..engine.decode.ndjson import encode_lines, event_line
+    from ..domains.kvonce.event_log import encode_lines, event_line
     from ..domains.kvonce.projection import ProjectionBuilder, StateSequence
-    from ..engine.decode.reader import OutOfOrder, open_trace
+    from ..domains.kvonce.reader import OutOfOrder, open_trace
     from ..domains.kvonce.validation import Validator
 
     timings: dict[str, float] = {}

@@ -27,12 +27,13 @@ from typing import Any
 import orjson
 
 from .timestamps import check_time_range
-from .decode.spans import TRACE_ID_ATTRIBUTES, Decode, DecodeStats, ResourceFallbacks, first_text, scalar_text
+from .decode.spans import (NO_EVENT, SLOW, TRACE_ID_ATTRIBUTES, Decode, DecodeStats, ResourceFallbacks, first_text,
+                           scalar_text)
 from .decode.ndjson import (check_event_object, checked_nesting, event_time, iter_lines, loads_line,
                             refuse_duplicate_keys)
-from .decode.otlp_json import (_SLOW, _SLOW_NAMES, AnyValueDecoder, _fast_kvlist, count_resources,
+from .decode.otlp_json import (AnyValueDecoder, _fast_kvlist, count_resources,
                                fast_ids_and_start, iter_request_events)
-from .decode.otlp_json_typed import (_NO_EVENT, UNSET, _only_pairs, _scalar_pairs, decode_document,
+from .decode.otlp_json_typed import (UNSET, _only_pairs, _scalar_pairs, decode_document,
                                      typed_ids_and_start)
 from .decode.otlp_proto import ProtoAnyValueDecoder, iter_delimited_records, iter_message_events, parse_request
 from .decode.reader import InputFormat, _loads_document, detect_format, open_payload
@@ -41,8 +42,10 @@ from .errors import InputError
 from .limits import Limits
 from .gc_pause import gc_paused
 
-#: Actor attributes after the domain's own ``<prefix>actor`` (the same fallbacks as KvOnce's).
+#: Actor attributes after the domain's own ``<prefix>actor`` (on a resource: these alone).
 GENERIC_ACTOR_ATTRIBUTES = ("actor", "enduser.id", "service.name", "service.instance.id")
+#: Attribute names only the general mapping reads: its fast paths hand spans carrying them over.
+_FALLBACK_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(GENERIC_ACTOR_ATTRIBUTES)
 _TEXT_FIELDS = ("type", "event", "traceId", "spanId", "actor", "origin")
 _STRUCTURED = frozenset({"object", "array"})
 
@@ -131,8 +134,13 @@ class SpanMapper:
     """The ``to_event`` the OTLP walkers call: a span to ``[(domain name, event)]`` or ``None``, with
     a fast path for each walker (:meth:`fast_json`, :meth:`fast_typed`)."""
 
+    trace_id_attributes: tuple[str, ...] = TRACE_ID_ATTRIBUTES
+    actor_attributes: tuple[str, ...] = GENERIC_ACTOR_ATTRIBUTES
+
     def __init__(self, domains: Sequence[Domain]) -> None:
         self._readers = tuple(_FieldReader(domain) for domain in domains)
+        #: a second attribute of one of these domains' names on a span is an input error
+        self.owned_prefixes: tuple[str, ...] = tuple(reader.prefix for reader in self._readers)
 
     def __call__(self, attrs: Mapping[str, Any], decode: Decode, resource: ResourceFallbacks,
                  **where: Any) -> list[tuple[str, DomainEvent]] | None:
@@ -152,9 +160,9 @@ class SpanMapper:
         return [reader for reader in self._readers if reader.type_attr in values]
 
     def fast_json(self, span: dict[str, Any], decoder: AnyValueDecoder, actor: str, origin: str) -> Any:
-        """A spec-shaped OTLP/JSON span's events without the general path, or ``_SLOW``.
+        """A spec-shaped OTLP/JSON span's events without the general path, or ``SLOW``.
 
-        The same bargain as KvOnce's fast path (:func:`kvonce_pipeline.otlp_json._fast_span_event`):
+        The bargain every fast path makes (:class:`~kvonce_pipeline.engine.decode.spans.SpanMapping`):
         spans as exporters write them (string type and key, hex ids, a decimal start time, fields as
         plain AnyValues) are mapped here; anything else, every error included, goes to the general
         path, so results and messages are the same either way. Measured: about half the general
@@ -163,20 +171,20 @@ class SpanMapper:
         values: dict[str, Any] = {}
         for attribute in span["attributes"]:
             name = attribute["key"]
-            if name in values or name in _SLOW_NAMES:
-                return _SLOW
+            if name in values or name in _FALLBACK_NAMES:
+                return SLOW
             values[name] = attribute["value"]
         readers = self._readers_of(values)
         if len(readers) != 1:
-            return _SLOW if readers else None
+            return SLOW if readers else None
         reader = readers[0]
         kind = values[reader.type_attr]["stringValue"]
         key = values[reader.key_attr]["stringValue"]
         if type(kind) is not str or type(key) is not str or not kind or not key:
-            return _SLOW
+            return SLOW
         ids = fast_ids_and_start(span)
         if ids is None:
-            return _SLOW
+            return SLOW
         trace_id, span_id, start_ns = ids
         mine = 2
         fields: dict[str, Any] = {}
@@ -189,13 +197,13 @@ class SpanMapper:
                 text = raw.get("stringValue")
                 if type(text) is str:
                     if flat is not None and text[:1] in ("{", "["):
-                        return _SLOW
+                        return SLOW
                     fields[name] = text
                     continue
                 if "kvlistValue" in raw:
                     value = _fast_kvlist(raw, decoder)
-                    if value is _SLOW:
-                        return _SLOW
+                    if value is SLOW:
+                        return SLOW
                     fields[name] = value
                     continue
             value = decoder(raw, attribute)
@@ -203,19 +211,23 @@ class SpanMapper:
                 fields[name] = value
         prefix = reader.prefix
         if sum(1 for name in values if name.startswith(prefix)) != mine:
-            return _SLOW  # flattened fields, the actor attribute or an undeclared one: the general path
+            return SLOW  # flattened fields, the actor attribute or an undeclared one: the general path
         return [(reader.name, DomainEvent(start_ns, kind, key, fields, trace_id, span_id, actor, origin))]
+
+    def fast_proto(self, span: Any, decoder: Any, actor: str, origin: str) -> Any:
+        """No fast path for protobuf: its general path is already close (measured in docs/domains.md)."""
+        return SLOW
 
     def fast_typed(self, span: Any, decoder: Any, actor: str, prefix: str, p: int) -> Any:
         """:meth:`fast_json` for the typed decoder's structs (:mod:`kvonce_pipeline.otlp_json_typed`):
-        the events, ``_NO_EVENT``, or ``None`` for the general mapping."""
+        the events, ``NO_EVENT``, or ``None`` for the general mapping."""
         attributes = span.attributes
         values = {attribute.key: attribute.value for attribute in attributes}
-        if len(values) != len(attributes) or not values.keys().isdisjoint(_SLOW_NAMES):
+        if len(values) != len(attributes) or not values.keys().isdisjoint(_FALLBACK_NAMES):
             return None
         readers = self._readers_of(values)
         if len(readers) != 1:
-            return None if readers else _NO_EVENT
+            return None if readers else NO_EVENT
         reader = readers[0]
         kind, key = values[reader.type_attr], values.get(reader.key_attr)
         if kind is UNSET or key is None or key is UNSET:

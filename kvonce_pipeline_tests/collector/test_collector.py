@@ -42,7 +42,7 @@ from kvonce_pipeline import cli
 from kvonce_pipeline.collector.collector import build_config
 from kvonce_pipeline.collector.drop_batch import payload_name
 from kvonce_pipeline.collector.otlp_http import HttpError, decompress
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
 
 from ..conftest import SAMPLES, VENV_BIN

@@ -12,7 +12,8 @@ import pytest
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 from kvonce_pipeline.devtools.generate import FORMATS, VIOLATIONS, GenerateOptions, generate
-from kvonce_pipeline.engine.decode.reader import InputFormat, read_trace
+from kvonce_pipeline.engine.decode.reader import InputFormat
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 from kvonce_pipeline.domains.kvonce.validation import RULES
 
 from ..conftest import VENV_BIN

@@ -17,7 +17,7 @@ from kvonce_pipeline.cli import main
 from kvonce_pipeline.domains.kvonce.otlp_render import render_event_log
 from kvonce_pipeline.engine.collect import collect_payload, dumps_any_depth
 from kvonce_pipeline.engine.errors import InputError
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 
 from ..conftest import SAMPLES
 

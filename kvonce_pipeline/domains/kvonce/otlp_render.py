@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ...engine.decode.reader import read_trace
+from .reader import read_trace
 from ...engine.limits import Limits
 from ...engine.otlp_encodings import SCOPE_NAME, any_value
 from .events import Event

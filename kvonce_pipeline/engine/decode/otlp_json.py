@@ -18,9 +18,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..timestamps import MAX_TIME_NS
-from ...domains.kvonce.events import Event
-from .spans import DecodeStats, SpanToEvent
-from ...domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, resource_fallbacks, span_to_event
+from .spans import SLOW, DecodeStats, SpanMapping, resource_fallbacks
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -203,7 +201,8 @@ def _list(container: dict[str, Any], *names: str) -> list[Any]:
     return []
 
 
-def _attr_map(attributes: Any) -> dict[str, Any]:
+def _attr_map(attributes: Any, owned: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: raw value}``; a name the mapping reads (``owned`` prefixes) given twice is an error."""
     if attributes is None:
         return {}
     if type(attributes) is not list:
@@ -213,33 +212,26 @@ def _attr_map(attributes: Any) -> dict[str, Any]:
         if type(attribute) is not dict:
             raise TypeError("each attribute must be an object with 'key' and 'value'")
         name = attribute.get("key")
-        if name in out and type(name) is str and name.startswith("kvonce."):
+        if name in out and type(name) is str and name.startswith(owned):
             raise ValueError(f"attribute {name} appears more than once")
         out[name] = attribute.get("value")
     return out
 
 
-#: Attribute names that need the general mapping (fallback trace ids, actors, flattened contexts).
-_SLOW_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(ACTOR_ATTRIBUTES)
 _HEX32_LOWER = re.compile(r"[0-9a-f]{32}").fullmatch
 _HEX16_LOWER = re.compile(r"[0-9a-f]{16}").fullmatch
-_SLOW = object()  # "this span needs the general path", from :func:`_fast_span_event`
-
-
-def _always_slow(span: Any, decoder: Any, actor: str, origin: str) -> Any:
-    return _SLOW
 
 
 def _fast_kvlist(raw: dict[str, Any], decoder: AnyValueDecoder) -> Any:
     """A ``kvlistValue`` of scalars (the usual context) without the general decoder's dispatch."""
     entries = raw["kvlistValue"]["values"]
     if type(entries) is not list:
-        return _SLOW
+        return SLOW
     out: dict[str, Any] = {}
     for entry in entries:
         name = entry["key"]
         if type(name) is not str or name in out:
-            return _SLOW
+            return SLOW
         value = entry.get("value")
         if value is None:
             out[name] = None
@@ -275,66 +267,6 @@ def fast_ids_and_start(span: dict[str, Any]) -> tuple[str, str, int | None] | No
     return trace_id, span_id, start_int or None
 
 
-def _fast_span_event(span: dict[str, Any], decoder: AnyValueDecoder, actor: str, origin: str) -> Any:
-    """The event of a spec-shaped span, or :data:`_SLOW` when anything is unusual.
-
-    Profiling showed the general mapping (an attribute dict per span, a decoder call per value,
-    the fallback-attribute scans) at about half of a large OTLP/JSON run. Spans as exporters
-    write them (string type/key/value/reason, a kvlist or string context, hex ids, a decimal
-    start time) take this path; everything else, including every error, takes the general one,
-    so results and error messages are the same either way.
-    """
-    attributes = span["attributes"]
-    event_type = key = value = reason = context = None
-    seen = 0
-    for attribute in attributes:
-        name = attribute["key"]
-        if name.startswith("kvonce.event."):
-            seen += 1
-        if name == "kvonce.event.type":
-            event_type = attribute["value"]["stringValue"]
-        elif name == "kvonce.event.key":
-            key = attribute["value"]["stringValue"]
-        elif name == "kvonce.event.value":
-            value = attribute["value"]
-        elif name == "kvonce.event.reason":
-            reason = attribute["value"]["stringValue"]
-        elif name == "kvonce.event.context":
-            context = attribute["value"]
-        elif name in _SLOW_NAMES or name.startswith("kvonce.event.context.") or name == "kvonce.context_is_text":
-            return _SLOW
-    if type(event_type) is not str or type(key) is not str or not event_type or not key:
-        return _SLOW
-    if seen != (2 + (value is not None) + (reason is not None) + (context is not None)):
-        return _SLOW  # a kvonce attribute twice: the general path names it
-    if reason is not None and type(reason) is not str:
-        return _SLOW
-    ids = fast_ids_and_start(span)
-    if ids is None:
-        return _SLOW
-    trace_id, span_id, start_ns = ids
-    if value is not None:
-        text = value.get("stringValue")
-        if type(text) is str:
-            value = text
-        elif "kvlistValue" in value or "arrayValue" in value:
-            value = decoder(value, "kvonce.event.value")  # structured: kept as it is
-            if type(value) is not dict and type(value) is not list:
-                return _SLOW
-        else:
-            return _SLOW  # a scalar of another kind: the general path reads it as text, or refuses it
-    if context is not None:
-        if type(context) is dict and len(context) == 1 and "kvlistValue" in context:
-            context = _fast_kvlist(context, decoder)
-            if context is _SLOW:
-                return _SLOW
-        else:
-            context = decoder(context, "kvonce.event.context")
-            if isinstance(context, str) and context[:1] in ("{", "["):
-                return _SLOW
-    return Event(start_ns, event_type, key, value, reason, context, trace_id, span_id, actor, origin)
-
-
 def iter_request_events(
     request: Any,
     *,
@@ -344,14 +276,14 @@ def iter_request_events(
     resource_offset: int = 0,
     where_prefix: str = "",
     consume: bool = False,
-    to_event: SpanToEvent | None = None,
+    to_event: SpanMapping,
 ) -> Iterator[Any]:
     """Yield the events of one decoded OTLP/JSON request, in document order.
 
-    ``to_event`` maps a span to an event of another domain (see
-    :data:`~kvonce_pipeline.mapping.SpanToEvent`); without it, spans become KvOnce events. Either
-    way a span goes through a fast path first when there is one (KvOnce's, or ``to_event.fast_json``):
-    it returns the event, ``None`` for a span without one, or :data:`_SLOW` for the general path.
+    ``to_event`` is the domain's (or domains') :class:`~kvonce_pipeline.engine.decode.spans.SpanMapping`.
+    A span goes through its fast path first (``to_event.fast_json``): it returns the event, ``None``
+    for a span without one, or :data:`~kvonce_pipeline.engine.decode.spans.SLOW` for the general
+    mapping (``to_event`` itself).
 
     ``resource_offset`` numbers resources across the batches of a JSON Lines file, so the
     ``r{r}`` in origins and placeholder trace ids stays unique. ``consume=True`` (for a request
@@ -364,7 +296,7 @@ def iter_request_events(
     if "resourceSpans" not in request and "resource_spans" not in request and request:
         raise InputError(source, "not an OTLP trace request: there is no 'resourceSpans'",
                          where=where_prefix.strip() or None)
-    fast = _fast_span_event if to_event is None else getattr(to_event, "fast_json", _always_slow)
+    fast, owned = to_event.fast_json, to_event.owned_prefixes
     r = s = p = -1
     where = where_prefix + "request"
     span_prefix = where_prefix + "span r"
@@ -378,7 +310,7 @@ def iter_request_events(
             resource = resource_spans.get("resource") or {}
             if type(resource) is not dict:
                 raise TypeError("resource must be an object")
-            fallbacks = resource_fallbacks(_attr_map(resource.get("attributes")), decoder)
+            fallbacks = resource_fallbacks(_attr_map(resource.get("attributes"), owned), decoder, to_event)
             actor = fallbacks.actor or "unknown"
             scopes = _list(resource_spans, "scopeSpans", "scope_spans", "instrumentationLibrarySpans")
             for s, scope_spans in enumerate(scopes):
@@ -393,16 +325,16 @@ def iter_request_events(
                     try:
                         event = fast(span, decoder, actor, origin)
                     except Exception:  # noqa: BLE001 - the general path below names the error
-                        event = _SLOW
+                        event = SLOW
                     if event is None:  # a fast path's "no event here"
                         stats.skipped_spans += 1
                         continue
-                    if event is _SLOW:
+                    if event is SLOW:
                         where = origin
                         if type(span) is not dict:
                             raise TypeError("spans must be objects")
-                        event = (to_event or span_to_event)(
-                            _attr_map(span.get("attributes")),
+                        event = to_event(
+                            _attr_map(span.get("attributes"), owned),
                             decoder,
                             fallbacks,
                             trace_id=hex_id(span.get("traceId", span.get("trace_id")), "traceId", _HEX32, 32, stats),

@@ -15,8 +15,9 @@ first in document order, which structs cannot see), and every value the general 
 turn into an error. The caller then runs the general path, which reads leniently or names the
 error with its place. One difference is accepted: members the structs do not declare are skipped
 unread, as OTLP receivers skip unknown fields, so a number beyond the double range there (``1e400``
-in a span's ``kind``) passes here where orjson would refuse the whole document. Spans are mapped by :func:`kvonce_pipeline.domains.kvonce.mapping.span_to_event`, the
-same mapping as every other form, with a decoder for these structs.
+in a span's ``kind``) passes here where orjson would refuse the whole document. Spans are mapped by the
+:class:`~kvonce_pipeline.engine.decode.spans.SpanMapping` the caller gives, the same mapping as every
+other form, with a decoder for these structs.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
 
 from ..timestamps import MAX_TIME_NS
-from ...domains.kvonce.events import Event
-from .spans import TAP_EVENTS, DecodeStats, SpanToEvent, Tap
-from ...domains.kvonce.mapping import ATTR_CONTEXT_PREFIX, resource_fallbacks, span_to_event
-from .otlp_json import _HEX16, _HEX32, _SLOW_NAMES, INT64_MAX, INT64_MIN
+from .spans import NO_EVENT, TAP_EVENTS, DecodeStats, SpanMapping, Tap, resource_fallbacks
+from .otlp_json import _HEX16, _HEX32, INT64_MAX, INT64_MIN
 
 # --- the structs: only what the mapping reads, nothing may be null ----------------------------
 
@@ -189,18 +188,18 @@ def _double(item: float | str) -> float | str:
 
 # --- the walk ---------------------------------------------------------------------------------
 
-def _attr_map(attributes: list[KeyValue]) -> dict[str, AnyValue]:
+def _attr_map(attributes: list[KeyValue], owned: tuple[str, ...]) -> dict[str, AnyValue]:
     """``{name: value}``; an attribute without a value counts as absent, as in the general path."""
     out: dict[str, Any] = {}
     valueless = False
     for attribute in attributes:
         name = attribute.key
-        if name in out and name.startswith("kvonce."):
+        if name in out and name.startswith(owned):
             raise _GiveUp  # the general path names the duplicate
         value = out[name] = attribute.value
         if value is UNSET:
-            if name.startswith(ATTR_CONTEXT_PREFIX):
-                raise _GiveUp  # the general path decodes every flattened part, and refuses this one
+            if name.startswith(owned):
+                raise _GiveUp  # e.g. a flattened part: the general path decodes every part, and refuses this one
             valueless = True
     if valueless:
         return {name: value for name, value in out.items() if value is not UNSET}
@@ -209,7 +208,7 @@ def _attr_map(attributes: list[KeyValue]) -> dict[str, AnyValue]:
 
 def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
                     keep: list[Any] | None = None, tap: Tap | None = None,
-                    to_event: SpanToEvent | None = None) -> list[Any] | None:
+                    to_event: SpanMapping) -> list[Any] | None:
     """The events of one OTLP/JSON document in document order, or ``None`` for the general path.
 
     ``stats`` is only updated when events are returned. Nothing here raises for bad input: an
@@ -222,9 +221,9 @@ def decode_document(blob: bytes, *, stats: DecodeStats, max_depth: int,
     A large document is decoded a chunk of resources at a time (:func:`_chunk_bounds`), so the
     first events reach ``tap`` after a few megabytes instead of after the whole decode.
 
-    ``to_event`` maps spans to another domain's events instead of KvOnce's (as for the general
-    decoder, :func:`kvonce_pipeline.otlp_json.iter_request_events`); its ``fast_typed`` method, when
-    it has one, is tried first for each span, as :func:`_fast_event` is for KvOnce.
+    ``to_event`` maps spans to events (as for the general decoder,
+    :func:`kvonce_pipeline.engine.decode.otlp_json.iter_request_events`); its ``fast_typed`` is tried
+    first for each span.
     """
     if not blob.isascii():
         try:  # msgspec does not check the UTF-8 of members it skips; orjson refuses the document
@@ -352,13 +351,14 @@ class _Walk:
     """The events of the resources, in the order given, and how many spans were seen and skipped."""
 
     def __init__(self, decoder: TypedAnyValueDecoder, *, free: bool, tap: Tap | None,
-                 to_event: SpanToEvent | None = None) -> None:
+                 to_event: SpanMapping) -> None:
         self.decoder = decoder
         self.free = free
         self.tap = tap
         self.to_event = to_event
         #: a span's event without the general mapping, or None to send it there
-        self.fast: Any = _fast_event if to_event is None else getattr(to_event, "fast_typed", _no_fast_path)
+        self.fast: Any = to_event.fast_typed
+        self.owned = to_event.owned_prefixes
         self.events: list[Any] = []
         self.spans_seen = self.skipped = self._tapped = self._resources = 0
         #: what the mapping counted (scalar keys or values); added to the caller's stats if kept
@@ -374,8 +374,8 @@ class _Walk:
             if resource_spans.scope_spans is not UNSET or resource_spans.instrumentationLibrarySpans is not UNSET:
                 raise _GiveUp
             resource = resource_spans.resource
-            fallbacks = resource_fallbacks(_attr_map(resource.attributes)  # type: ignore[union-attr]  # not UNSET
-                                           if resource is not UNSET else {}, decoder)
+            fallbacks = resource_fallbacks(_attr_map(resource.attributes, self.owned)  # type: ignore[union-attr]
+                                           if resource is not UNSET else {}, decoder, to_event)
             actor = fallbacks.actor or "unknown"
             for s, scope_spans in enumerate(resource_spans.scopeSpans):
                 spans = scope_spans.spans
@@ -405,74 +405,10 @@ class _Walk:
 
 
 #: From a fast path: "this span carries no event" (counted as skipped, no general mapping needed).
-_NO_EVENT = object()
+_NO_EVENT = NO_EVENT
 
 
-def _no_fast_path(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: str, p: int) -> None:
-    return None
-
-
-_TYPE, _KEY, _VALUE, _REASON, _CONTEXT = (f"kvonce.event.{name}" for name in ("type", "key", "value", "reason",
-                                                                                "context"))
 _LOWER_HEX = "0123456789abcdef"
-_FAST_NAMES = frozenset((_TYPE, _KEY, _VALUE, _REASON, _CONTEXT))
-
-
-def _fast_event(span: Span, decoder: TypedAnyValueDecoder, actor: str, prefix: str, p: int) -> Event | None:
-    """A spec-shaped KvOnce span without the general mapping's lookups; ``None`` sends it there.
-
-    The same conditions as ``otlp_json._fast_span_event``: string type/key/reason, no fallback
-    trace-id or actor attributes, no flattened context, lower-case hex ids, a decimal start time.
-    """
-    attributes = span.attributes
-    attrs = {attribute.key: attribute.value for attribute in attributes}
-    event_type = attrs.get(_TYPE)
-    key = attrs.get(_KEY)
-    if event_type is None or key is None or len(attrs) != len(attributes):
-        return None  # not a KvOnce span, or a name twice (the general path decides)
-    value = attrs.get(_VALUE)
-    reason = attrs.get(_REASON)
-    context = attrs.get(_CONTEXT)
-    if len(attrs) != 2 + (value is not None) + (reason is not None) + (context is not None):
-        for name in attrs:  # other attributes: fine unless the mapping would read them
-            if name not in _FAST_NAMES and (name.startswith("kvonce.") or name in _SLOW_NAMES):
-                return None
-    if event_type is UNSET or key is UNSET:
-        return None
-    event_type, key = event_type.stringValue, key.stringValue  # type: ignore[assignment]  # str or UNSET
-    if type(event_type) is not str or type(key) is not str or not event_type or not key:
-        return None
-    if reason is not None:
-        reason = reason.stringValue if reason is not UNSET else UNSET  # str or UNSET: tested next
-        if type(reason) is not str:
-            return None
-    ids = typed_ids_and_start(span)
-    if ids is None:
-        return None
-    trace_id, span_id, start_ns = ids
-    if value is not None:
-        if value is UNSET:
-            return None
-        text = value.stringValue
-        if text is not UNSET:
-            value = text
-        elif value.kvlistValue is not UNSET or value.arrayValue is not UNSET:
-            value = decoder(value, _VALUE)  # structured: kept as it is
-            if type(value) is not dict and type(value) is not list:
-                return None
-        else:
-            return None  # a scalar of another kind: the mapping reads it as text, or refuses it
-    if context is not None:
-        if context is UNSET:
-            return None
-        pairs = context.kvlistValue
-        if pairs is not UNSET and decoder.max_depth > 0 and _only_pairs(context):
-            context = _scalar_pairs(pairs, decoder)
-        else:
-            context = decoder(context, _CONTEXT)
-            if type(context) is str and context[:1] in ("{", "["):
-                return None  # a JSON string context: the mapping reads it as JSON
-    return Event(start_ns, event_type, key, value, reason, context, trace_id, span_id, actor, f"{prefix}{p}")
 
 
 def typed_ids_and_start(span: Span) -> tuple[str, str, int | None] | None:
@@ -538,7 +474,7 @@ def _scalar_pairs(pairs: KeyValueList, decoder: TypedAnyValueDecoder) -> dict[st
 
 
 def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, position: tuple[int, int, int],
-                   prefix: str, notes: DecodeStats, to_event: SpanToEvent | None = None) -> Any:
+                   prefix: str, notes: DecodeStats, to_event: SpanMapping) -> Any:
     """Any other span, through the mapping every form shares (skipped spans return ``None``)."""
     if span.trace_id is not UNSET or span.span_id is not UNSET or span.start_time_unix_nano is not UNSET:
         raise _GiveUp
@@ -559,7 +495,7 @@ def _general_event(span: Span, decoder: TypedAnyValueDecoder, fallbacks: Any, po
         raise _GiveUp
     else:
         start_ns = start  # type: ignore[assignment]
-    return (to_event or span_to_event)(_attr_map(span.attributes), decoder, fallbacks, trace_id=trace_id.lower(),
+    return to_event(_attr_map(span.attributes, to_event.owned_prefixes), decoder, fallbacks, trace_id=trace_id.lower(),
                          span_id=span_id.lower(), start_ns=start_ns, position=position,
                          origin=f"{prefix}{position[2]}", stats=notes)
 

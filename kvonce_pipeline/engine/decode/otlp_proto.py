@@ -16,87 +16,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..errors import InputError
-from ...domains.kvonce.events import Event
-from ..timestamps import MAX_TIME_NS
-from .spans import DecodeStats, SpanToEvent
-from ...domains.kvonce.mapping import ACTOR_ATTRIBUTES, TRACE_ID_ATTRIBUTES, resource_fallbacks, span_to_event
-
-_SLOW_NAMES = frozenset(TRACE_ID_ATTRIBUTES) | frozenset(ACTOR_ATTRIBUTES)
-_SLOW = object()
-
-
-def _fast_span_event(span: Any, decoder: "ProtoAnyValueDecoder", actor: str, origin: str) -> Any:
-    """The event of an ordinary span, or :data:`_SLOW` for the general mapping.
-
-    As for OTLP/JSON (see ``otlp_json._fast_span_event``): no attribute dict, no per-value
-    ``WhichOneof`` for the string attributes. A non-empty ``string_value`` can only come from the
-    string member of the ``oneof``; anything else (empty strings, other kinds, fallback
-    attributes, bad ids) goes the general way, which gives the same result or the same error.
-    """
-    event_type = key = reason = value = context = None
-    seen = 0
-    for attribute in span.attributes:
-        name = attribute.key
-        if name.startswith("kvonce.event."):
-            seen += 1
-        if name == "kvonce.event.type":
-            event_type = attribute.value.string_value
-        elif name == "kvonce.event.key":
-            key = attribute.value.string_value
-        elif name == "kvonce.event.value":
-            value = attribute.value
-        elif name == "kvonce.event.reason":
-            reason = attribute.value.string_value
-            if not reason:
-                return _SLOW
-        elif name == "kvonce.event.context":
-            context = attribute.value
-        elif name in _SLOW_NAMES or name.startswith("kvonce.event.context."):
-            return _SLOW
-    if not event_type or not key:
-        return _SLOW
-    if seen != 2 + (value is not None) + (reason is not None) + (context is not None):
-        return _SLOW
-    trace_id = span.trace_id
-    if len(trace_id) != 16:
-        return _SLOW
-    span_id = span.span_id
-    if span_id and len(span_id) != 8:
-        return _SLOW
-    start: int = span.start_time_unix_nano
-    if start > MAX_TIME_NS:
-        return _SLOW
-    start_ns = start or None  # 0 is "unset" in OTLP
-    if value is not None:
-        text = value.string_value
-        if text:
-            value = text
-        elif value.WhichOneof("value") in ("kvlist_value", "array_value"):
-            value = decoder(value, "kvonce.event.value")  # structured: kept as it is
-        else:
-            return _SLOW  # empty, or a scalar of another kind: the general path decides
-    if context is not None:
-        if context.WhichOneof("value") == "kvlist_value":
-            entries = {}
-            for entry in context.kvlist_value.values:
-                if entry.key in entries:
-                    return _SLOW
-                item = entry.value
-                kind = item.WhichOneof("value")
-                if kind == "int_value":
-                    entries[entry.key] = item.int_value
-                elif kind == "string_value":
-                    entries[entry.key] = item.string_value
-                else:
-                    entries[entry.key] = decoder.decode(item, 1)
-            context = entries
-        else:
-            context = decoder(context, "kvonce.event.context")
-            if isinstance(context, str) and context[:1] in ("{", "["):
-                return _SLOW
-    return Event(start_ns, event_type, key, value, reason, context, trace_id.hex(),
-                 span_id.hex() if span_id else "", actor, origin)
-
+from .spans import SLOW, DecodeStats, SpanMapping, resource_fallbacks
 
 class ProtoAnyValueDecoder:
     """AnyValue (protobuf) to a JSON-compatible value; same conventions as the JSON decoder."""
@@ -166,17 +86,18 @@ def iter_message_events(
     decoder: ProtoAnyValueDecoder,
     resource_offset: int = 0,
     where_prefix: str = "",
-    to_event: SpanToEvent | None = None,
+    to_event: SpanMapping,
 ) -> Iterator[Any]:
     """Yield the events of one protobuf request in document order (``to_event``: as for OTLP/JSON's
-    :func:`~kvonce_pipeline.otlp_json.iter_request_events`)."""
+    :func:`~kvonce_pipeline.engine.decode.otlp_json.iter_request_events`, with ``fast_proto``)."""
+    fast, owned = to_event.fast_proto, to_event.owned_prefixes
     where = where_prefix + "request"
     try:
         for r_local, resource_spans in enumerate(message.resource_spans):
             r = resource_offset + r_local
             where = f"{where_prefix}resource r{r}"
             fallbacks = resource_fallbacks(
-                {kv.key: kv.value for kv in resource_spans.resource.attributes}, decoder
+                {kv.key: kv.value for kv in resource_spans.resource.attributes}, decoder, to_event
             )
             actor = fallbacks.actor or "unknown"
             for s, scope_spans in enumerate(resource_spans.scope_spans):
@@ -186,13 +107,13 @@ def iter_message_events(
                 for p, span in enumerate(spans):
                     origin = f"{origin_prefix}{p}"
                     try:
-                        event = _SLOW if to_event is not None else _fast_span_event(span, decoder, actor, origin)
+                        event = fast(span, decoder, actor, origin)
                     except Exception:  # noqa: BLE001 - the general path below names the error
-                        event = _SLOW
-                    if event is _SLOW:
+                        event = SLOW
+                    if event is SLOW:
                         where = origin
-                        event = (to_event or span_to_event)(
-                            _attr_map(span.attributes),
+                        event = to_event(
+                            _attr_map(span.attributes, owned),
                             decoder,
                             fallbacks,
                             trace_id=_id(span.trace_id, "traceId", 16),
@@ -232,12 +153,13 @@ def iter_delimited_records(stream: BinaryIO, *, source: str, max_record: int) ->
         yield number, blob
 
 
-def _attr_map(attributes: Any) -> dict[str, Any]:
+def _attr_map(attributes: Any, owned: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: value}``; a name the mapping reads (``owned`` prefixes) given twice is an error."""
     out = {kv.key: kv.value for kv in attributes}
     if len(out) != len(attributes):
         seen: set[str] = set()
         for kv in attributes:
-            if kv.key in seen and kv.key.startswith("kvonce."):
+            if kv.key in seen and kv.key.startswith(owned):
                 raise ValueError(f"attribute {kv.key} appears more than once")
             seen.add(kv.key)
     return out

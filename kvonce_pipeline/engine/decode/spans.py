@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -20,10 +20,38 @@ Decode = Callable[[Any, str], Any]
 TRACE_ID_ATTRIBUTES = ("traceId", "trace_id", "otel.trace_id")
 
 
-#: ``to_event(attrs, decode, resource, *, trace_id, span_id, start_ns, position, origin, stats)``: one
-#: span's event, ``None`` for a span that carries none. A domain may bring its own; otherwise one is
-#: made from its definition (:mod:`kvonce_pipeline.engine.domain_decode`).
-SpanToEvent = Callable[..., Any]
+#: From a fast path: "this span needs the general mapping" (OTLP/JSON and protobuf fast paths).
+SLOW: Any = object()
+#: From the typed decoder's fast path: "this span carries no event" (its ``None`` means the general mapping).
+NO_EVENT: Any = object()
+
+
+class SpanMapping(Protocol):
+    """What a decoder is given to turn spans into events: one domain's mapping, or several domains' at
+    once (:class:`kvonce_pipeline.engine.domain_decode.SpanMapper`). The decoders know no domain.
+
+    Calling it is the general mapping: ``(attrs, decode, resource, *, trace_id, span_id, start_ns,
+    position, origin, stats)`` gives the span's event (or whatever the caller collects), ``None`` for a
+    span that carries none, and raises ``ValueError`` naming what is wrong. Each decoder first tries its
+    fast path (``fast_json``, ``fast_typed``, ``fast_proto``), which must give the general mapping's
+    result or hand the span over to it (:data:`SLOW`; for ``fast_typed``, ``None``).
+    """
+
+    #: attribute-name prefixes the mapping reads: a name of these twice in one span or resource is an
+    #: input error (which value was meant cannot be told), and the typed decoder gives such spans up
+    owned_prefixes: tuple[str, ...]
+    #: names a span, then its resource, may carry its trace id or actor in, first match wins
+    trace_id_attributes: tuple[str, ...]
+    actor_attributes: tuple[str, ...]
+
+    def __call__(self, attrs: Mapping[str, Any], decode: "Decode", resource: "ResourceFallbacks",
+                 **where: Any) -> Any: ...
+
+    def fast_json(self, span: Any, decoder: Any, actor: str, origin: str) -> Any: ...
+
+    def fast_typed(self, span: Any, decoder: Any, actor: str, prefix: str, p: int) -> Any: ...
+
+    def fast_proto(self, span: Any, decoder: Any, actor: str, origin: str) -> Any: ...
 
 #: ``tap(start, events)``: called by the whole-document decoders with each run of new events in
 #: document order (``start`` is the first one's index), while the rest is still being decoded,
@@ -104,6 +132,14 @@ def first_text(attrs: Mapping[str, Any], names: tuple[str, ...], decode: Decode)
             continue
         return value if isinstance(value, str) else orjson.dumps(value).decode()
     return None
+
+
+def resource_fallbacks(attrs: Mapping[str, Any], decode: Decode, mapping: SpanMapping) -> ResourceFallbacks:
+    """A resource's trace id and actor, for its spans that carry none of their own."""
+    return ResourceFallbacks(
+        trace_id=first_text(attrs, mapping.trace_id_attributes, decode),
+        actor=first_text(attrs, mapping.actor_attributes, decode),
+    )
 
 
 def scalar_text(value: Any, name: str, stats: DecodeStats, *, structured: bool = False) -> Any:

@@ -44,6 +44,8 @@ from ...domains.kvonce.otlp_render import render_event_log
 from ...engine import artifacts, collect, json_values, otlp_encodings, timestamps
 from ...domains.kvonce.own_pass import conformance, stages
 from ...engine.decode import ndjson, otlp_json, otlp_proto, reader, spans
+from ...domains.kvonce import event_log, span_mapping
+from ...domains.kvonce import reader as kvonce_reader
 from ...domains.kvonce.own_pass import parallel as projection_worker
 from ...engine.errors import InputError, OutputError
 from ...engine.progress import log_progress
@@ -70,15 +72,16 @@ def _code_version(*modules: ModuleType, files: Sequence[Path] = ()) -> str:
     return digest.hexdigest()[:12]
 
 
-_DECODE = (reader, events, mapping, ndjson, otlp_json, otlp_proto, spans, timestamps, json_values)
+_DECODE = (reader, kvonce_reader, events, event_log, mapping, span_mapping, ndjson, otlp_json, otlp_proto, spans,
+           timestamps, json_values)
 #: Further OTLP/JSON decoders ``reader`` may use (``otlp_json_*.py``), found on disk so that the
 #: versions do not depend on what happens to be imported.
 _DECODE_FILES = sorted(Path(otlp_json.__file__).parent.glob("otlp_json_*.py"))
 CODE_VERSIONS = {
     COLLECTED: _code_version(collect, otlp_render, otlp_encodings, *_DECODE, files=_DECODE_FILES),
     EVENTS: _code_version(stages, *_DECODE, files=_DECODE_FILES),
-    PROJECTION: _code_version(projection, projection_worker, stages, ndjson, events),
-    VALIDATION: _code_version(validation, stages, ndjson, events),
+    PROJECTION: _code_version(projection, projection_worker, stages, event_log, events),
+    VALIDATION: _code_version(validation, stages, event_log, events),
 }
 
 
@@ -513,7 +516,7 @@ def _write_pass(context: dg.AssetExecutionContext, settings: KvonceSettings, out
     columns: stages.EventColumns | None = None
     limits = settings.limits()
     with conformance.whole_document_feed(path, out_dir, format=hint, limits=limits, parallel=use_parallel) as feed, \
-            reader.open_trace(path, format=hint, limits=limits, spill_dir=out_dir, sort_on_disk=True,
+            kvonce_reader.open_trace(path, format=hint, limits=limits, spill_dir=out_dir, sort_on_disk=True,
                               tap=feed.tap, detected=feed.detected) as trace:
         clock.lap("decode")
         progress = log_progress(context.log)  # its rates count from here, where the writing starts

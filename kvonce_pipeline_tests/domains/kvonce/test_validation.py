@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kvonce_pipeline.domains.kvonce.events import Event
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 from kvonce_pipeline.domains.kvonce.validation import RULES, attempt_of, validate_events
 
 

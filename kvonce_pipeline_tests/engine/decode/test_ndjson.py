@@ -10,7 +10,7 @@ import pytest
 from kvonce_pipeline.engine import artifacts
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.engine.errors import InputError
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 
 LINES = [
     {"timestamp": "2025-10-04T06:00:00.000Z", "type": "success", "key": 42, "value": True},

@@ -42,7 +42,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline.engine.decode import otlp_json_typed, reader
+from kvonce_pipeline.domains.kvonce import reader
+from kvonce_pipeline.domains.kvonce.span_mapping import KVONCE_SPANS
+from kvonce_pipeline.engine.decode import otlp_json_typed
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.timestamps import MAX_TIME_NS
 from kvonce_pipeline.domains.kvonce.events import EVENT_TYPES, Event
@@ -74,7 +76,7 @@ def general_path(blob: bytes, max_depth: int) -> tuple[list[Event] | BaseExcepti
     stats = DecodeStats()
     try:
         request = orjson.loads(blob)
-        events = list(iter_request_events(request, source="doc.json", stats=stats,
+        events = list(iter_request_events(request, source="doc.json", stats=stats, to_event=KVONCE_SPANS,
                                           decoder=AnyValueDecoder(stats, max_depth), consume=True))
     except Exception as exc:  # noqa: BLE001 - any refusal counts; the typed path must then give None
         return exc, stats
@@ -108,9 +110,9 @@ def assert_contract(blob: bytes, max_depth: int, *, keep: bool = False) -> list[
     expected, expected_stats = general_path(blob, max_depth)
     stats = DecodeStats()
     if keep:
-        got = decode_document(blob, stats=stats, max_depth=max_depth, keep=[])  # raising fails the test
+        got = decode_document(blob, to_event=KVONCE_SPANS, stats=stats, max_depth=max_depth, keep=[])  # raising fails the test
     else:
-        got = decode_document(blob, stats=stats, max_depth=max_depth)
+        got = decode_document(blob, to_event=KVONCE_SPANS, stats=stats, max_depth=max_depth)
     if got is None:
         assert stats == DecodeStats(), "stats changed although the typed path gave up"
         return None
@@ -1075,7 +1077,7 @@ def test_unusual_documents_fall_back(document: Any, general_reads: bool) -> None
     expected, _ = general_path(blob, 64)
     assert isinstance(expected, BaseException) is not general_reads, expected
     stats = DecodeStats()
-    assert decode_document(blob, stats=stats, max_depth=64) is None
+    assert decode_document(blob, to_event=KVONCE_SPANS, stats=stats, max_depth=64) is None
     assert stats == DecodeStats()
 
 
@@ -1141,7 +1143,7 @@ def test_valueless_flattened_context_attribute_falls_back() -> None:
     path decodes every ``kvonce.event.context.<name>`` part and refuses ``None``."""
     blob = orjson.dumps(_doc(_span(attributes=TYPE_AND_KEY + [{"key": "kvonce.event.context.x"}])))
     with pytest.raises(InputError, match="kvonce.event.context.x: AnyValue must be an object, got null"):
-        list(iter_request_events(orjson.loads(blob), source="t", stats=DecodeStats(),
+        list(iter_request_events(orjson.loads(blob), source="t", stats=DecodeStats(), to_event=KVONCE_SPANS,
                                  decoder=AnyValueDecoder(DecodeStats(), 64)))
     assert assert_contract(blob, 64) is None
 
@@ -1189,7 +1191,7 @@ def test_overflowing_integer_in_an_unread_value_falls_back(where: str) -> None:
     blob = blob.replace(b'"HUGE"', huge)
     with pytest.raises(orjson.JSONDecodeError, match="infinity"):
         orjson.loads(blob)
-    assert decode_document(blob, stats=DecodeStats(), max_depth=64) is None
+    assert decode_document(blob, to_event=KVONCE_SPANS, stats=DecodeStats(), max_depth=64) is None
 
 
 def test_start_time_beyond_uint64_on_a_skipped_span_falls_back() -> None:
@@ -1199,7 +1201,7 @@ def test_start_time_beyond_uint64_on_a_skipped_span_falls_back() -> None:
         b'"BIG"', str(2**64).encode())
     expected, _ = general_path(blob, 64)
     assert isinstance(expected, InputError) and "got number" in str(expected), expected
-    assert decode_document(blob, stats=DecodeStats(), max_depth=64) is None
+    assert decode_document(blob, to_event=KVONCE_SPANS, stats=DecodeStats(), max_depth=64) is None
 
 
 def test_start_time_within_uint64_on_a_skipped_span_is_read_alike() -> None:
@@ -1223,7 +1225,7 @@ def test_overflowing_number_in_a_skipped_member_falls_back(literal: bytes) -> No
     blob = _simple(span_member=b',"kind":' + literal)
     with pytest.raises(orjson.JSONDecodeError, match="infinity"):
         orjson.loads(blob)
-    assert decode_document(blob, stats=DecodeStats(), max_depth=64) is None
+    assert decode_document(blob, to_event=KVONCE_SPANS, stats=DecodeStats(), max_depth=64) is None
 
 
 # --- 5. large documents decoded a chunk of resources at a time ---------------------------------------
@@ -1240,7 +1242,7 @@ def _tiny_chunks() -> Iterator[None]:
 
 
 def _answer(blob: bytes, max_depth: int) -> Any:
-    got = decode_document(blob, stats=(stats := DecodeStats()), max_depth=max_depth)
+    got = decode_document(blob, to_event=KVONCE_SPANS, stats=(stats := DecodeStats()), max_depth=max_depth)
     return None if got is None else ([event_form(e) for e in got], stats)
 
 
@@ -1294,7 +1296,7 @@ def test_generated_documents_are_cut_and_read_the_same(tmp_path: Path) -> None:
             mock.patch.object(otlp_json_typed, "TAP_EVENTS", 1):
         bounds = otlp_json_typed._chunk_bounds(blob)
         assert bounds is not None and len(bounds) == 3000 // 40, "a cut between every two resources"
-        got = decode_document(blob, stats=(stats := DecodeStats()), max_depth=64, tap=tap)
+        got = decode_document(blob, to_event=KVONCE_SPANS, stats=(stats := DecodeStats()), max_depth=64, tap=tap)
     assert got is not None and ([event_form(e) for e in got], stats) == whole
     assert calls[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:]))
     assert calls[-1][0] + calls[-1][1] == len(got), "the tap saw every event once, in order"
@@ -1326,6 +1328,6 @@ def test_a_failed_cut_starts_the_tap_over(tmp_path: Path) -> None:
     blob = _compact(_resource(1), _resource(2), _resource(3, extra=[{"a": 1}, {"resource": {"b": 2}}]), _resource(4))
     calls: list[int] = []
     with _tiny_chunks(), mock.patch.object(otlp_json_typed, "TAP_EVENTS", 1):
-        got = decode_document(blob, stats=DecodeStats(), max_depth=64, tap=lambda start, events: calls.append(start))
+        got = decode_document(blob, to_event=KVONCE_SPANS, stats=DecodeStats(), max_depth=64, tap=lambda start, events: calls.append(start))
     assert got is not None and len(got) == 4
     assert calls.count(0) == 2 and calls[-4:] == [0, 1, 2, 3]

@@ -10,7 +10,7 @@ import pytest
 
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.otlp_encodings import request_to_message
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 
 from ...conftest import SAMPLES
 

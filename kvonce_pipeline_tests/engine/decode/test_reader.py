@@ -14,7 +14,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.otlp_render import events_to_request
 from kvonce_pipeline.engine.otlp_encodings import message_to_request, request_to_message
-from kvonce_pipeline.engine.decode.reader import InputFormat, detect_format, read_trace
+from kvonce_pipeline.engine.decode.reader import InputFormat, detect_format
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 
 from ...otel_sdk import BASE_NS, kv, sdk_request_bytes
 

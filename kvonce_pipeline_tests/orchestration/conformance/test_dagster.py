@@ -15,7 +15,7 @@ import pytest
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets
 from kvonce_pipeline.orchestration.resources import KvonceSettings
-from kvonce_pipeline.engine.decode.reader import read_trace
+from kvonce_pipeline.domains.kvonce.reader import read_trace
 
 from ...conftest import VENV_BIN
 from ...otel_sdk import kv, sdk_request_bytes

@@ -23,8 +23,8 @@ from ..events import Event
 from ....engine.limits import Limits
 from ....engine.decode.spans import Tap
 from .parallel import FedProjection
-from ....engine.decode.reader import (SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, detect_format, open_trace, park,
-                                      read_trace)
+from ..reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, open_trace, read_trace
+from ....engine.decode.reader import detect_format, park
 from .stages import ProgressCallback, write_artifacts, write_input_error
 from ....engine.storage import is_remote, run_staged
 from ..validation import DEFAULT_MAX_RETRIES

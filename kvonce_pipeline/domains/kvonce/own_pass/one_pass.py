@@ -22,7 +22,7 @@ from ....engine import artifacts
 from ....engine.atomic import atomic_writer
 from ....engine.timestamps import format_timestamp
 from ..events import Event
-from ....engine.decode.ndjson import EventLine, encode_lines, event_line
+from ..event_log import EventLine, encode_lines, event_line
 from ..projection import PerKeyFold, StateFold, StateSequence
 from ..validation import Validator
 

@@ -56,10 +56,10 @@ from ....engine.atomic import atomic_writer, fsync_directory, private_folder_nam
 from .conformance import ConformanceOptions, ConformanceResult
 from ....engine.errors import InputError, KvonceError, OutputError
 from ....engine.timestamps import format_timestamp
-from ....engine.decode.ndjson import encode_lines, event_line
+from ..event_log import encode_lines, event_line
 from ..projection import SCHEMA_VERSION as PROJECTION_SCHEMA
 from ..projection import KeyState, PerKeyFold, StateFold
-from ....engine.decode.reader import OutOfOrder, open_trace
+from ..reader import OutOfOrder, open_trace
 from .one_pass import INDENT_BELOW
 from .stages import BATCH, BackgroundWriter, ProgressCallback, write_input_error, write_report_files
 from ....engine.gc_pause import gc_paused
@@ -216,7 +216,7 @@ class ShardEvent(msgspec.Struct, gc=False, rename={
         "stamp": "timestamp", "time_unix_nano": "timeUnixNano", "trace_id": "traceId", "span_id": "spanId"}):
     """One line of a shard file, decoded in C, with the attributes the folds and the validator read.
 
-    The lines are our own :class:`~kvonce_pipeline.engine.decode.ndjson.EventLine` output, so no checks are
+    The lines are our own :class:`~kvonce_pipeline.domains.kvonce.event_log.EventLine` output, so no checks are
     needed; the missing fields default as ``EventLine`` leaves them out. ``time_unix_nano`` stays
     the line's string: the validator only asks whether an event has a time.
     """

@@ -19,7 +19,7 @@ from ....engine.atomic import atomic_writer
 from ....engine.errors import OutputError
 from ....engine.timestamps import format_timestamp
 from ..events import Event
-from ....engine.decode.ndjson import EventLine, dump_events, encode_lines, event_line
+from ..event_log import EventLine, dump_events, encode_lines, event_line
 from ....engine.domain_pass import input_error_report
 from .one_pass import (BATCH, BackgroundWriter, ProgressCallback, Written, progressed, projection_file,
                        write_events_and_states)
