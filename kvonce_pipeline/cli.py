@@ -64,7 +64,7 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("kvonce: --max-retries must be zero or more", file=sys.stderr)
         return EXIT_UNUSABLE
-    from .engine.artifacts import VALIDATION
+    from .domains.kvonce.artifacts import VALIDATION
     from .engine.storage import is_remote, local_path
 
     out_dir: str | Path = cli_trace_dir()
@@ -184,6 +184,7 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
                  progress: "ProgressCallback | None") -> "ConformanceResult":
     from dataclasses import replace
 
+    from .domains.kvonce import artifacts as kvonce_artifacts
     from .domains.kvonce.own_pass.conformance import report_input_error
     from .domains.kvonce.own_pass.shards import MAX_SHARDS, SCHEDULER_ENV, engine_for, run_sharded
     from .engine.storage import is_remote, run_staged
@@ -203,7 +204,8 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
         def run(source: str | os.PathLike[str], out: Path) -> "ConformanceResult":
             return run_sharded(source, out, options, shards=args.shards, engine=engine, progress=progress).result
 
-        result = run_staged(args.input, out_dir, run, limits=options.limits, report_input_error=report_input_error)
+        result = run_staged(args.input, out_dir, run, limits=options.limits, report_input_error=report_input_error,
+                            published=kvonce_artifacts.PUBLISH_ORDER)
     return replace(result, output_dir=str(out_dir).rstrip("/")) if remote_out else result
 
 

@@ -33,7 +33,7 @@ from typing import TypeVar
 import orjson
 import pytest
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.engine.atomic import (
     TEMP_SUFFIX,
     atomic_writer,

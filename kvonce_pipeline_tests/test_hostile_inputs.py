@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.cli import main
 
 from .conftest import SAMPLES, VENV_BIN

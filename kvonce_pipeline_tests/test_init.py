@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import kvonce_pipeline
+from kvonce_pipeline.domains.kvonce import artifacts
 
 
 def test_every_public_name_resolves_to_what_its_module_defines() -> None:
@@ -33,7 +34,6 @@ def test_the_core_api_imports_no_dagster() -> None:
 
 def test_the_library_checks_a_trace_like_the_cli(tmp_path) -> None:
     from kvonce_pipeline import ConformanceOptions, run_conformance
-    from kvonce_pipeline.engine import artifacts
 
     result = run_conformance(artifacts.BUNDLED_SAMPLE, tmp_path, ConformanceOptions(strict=True))
     assert (result.valid, result.exit_code) == (False, 1)  # the sample's warning is an error when strict

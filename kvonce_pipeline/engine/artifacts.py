@@ -1,20 +1,12 @@
-"""Artifact file names (a contract: CI scripts read them) and where they go."""
+"""Where artifacts go: the reports folder, the CLI's and the drop folder (each domain names its files)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-COLLECTED = "collected-kvonce-otlp.json"
-EVENTS = "kvonce-events.ndjson"
-PROJECTION = "kvonce-projection.json"
-STATE_SEQUENCE = "projected/kvonce-state-sequence.json"
-VALIDATION = "kvonce-validation.json"
-SUMMARY = "kvonce-summary.md"
-
 #: The project root: the folder holding ``kvonce_pipeline/`` (in a source checkout).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_SAMPLE = PROJECT_ROOT / "samples" / "trace" / "kvonce-otlp.json"
 
 
 def reports_dir() -> Path:

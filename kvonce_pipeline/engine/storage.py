@@ -26,22 +26,17 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from . import artifacts
 from .errors import ConfigError, InputError, OutputError
 from .limits import Limits
 
 R = TypeVar("R")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-#: Artifacts in the order they are published; the validation report, which says what the run
-#: found and which files it wrote, is last.
-PUBLISH_ORDER = (artifacts.EVENTS, artifacts.PROJECTION, artifacts.STATE_SEQUENCE, artifacts.SUMMARY,
-                 artifacts.VALIDATION)
 _COPY_BLOCK = 4 * 1024 * 1024
 #: Object stores: a "folder" is a key prefix that needs no creating, and the first part of the path is
 #: a bucket that must exist (creating one because of a typo in a URL would be a surprise).
@@ -164,8 +159,8 @@ def staged_reports(url: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def publish(folder: Path, url: str) -> None:
-    """Upload the artifacts in ``folder`` to ``url``, the validation report last.
+def publish(folder: Path, url: str, names: Sequence[str]) -> None:
+    """Upload the artifacts ``names`` (in publish order, the validation report last) in ``folder`` to ``url``.
 
     Order: the earlier run's report is removed first (so no report ever describes a mix of two
     runs' files), then this run's data files are uploaded and the earlier run's files this run did
@@ -174,7 +169,8 @@ def publish(folder: Path, url: str) -> None:
     """
     fs, root = _filesystem(url)
     root = root.rstrip("/")
-    report = f"{root}/{artifacts.VALIDATION}"
+    *data_files, report_name = names
+    report = f"{root}/{report_name}"
     target = root
     try:
         if _protocol(fs) in _OBJECT_STORES:
@@ -188,14 +184,14 @@ def publish(folder: Path, url: str) -> None:
         if fs.exists(report):
             target = report
             fs.rm_file(report)
-        for name in PUBLISH_ORDER[:-1]:
+        for name in data_files:
             target = f"{root}/{name}"
             if (folder / name).is_file():
                 fs.put_file(str(folder / name), target)
             elif fs.exists(target):
                 fs.rm_file(target)  # an earlier run's, not described by the report to come
         target = report
-        fs.put_file(str(folder / artifacts.VALIDATION), report)
+        fs.put_file(str(folder / report_name), report)
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
@@ -204,11 +200,12 @@ def publish(folder: Path, url: str) -> None:
 
 def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                run: Callable[[str | os.PathLike[str], Path], R], *, limits: Limits | None = None,
-               report_input_error: Callable[[InputError, Path], None]) -> R:
+               report_input_error: Callable[[InputError, Path], None], published: Sequence[str]) -> R:
     """``run(source, out)`` with URLs staged: a remote input is downloaded first (an object that
     cannot be read is reported by ``report_input_error`` like any unusable input), a remote report
-    folder is a private local one published when the run ends, whatever its verdict, also when the
-    input was unusable. Local paths (and ``file://``) pass through untouched."""
+    folder is a private local one whose files ``published`` (in order, the report last) are published
+    when the run ends, whatever its verdict, also when the input was unusable. Local paths (and
+    ``file://``) pass through untouched."""
     out_text = os.fspath(output_dir)
     remote_out = out_text if is_remote(out_text) else None
     with ExitStack() as stack:
@@ -225,12 +222,12 @@ def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
                 source = local_path(input_path)
             result = run(source, out)
         except InputError as error:
-            if remote_out and (out / artifacts.VALIDATION).is_file():
+            if remote_out and (out / published[-1]).is_file():
                 try:
-                    publish(out, remote_out)
+                    publish(out, remote_out, published)
                 except OutputError as output_error:
                     error.add_note(f"no report published: {output_error}")
             raise
         if remote_out:
-            publish(out, remote_out)
+            publish(out, remote_out, published)
         return result

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..engine import artifacts
+from ..domains.kvonce import artifacts as kvonce_artifacts
 from ..engine.limits import Limits
 from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
 
@@ -63,8 +64,8 @@ class KvonceSettings(dg.ConfigurableResource):
         """``payload`` if set, else the bundled sample, else a run of the mock service."""
         if self.payload:
             return Path(self.payload).expanduser().resolve()
-        if artifacts.BUNDLED_SAMPLE.is_file():
-            return artifacts.BUNDLED_SAMPLE
+        if kvonce_artifacts.BUNDLED_SAMPLE.is_file():
+            return kvonce_artifacts.BUNDLED_SAMPLE
         from ..devtools.mock_service import generate_payload
 
         return generate_payload(self.reports_root() / "mock")

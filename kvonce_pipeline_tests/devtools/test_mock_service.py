@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline import cli
 from kvonce_pipeline.engine.errors import KvonceError
 from kvonce_pipeline.devtools.mock_service import EXPECTED_EVENTS, MockKvOnceStore, Put, generate_payload, run_scenario

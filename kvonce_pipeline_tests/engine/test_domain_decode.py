@@ -14,6 +14,7 @@ from kvonce_pipeline.engine.domain_decode import read_domain_events
 from kvonce_pipeline.engine.domain_render import FORMATS, write_trace
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.engine.limits import Limits
+from kvonce_pipeline.engine.otlp_encodings import request_to_message
 
 T0 = 1_767_225_600_000_000_000
 
@@ -98,6 +99,27 @@ def test_spans_of_other_domains_are_skipped_and_counted(toy: Domain, tmp_path: P
     read = read_domain_events(path, [toy])
     assert [e.key for e in read.events["toy"]] == ["a"]
     assert read.summary("toy")["skippedSpans"] == 2 and read.summary("toy")["spans"] == 3
+
+
+@pytest.mark.parametrize("form", ["otlp-json", "otlp-proto"])
+def test_an_attribute_of_the_domain_given_twice_is_refused_naming_the_span(toy: Domain, tmp_path: Path,
+                                                                          form: str) -> None:
+    """Which of two values was meant cannot be told: the span is named (as for KvOnce's attributes),
+    while a repeated attribute no domain reads is left alone."""
+    twice = [("toy.event.type", {"stringValue": "close"}), ("toy.event.key", {"stringValue": "a"}),
+             ("toy.event.reason", {"stringValue": "one"}), ("toy.event.reason", {"stringValue": "two"})]
+    harmless = [("toy.event.type", {"stringValue": "open"}), ("toy.event.key", {"stringValue": "b"}),
+                ("http.method", {"stringValue": "GET"}), ("http.method", {"stringValue": "PUT"})]
+    path = tmp_path / "twice"
+    document = _doc([_span(harmless, 0), _span(twice, 1)])
+    path.write_bytes(document if form == "otlp-json" else request_to_message(orjson.loads(document)).SerializeToString())
+    with pytest.raises(InputError) as caught:
+        read_domain_events(path, [toy])
+    assert "toy.event.reason appears more than once" in str(caught.value)
+    assert caught.value.where.endswith("span r0/s0/p1")  # a one-line document reads as JSON Lines: "line 1 span ..."
+    path.write_bytes(_doc([_span(harmless, 0)]) if form == "otlp-json"
+                     else request_to_message(orjson.loads(_doc([_span(harmless, 0)]))).SerializeToString())
+    assert [e.key for e in read_domain_events(path, [toy]).events["toy"]] == ["b"]
 
 
 @pytest.mark.parametrize("line, message", [

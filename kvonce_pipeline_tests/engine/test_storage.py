@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.engine.storage import StagedInput, is_remote, local_path
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
 
 HERE = Path(__file__).resolve().parent

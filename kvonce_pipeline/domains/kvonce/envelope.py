@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ...engine import artifacts
+from . import artifacts
 from ...engine.atomic import sha256_file, write_bytes_atomic
 from .store import KEYFACTS
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...engine import artifacts
+from . import artifacts
 from .own_pass.conformance import ConformanceOptions, run_conformance
 from ...engine.domain import ArtifactNames, Domain
 from ...engine.errors import ConfigError

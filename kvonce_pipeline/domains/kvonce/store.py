@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ...engine.artifacts import EVENTS
+from .artifacts import EVENTS
 from ...engine.atomic import write_bytes_atomic
 from ...engine.drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
 from ...engine.timestamps import format_timestamp

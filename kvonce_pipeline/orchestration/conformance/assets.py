@@ -41,11 +41,13 @@ import orjson
 from ...domains.kvonce import events, mapping, projection, schemas, validation
 from ...domains.kvonce import otlp_render
 from ...domains.kvonce.otlp_render import render_event_log
-from ...engine import artifacts, collect, json_values, otlp_encodings, timestamps
+from ...engine import collect, json_values, otlp_encodings, timestamps
+from ...domains.kvonce import artifacts
 from ...domains.kvonce.own_pass import conformance, stages
 from ...engine.decode import ndjson, otlp_json, otlp_proto, reader, spans
 from ...domains.kvonce import event_log, span_mapping
 from ...domains.kvonce import reader as kvonce_reader
+from ...domains.kvonce import summary as kvonce_summary
 from ...domains.kvonce.own_pass import parallel as projection_worker
 from ...engine.errors import InputError, OutputError
 from ...engine.progress import log_progress
@@ -81,7 +83,7 @@ CODE_VERSIONS = {
     COLLECTED: _code_version(collect, otlp_render, otlp_encodings, *_DECODE, files=_DECODE_FILES),
     EVENTS: _code_version(stages, *_DECODE, files=_DECODE_FILES),
     PROJECTION: _code_version(projection, projection_worker, stages, event_log, events),
-    VALIDATION: _code_version(validation, stages, event_log, events),
+    VALIDATION: _code_version(validation, stages, event_log, events, kvonce_summary),
 }
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from ...engine import artifacts, drops
+from ...engine import drops
+from ...domains.kvonce import artifacts
 from ...domains.kvonce import envelope
 from ...domains.kvonce import store
 from ...engine.atomic import write_bytes_atomic

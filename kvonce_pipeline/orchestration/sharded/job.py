@@ -24,7 +24,7 @@ from typing import Any
 
 import dagster as dg
 
-from ...engine import artifacts
+from ...domains.kvonce import artifacts
 from ...domains.kvonce.own_pass.conformance import ConformanceOptions
 from ...engine.errors import InputError
 from ...domains.kvonce.own_pass.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded

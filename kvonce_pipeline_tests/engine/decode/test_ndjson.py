@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.engine.errors import InputError
 from kvonce_pipeline.domains.kvonce.reader import read_trace

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvonce_pipeline.engine import artifacts, drops
+from kvonce_pipeline.engine import drops
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce import envelope
 from kvonce_pipeline.domains.kvonce import schemas
 from kvonce_pipeline.domains.kvonce.otlp_render import render_event_log

@@ -14,7 +14,8 @@ import dagster as dg
 import orjson
 import pytest
 
-from kvonce_pipeline.engine import artifacts, drops, registry
+from kvonce_pipeline.engine import drops, registry
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce import envelope
 from kvonce_pipeline.engine.domain_decode import read_domain_events
 from kvonce_pipeline.engine.domain import Domain, DomainEvent

@@ -17,7 +17,8 @@ import dagster as dg
 import orjson
 import pytest
 
-from kvonce_pipeline.engine import artifacts, drops
+from kvonce_pipeline.engine import drops
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce import envelope
 from kvonce_pipeline.domains.kvonce import store
 from kvonce_pipeline.engine import collect as collect_module

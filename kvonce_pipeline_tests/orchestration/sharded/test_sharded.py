@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from kvonce_pipeline.engine import artifacts
+from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import run_conformance
 from kvonce_pipeline.definitions import defs
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate

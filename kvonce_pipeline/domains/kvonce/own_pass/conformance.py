@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ....engine import artifacts
+from .. import artifacts
 from ....engine.errors import InputError, OutputError
 from ..events import Event
 from ....engine.limits import Limits
@@ -86,7 +86,8 @@ def run_conformance(input_path: str | os.PathLike[str], output_dir: str | os.Pat
     def run(source: str | os.PathLike[str], out: Path) -> ConformanceResult:
         return _run_local(source, out, options, progress)
 
-    result = run_staged(input_path, output_dir, run, limits=options.limits, report_input_error=report_input_error)
+    result = run_staged(input_path, output_dir, run, limits=options.limits, report_input_error=report_input_error,
+                        published=artifacts.PUBLISH_ORDER)
     out_text = os.fspath(output_dir)
     return replace(result, output_dir=out_text.rstrip("/")) if is_remote(out_text) else result
 

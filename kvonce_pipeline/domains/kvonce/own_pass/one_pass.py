@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ....engine import artifacts
+from .. import artifacts
 from ....engine.atomic import atomic_writer
 from ....engine.timestamps import format_timestamp
 from ..events import Event

@@ -41,6 +41,7 @@ import orjson
 from ....engine.atomic import TEMP_SUFFIX
 from ....engine.errors import OutputError
 from ....engine.timestamps import format_timestamp
+from .. import artifacts
 
 END = b"\x00end\n"
 
@@ -120,7 +121,6 @@ class _Incomplete(Exception):
 
 
 def _worker(out_dir: Path) -> int:
-    from ....engine import artifacts
     from ..events import Event
     from .one_pass import BATCH, BackgroundWriter, projection_file
     from ..projection import ProjectionBuilder, StateSequence
@@ -218,7 +218,6 @@ class _StagedProjection:
     staged: Path
 
     def _stage(self, out_dir: Path, how: str) -> None:
-        from ....engine import artifacts
 
         self.out_dir = out_dir
         self.target = out_dir / artifacts.PROJECTION
@@ -365,7 +364,6 @@ class FedProjection(_StagedProjection):
     def __init__(self, out_dir: Path) -> None:
         import queue
 
-        from ....engine import artifacts
 
         self._stage(out_dir, "fed")
         #: ``(staged, target)`` of the events file and the state sequence (the projection's are

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import msgspec
 import orjson
 
-from ....engine import artifacts
+from .. import artifacts
 from ....engine.atomic import atomic_writer, fsync_directory, private_folder_name, sweep_stale_folders
 from .conformance import ConformanceOptions, ConformanceResult
 from ....engine.errors import InputError, KvonceError, OutputError

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from ....engine import artifacts
+from .. import artifacts
 from ....engine.atomic import atomic_writer
 from ....engine.errors import OutputError
 from ....engine.timestamps import format_timestamp
@@ -25,7 +25,7 @@ from .one_pass import (BATCH, BackgroundWriter, ProgressCallback, Written, progr
                        write_events_and_states)
 from ....engine.gc_pause import gc_paused
 from ..projection import PerKeyFold, ProjectionBuilder, StateFold, StateSequence
-from ....engine.summary import render_summary
+from ..summary import render_summary
 from ..validation import DEFAULT_MAX_RETRIES, Validator
 
 if TYPE_CHECKING:
