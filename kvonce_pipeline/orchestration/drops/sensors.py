@@ -17,7 +17,7 @@ inflated bytes the domain scans read: :data:`MAX_SCANNED_BYTES_PER_TICK`) so a t
 60 s sensor timeout; what is left waits for the next tick, in name order, and is taken exactly once.
 
 Per domain: each new payload is scanned once for the installed domains' attribute names
-(:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, a byte scan that stops
+(:func:`~kvonce_pipeline.orchestration.drops.domains.mentioned_within`, a byte scan that stops
 as soon as every name was seen). A payload naming no generic domain gets exactly the KvOnce run it
 always got (``kvonce_drop_job``); any other gets one ``trace_drop_job`` run limited to the drop groups
 of the domains it carries, KvOnce's drop graph included only if it carries KvOnce spans (see

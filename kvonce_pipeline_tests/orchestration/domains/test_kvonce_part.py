@@ -4,6 +4,8 @@ built-in Inventory domain on real ephemeral instances, against what ``kvonce con
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +18,7 @@ from kvonce_pipeline.orchestration.conformance.definitions import conformance_as
 from kvonce_pipeline.orchestration.domains.assets import build_domain_definitions
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ...conftest import SAMPLES
+from ...conftest import SAMPLES, VENV_BIN
 
 INVENTORY_SAMPLES = Path(registry.get("inventory").folder) / "samples"
 KVONCE_ASSETS = ["collected_kvonce_otlp", "kvonce_events", "kvonce_projection", "kvonce_validation"]
@@ -169,3 +171,29 @@ def test_kvonces_graph_refuses_a_partial_selection(tmp_path: Path) -> None:
     failure = _failures(result)["kvonce_conformance_pass"]
     assert not result.success and "materialized as a whole" in (failure.description or "")
     assert not (tmp_path / "trace").exists(), "refused before anything is written"
+
+
+def _job_execute(tmp_path: Path, payload: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``dagster job execute -j trace_conformance_job`` as CI runs it, then ``run_verdict``'s exit code."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KVONCE_", "DAGSTER_"))}
+    environment = {**base, "DAGSTER_HOME": str(home), "KVONCE_OTLP_PAYLOAD": str(payload),
+                   "KVONCE_REPORTS_DIR": str(tmp_path / "reports"), **env}
+    done = subprocess.run([str(VENV_BIN / "dagster"), "job", "execute", "-m", "kvonce_pipeline", "-j",
+                           "trace_conformance_job"], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                          timeout=300)
+    verdict = subprocess.run([str(VENV_BIN / "python"), "-m", "kvonce_pipeline.orchestration.run_verdict", "--job",
+                              "trace_conformance_job", "--dagster-exit", str(done.returncode)], cwd=tmp_path,
+                             env=environment, capture_output=True, text=True, timeout=120)
+    return done, verdict.returncode
+
+
+def test_dagster_job_execute_of_the_trace_job_on_inventory_otlp_and_an_inventory_ndjson_log(tmp_path: Path) -> None:
+    done, verdict = _job_execute(tmp_path, INVENTORY_SAMPLES / "inventory-otlp.json")
+    assert (done.returncode, verdict) == (0, 0), done.stderr[-3000:]
+    assert "nothing to check for KvOnce" in done.stdout + done.stderr
+    done, verdict = _job_execute(tmp_path, INVENTORY_SAMPLES / "violations.ndjson", KVONCE_NDJSON_DOMAIN="inventory")
+    assert (done.returncode, verdict) == (1, 1), done.stderr[-3000:]
+    report = orjson.loads((tmp_path / "reports" / "trace" / "inventory" / "inventory-validation.json").read_bytes())
+    assert report["valid"] is False and report["summary"]["input"]["format"] == "ndjson"
