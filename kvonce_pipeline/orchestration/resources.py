@@ -36,7 +36,8 @@ class KvonceSettings(dg.ConfigurableResource):
     drop_settle_seconds: float = 2.0
     #: The domain of an NDJSON event log in ``trace_conformance_job`` and in a materialization from the UI
     #: (``KVONCE_NDJSON_DOMAIN``; ``kvonce conformance --domain``): an event log names no domain. Unset: the
-    #: default domain (KvOnce). ``<name>_conformance_job`` reads it as its own domain's whatever this says.
+    #: default domain (KvOnce). ``<name>_conformance_job`` reads it as its own domain's whatever this says;
+    #: the drop folder ignores it (a dropped log says its domain by name: ``<stem>.<domain>.ndjson``).
     ndjson_domain: str | None = None
 
     @classmethod

@@ -3,7 +3,9 @@
 Built by a factory so the same graph exists twice: unpartitioned for the CI job and the UI, and
 (with a key prefix and dynamic partitions) once per dropped payload.
 
-The four assets are one ``@multi_asset`` (``can_subset=False``): one Dagster step that does what
+The four assets are one ``@multi_asset`` (not subsettable: the CI graph is, only so that its outputs may
+be absent in ``trace_conformance_job``, and refuses a partial selection itself; see
+:attr:`ConformanceHooks.may_skip`): one Dagster step that does what
 ``kvonce conformance`` does, one pass over the decoded events writing the events, the state
 sequence, the projection and the report (:func:`kvonce_pipeline.engine.stages.write_artifacts`), after
 collecting the payload. Four steps used to read the data four times (a second whole parse of the
