@@ -17,6 +17,11 @@ assets call :func:`locate_payload` at run time. The rules, and why:
 * Symlinks that leave the drop folder, non-regular files and files above
   ``Limits.max_drop_file_bytes`` are refused with a reason (the sensor logs it once).
 * Nothing here writes, renames or deletes anything in the drop folder.
+* An NDJSON event log names no domain, so its file name may: ``<stem>.<domain>.<extension>``
+  (``orders.inventory.ndjson``, gzipped ``orders.inventory.ndjson.gz``) is that installed domain's log
+  (:func:`domain_in_name`). A name, not a subfolder, because subfolders are store scopes
+  (``drops/<scope>/``, one level): a per-domain subfolder would be a scope named like a domain, and a
+  scope's log could not say its domain. The name keeps both: ``drops/shop-eu/orders.inventory.ndjson``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -103,6 +108,19 @@ def split_partition_key(key: str) -> tuple[str, str]:
     if not is_partition_key(key):
         raise ValueError(f"not a drop partition key: {key!r}")
     return key.rpartition(SCOPE_SEPARATOR)[2][: -SHA_PREFIX - 1], key[-SHA_PREFIX:]
+
+
+def domain_in_name(name: str, domains: Collection[str]) -> str | None:
+    """The domain among ``domains`` a file name names as its next-to-last part, ``.gz`` aside:
+    ``orders.inventory.ndjson`` and ``orders.inventory.ndjson.gz`` name ``inventory``; ``inventory.ndjson``
+    (no stem), ``orders.ndjson`` and a part that is no installed domain's name name none."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    if base.lower().endswith(".gz"):
+        base = base[:-3]
+    parts = base.split(".")
+    if len(parts) < 3 or not parts[0]:
+        return None
+    return parts[-2] if parts[-2] in domains else None
 
 
 def is_ignored_name(name: str) -> bool:

@@ -21,9 +21,9 @@ class KvonceSettings(dg.ConfigurableResource):
     """Where the payload comes from, where reports go, and how strictly to judge.
 
     Defaults come from ``KVONCE_OTLP_PAYLOAD``, ``KVONCE_REPORTS_DIR``, ``KVONCE_STRICT``,
-    ``KVONCE_MAX_RETRIES`` and ``KVONCE_DROP_SETTLE_SECONDS`` when the code location loads (see
-    :meth:`from_env`); the drop folder and reports folder, when not set, follow the environment
-    when used.
+    ``KVONCE_MAX_RETRIES``, ``KVONCE_DROP_SETTLE_SECONDS`` and ``KVONCE_NDJSON_DOMAIN`` when the code
+    location loads (see :meth:`from_env`); the drop folder and reports folder, when not set, follow the
+    environment when used.
     """
 
     payload: str | None = None
@@ -35,6 +35,11 @@ class KvonceSettings(dg.ConfigurableResource):
     drop_dir: str | None = None
     #: Seconds a dropped file's mtime must be old before it is read (non-atomic writers finish first).
     drop_settle_seconds: float = 2.0
+    #: The domain of an NDJSON event log in ``trace_conformance_job`` and in a materialization from the UI
+    #: (``KVONCE_NDJSON_DOMAIN``; ``kvonce conformance --domain``): an event log names no domain. Unset: the
+    #: default domain (KvOnce). ``<name>_conformance_job`` reads it as its own domain's whatever this says;
+    #: the drop folder ignores it (a dropped log says its domain by name: ``<stem>.<domain>.ndjson``).
+    ndjson_domain: str | None = None
 
     @classmethod
     def from_env(cls) -> "KvonceSettings":
@@ -46,6 +51,7 @@ class KvonceSettings(dg.ConfigurableResource):
             max_retries=int(raw_retries) if raw_retries else DEFAULT_MAX_RETRIES,
             input_format=os.environ.get("KVONCE_FORMAT") or "auto",
             drop_settle_seconds=float(os.environ.get("KVONCE_DROP_SETTLE_SECONDS", "").strip() or 2.0),
+            ndjson_domain=os.environ.get("KVONCE_NDJSON_DOMAIN", "").strip() or None,
         )
 
     def reports_root(self) -> Path:

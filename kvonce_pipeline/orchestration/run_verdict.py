@@ -10,6 +10,10 @@ sets ``unusable``), so the code does not depend on parsing the log:
 - 1: the payload violates KvOnce; the message is "N violations in <payload>:" and the first findings;
 - 2: the payload is unusable; the message names the file and the line, record or span;
 - 3: the run failed for another reason (or never started); the message is the error's first line.
+
+A run of several domains (``trace_conformance_job``) may fail in several steps: the worst verdict
+across them is the run's (3 over 2 over 1, as ``kvonce conformance``'s exit code is the worst across
+domains), with the message of the first step that failed with it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def run_verdict(instance: dg.DagsterInstance, job_name: str) -> tuple[int, str]:
     run = runs[0]
     if run.status == dg.DagsterRunStatus.SUCCESS:
         return 0, ""
+    worst: tuple[int, str] | None = None
     for record in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
         event = record.dagster_event
         if event is None or event.step_failure_data is None:
@@ -39,11 +44,14 @@ def run_verdict(instance: dg.DagsterInstance, job_name: str) -> tuple[int, str]:
         data = event.step_failure_data
         user = data.user_failure_data
         verdict = user.metadata.get("verdict") if user is not None else None
+        found: tuple[int, str] | None = None
         if user is not None and verdict is not None and verdict.value in EXIT_CODES:
-            return EXIT_CODES[str(verdict.value)], user.description or ""
-        if data.error is not None:
-            return OTHER_FAILURE, f"step {event.step_key} failed: {data.error.message.strip()}"
-    return OTHER_FAILURE, f"run {run.run_id} of {job_name} ended {run.status.value}"
+            found = EXIT_CODES[str(verdict.value)], user.description or ""
+        elif data.error is not None:
+            found = OTHER_FAILURE, f"step {event.step_key} failed: {data.error.message.strip()}"
+        if found is not None and (worst is None or found[0] > worst[0]):
+            worst = found
+    return worst or (OTHER_FAILURE, f"run {run.run_id} of {job_name} ended {run.status.value}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,3 +186,13 @@ def test_locate_refuses_changed_content_and_foreign_keys(tmp_path: Path) -> None
         drops.locate_payload(tmp_path, "../evil", name="a.ndjson")
     with pytest.raises(InputError, match="does not belong"):
         drops.locate_payload(tmp_path, key, sha256=sha(b"other"))
+
+
+def test_a_file_name_names_an_ndjson_logs_domain_as_its_next_to_last_part() -> None:
+    installed = {"kvonce", "inventory"}
+    assert drops.domain_in_name("orders.inventory.ndjson", installed) == "inventory"
+    assert drops.domain_in_name("orders.inventory.NDJSON.GZ", installed) == "inventory"
+    assert drops.domain_in_name("a.b.kvonce.jsonl", installed) == "kvonce"
+    for name in ["inventory.ndjson", "orders.ndjson", "orders.billing.ndjson", "orders.inventory", ".x.inventory.ndjson",
+                 "orders.Inventory.ndjson"]:
+        assert drops.domain_in_name(name, installed) is None, name

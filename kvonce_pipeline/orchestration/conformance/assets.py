@@ -3,7 +3,9 @@
 Built by a factory so the same graph exists twice: unpartitioned for the CI job and the UI, and
 (with a key prefix and dynamic partitions) once per dropped payload.
 
-The four assets are one ``@multi_asset`` (``can_subset=False``): one Dagster step that does what
+The four assets are one ``@multi_asset`` (not subsettable: the CI graph is, only so that its outputs may
+be absent in ``trace_conformance_job``, and refuses a partial selection itself; see
+:attr:`ConformanceHooks.may_skip`): one Dagster step that does what
 ``kvonce conformance`` does, one pass over the decoded events writing the events, the state
 sequence, the projection and the report (:func:`kvonce_pipeline.domains.kvonce.own_pass.stages.write_artifacts`), after
 collecting the payload. Four steps used to read the data four times (a second whole parse of the
@@ -94,12 +96,24 @@ class EventObserver(Protocol):
 
 
 class ConformanceHooks:
-    """What a variant of the graph adds to the stages; this base class adds nothing (the CI job).
+    """What a variant of the graph adds to the stages; this base class adds nothing.
 
     The drop-folder variant (:mod:`kvonce_pipeline.orchestration.drops.assets`) uses it to put the
     source's lineage on every materialization, to judge a payload against the cumulative store and
-    to write the partition's envelope, without a second copy of the stage code.
+    to write the partition's envelope, without a second copy of the stage code. The CI graph's
+    (:mod:`kvonce_pipeline.orchestration.domains.kvonce_part`) steps aside in ``trace_conformance_job``
+    for a payload of other domains only.
     """
+
+    #: The step may materialize nothing (:meth:`absent`): its outputs are then optional, which Dagster
+    #: 1.13 allows for a multi-asset's checks only when it is subsettable (the step refuses a subset).
+    may_skip: bool = False
+
+    def absent(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path,
+               out_dir: Path) -> str | None:
+        """Why this run has no KvOnce part in ``source`` (the step then materializes nothing), or None:
+        check it (the default; only a hooks class with :attr:`may_skip` may say otherwise)."""
+        return None
 
     def code_version(self, asset_name: str, base: str) -> str:
         """The asset's code version; a variant that runs more code folds that code in."""
@@ -336,7 +350,8 @@ def build_conformance_assets(
 
     def spec(name: str, deps: Sequence[str], kind: str, description: str) -> dg.AssetSpec:
         return dg.AssetSpec(keys[name], deps=[keys[d] for d in deps], code_version=versions[name],
-                            description=description, kinds={"python", kind}, group_name=group_name)
+                            description=description, kinds={"python", kind}, group_name=group_name,
+                            skippable=hooks.may_skip)
 
     specs = [
         spec(COLLECTED, [], "json",
@@ -354,12 +369,17 @@ def build_conformance_assets(
         name="__".join([*prefix, STEP_NAME]),
         specs=specs,
         check_specs=check_specs,
-        can_subset=False,
+        can_subset=hooks.may_skip,
         partitions_def=partitions_def,
         description="Collect the payload, then one pass over its events writes events, projection, state "
                     "sequence and report (as `kvonce conformance` does); materializes all four assets.",
     )
     def conformance_pass(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> Iterator[Any]:
+        if hooks.may_skip and set(context.selected_asset_keys) != set(keys.values()):
+            # subsettable only so that its outputs may be absent: one pass writes every file
+            raise dg.Failure(description="the KvOnce graph is materialized as a whole: select all of "
+                                         f"{', '.join(k.to_user_string() for k in keys.values())}",
+                             allow_retries=False)
         yield from _run(context, kvonce, keys=keys, hooks=hooks, payload_for=payload_for, output_for=output_for,
                         parallel=parallel)
 
@@ -368,7 +388,7 @@ def build_conformance_assets(
 
 def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
          hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
-         parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+         parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     try:
         yield from _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
                          output_for=output_for, parallel=parallel)
@@ -378,12 +398,18 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
 
 def _step(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
           hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
-          parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+          parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     """The step: collect, one pass, the checks, then the four materializations in graph order."""
     out_dir = output_for(context, settings)
     clock = _Clock()
     try:
         source = payload_for(context, settings)
+        absent = hooks.absent(context, settings, source, out_dir)
+        if absent is not None:
+            context.log.info(f"nothing to check for KvOnce: {absent}; nothing materialized")
+            for key in keys.values():  # each asset's history says why this run left it alone
+                yield dg.AssetObservation(asset_key=key, metadata={"skipped": absent, "source": str(source)})
+            return
         context.log.info(f"collecting {source}")
         use_parallel = conformance.use_parallel(source, parallel)
         collecting = _Collecting(source, out_dir / artifacts.COLLECTED, settings, use_worker=use_parallel)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ..domains.kvonce_part import trace_job_hooks
 from .assets import build_conformance_assets
 
-conformance_assets = build_conformance_assets()
+#: Its hooks add nothing in ``kvonce_conformance_job``; in ``trace_conformance_job`` the step steps aside
+#: for a payload of other domains only (see :mod:`kvonce_pipeline.orchestration.domains.kvonce_part`).
+conformance_assets = build_conformance_assets(hooks=trace_job_hooks)
 
 #: The CI path: ``dagster job execute -m kvonce_pipeline -j kvonce_conformance_job`` exits non-zero
 #: when the payload violates KvOnce (the step fails with the verdict, ``kvonce_validation`` is not

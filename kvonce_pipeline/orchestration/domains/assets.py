@@ -52,13 +52,17 @@ fails, ``dagster job execute`` exits 1, and ``python -m kvonce_pipeline.orchestr
 --job <name>_conformance_job`` tells violations (1) from unusable input (2) by the failure's
 ``verdict`` metadata.
 
-KvOnce in ``trace_conformance_job``: its CI multi-asset runs unchanged, and it cannot be skipped (its
-four outputs are required and its step is the one ``kvonce_conformance_job`` runs). So a payload
-without KvOnce spans fails that step as unusable input ("no kvonce events") and the run exits 1,
-although every other domain's group is checked and materialized (they do not depend on it). The
-``trace-summary.json`` of the run says what ``kvonce conformance`` says for the same payload (KvOnce
-left out, exit code of the domains present). Use ``<name>_conformance_job`` in CI for a payload that
-never carries KvOnce spans.
+KvOnce in ``trace_conformance_job``: its CI multi-asset (the one ``kvonce_conformance_job`` runs) steps
+aside, materializing nothing, for a payload that carries other domains' spans and no KvOnce spans, or
+an NDJSON event log of another domain (``ndjson_domain``), and logs and records why; a payload of no
+installed domain still fails there as unusable input, so nothing-checked never passes (see
+:mod:`kvonce_pipeline.orchestration.domains.kvonce_part`, which also says why this shape). The run fails
+when any domain's step fails: the worst verdict across the domains, which ``run_verdict --job
+trace_conformance_job`` reports (3 over 2 over 1) and ``trace-summary.json``'s ``aggregate`` records.
+
+An NDJSON event log names no domain: :func:`ndjson_domain` says whose it is (run config ``ndjson_domain``
+of ``collected_otlp``, else the job's own domain, else ``KVONCE_NDJSON_DOMAIN``, else KvOnce), as
+``kvonce conformance --domain`` does.
 
 ``trace_summary`` depends only on ``collected_otlp`` and runs last in ``trace_conformance_job`` by its
 step priority (the job uses the in-process executor, which runs ready steps by priority). Why not a
@@ -140,7 +144,8 @@ class CollectConfig(dg.Config):
     """How ``collected_otlp`` reads a payload that does not say its domain."""
 
     #: the domain an NDJSON event log holds (``kvonce conformance --domain``); unset: the job's domain in
-    #: ``<name>_conformance_job``, else the default domain (KvOnce)
+    #: ``<name>_conformance_job``, else the ``kvonce`` resource's ``ndjson_domain`` (``KVONCE_NDJSON_DOMAIN``),
+    #: else the default domain (KvOnce). KvOnce's step in ``trace_conformance_job`` reads it too.
     ndjson_domain: str | None = None
 
 
@@ -226,7 +231,7 @@ def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
     try:
         source = kvonce.resolve_payload()
         context.log.info(f"collecting {source}")
-        collected = collect_as_otlp(source, destination, kvonce, config.ndjson_domain or _job_domain(context))
+        collected = collect_as_otlp(source, destination, kvonce, ndjson_domain(context, kvonce, config.ndjson_domain))
         domains = mentioned_domains(collected.path, kvonce.limits())
         source_sha = collected.sha256 if not collected.converted else sha256_file(source)
     except InputError as error:
@@ -251,15 +256,36 @@ def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
     )
 
 
-def _job_domain(context: dg.AssetExecutionContext) -> str:
-    """The domain whose own job this run is (``<name>_conformance_job``), else the default domain.
+def _own_job_domain(context: dg.AssetExecutionContext) -> str | None:
+    """The domain whose own job this run is (``<name>_conformance_job``), if it is one.
 
     Why from the job's name rather than job-level default config: a run config given by the user (the
     launchpad, ``-c``) replaces a job's default config whole, so it would silently drop the default."""
     for name, domain in registry.installed().items():
         if domain.runner is None and context.job_name == job_name(domain):
             return name
-    return registry.DEFAULT_DOMAIN
+    return None
+
+
+def _job_domain(context: dg.AssetExecutionContext) -> str:
+    """The domain whose own job this run is, else the default domain."""
+    return _own_job_domain(context) or registry.DEFAULT_DOMAIN
+
+
+def configured_ndjson_domain(context: dg.AssetExecutionContext) -> str | None:
+    """``ndjson_domain`` as this run's config gives it to ``collected_otlp`` (any step of the run can read
+    it: KvOnce's step in ``trace_conformance_job`` must know what the log is without waiting for that step)."""
+    value: Any = context.run.run_config or {}
+    for name in ("ops", COLLECTED_KEY.path[-1], "config", "ndjson_domain"):
+        value = value.get(name) if isinstance(value, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def ndjson_domain(context: dg.AssetExecutionContext, settings: KvonceSettings, configured: str | None = None) -> str:
+    """The domain an NDJSON event log of this run holds, as ``kvonce conformance --domain`` says it: the
+    run config's ``ndjson_domain`` (``configured``), else the domain whose own job this is, else the
+    resource's ``ndjson_domain`` (``KVONCE_NDJSON_DOMAIN``), else the default domain (KvOnce, as the CLI)."""
+    return configured or _own_job_domain(context) or settings.ndjson_domain or registry.DEFAULT_DOMAIN
 
 
 def _collected_record(context: dg.AssetExecutionContext, key: dg.AssetKey = COLLECTED_KEY) -> dict[str, Any]:

@@ -33,14 +33,36 @@ or NDJSON payload's clear KvOnce error. Every other drop runs ``trace_drop_job``
 groups it carries (plus KvOnce's drop graph when it carries KvOnce spans), so an Inventory-only
 drop no longer launches a KvOnce run that can only fail with "no kvonce events".
 
+An NDJSON event log names no domain, so the scan finds none in it: a log of another domain is
+dropped under a name that says whose it is, ``<stem>.<domain>.ndjson`` (``.gz`` allowed; see
+:func:`~kvonce_pipeline.engine.drops.domain_in_name`), and :func:`ndjson_drop_domain` routes it to that
+domain's drop group; ``drops/collected_otlp`` reads it through that domain's mapping. Every other
+NDJSON drop is KvOnce's, exactly as before (a log named ``<stem>.kvonce.ndjson`` too). Why a name and
+not sniffing the events' types against each domain's: a KvOnce log with a typo'd type, or a type two
+domains share, would be routed by a guess; the name is the user's word, and a wrong one shows in the
+run's tags (``kvonce/domains``) and fails that domain's run with its findings.
+
 The scan's cost, per new file, on top of the sensor's hash of it: a KvOnce-only payload (no other
 domain's name to find, so the whole file is read) of 100 MB OTLP/JSON (``kvonce generate --events
 200000 --keys 20000 --format otlp-json``), from the page cache, medians of 5: hash 0.08 s, scan 0.07 s;
 the same file gzipped (12.6 MB, ``gzip -1``): scan 0.24 s, as it reads the inflated bytes. A payload
-that names every installed domain near its start costs one 8 MiB read. The tick's hashing budget
-bounds the files' bytes, not their inflated size: a tick full of highly compressed files scans
-longer (about 2.4 s per GB inflated here; a full 2 GiB budget of 8:1 files would take some 40 s of
-the sensor's 60 s), which is a known limit of this design, not yet a per-tick scan budget.
+that names every installed domain near its start costs one 8 MiB read.
+
+The tick's hashing budget bounds the files' bytes, not their inflated size, and a gzip file's scan
+reads its inflated bytes (about 2.4 s per GB on an idle machine here, 4.3 s on a busy one): a full
+2 GiB hashing budget of 8:1 files would scan some 40 s of the sensor's 60 s. So the scans of one tick
+have a budget of their own (:class:`ScanBudget`, ``MAX_SCANNED_BYTES_PER_TICK`` = 2 GiB inflated, in
+8 MiB reads) beyond the tick's first file, which is always read to its end so that every tick makes
+progress: once the budget is spent, the file being scanned and every new file after it wait for the
+next tick (not registered, not remembered as handled; the next tick hashes them again, which costs
+0.08 s per 100 MB, and scans them first). One file alone is bounded only by the input limits
+(``KVONCE_MAX_DROP_FILE_BYTES`` on disk, ``KVONCE_MAX_COMPRESSION_RATIO`` and
+``KVONCE_MAX_DECOMPRESSED_BYTES`` inflated): a 256 MiB gzip file of a 30:1 trace scans about 7.5 GiB.
+Measured with ``benchmarks/drop_tick_scan.py --files 100`` (a full tick: 100 gzip files of a KvOnce
+trace, 10.1 MiB each, 95.7 MiB inflated, 9.5:1; the real sensor function on an ephemeral instance):
+without the scan budget one tick of 22.9 s read 9.4 GiB inflated; with it the slowest of 5 ticks took
+5.4 s (2.0 GiB read), all five 24.0 s (the files left over are hashed again and the scan that ran out
+is read again from its start: 5 % more work in all, for a bounded tick).
 """
 
 
@@ -53,8 +75,10 @@ from pathlib import Path
 import dagster as dg
 
 from ...engine import drops, registry
+from ...engine.decode.reader import InputFormat, detect_format, open_payload
 from ...engine.domain import Domain
 from ...engine.errors import ConfigError, InputError
+from ...engine.limits import Limits
 from ..domains import assets as domain_assets
 from ..domains.assets import (COLLECTED_FILE, Placement, build_domain_assets, build_trace_summary, collect_as_otlp,
                               mentioned_domains, unusable_failure)
@@ -83,6 +107,63 @@ def _generic(domains: dict[str, Domain] | None = None) -> list[Domain]:
     return [d for d in (registry.installed() if domains is None else domains).values() if d.runner is None]
 
 
+def ndjson_drop_domain(path: Path, name: str, limits: Limits, hint: str = "auto") -> str | None:
+    """The generic domain a dropped NDJSON event log is named for (``<stem>.<domain>.ndjson``); None for
+    any other drop (an OTLP payload names its domains itself; an NDJSON log named for no domain, or for
+    KvOnce, is KvOnce's as before). Raises :class:`InputError` when the file cannot be read."""
+    named = drops.domain_in_name(name, registry.installed())
+    if named is None or named == registry.DEFAULT_DOMAIN:
+        return None
+    detected, _ = detect_format(path, hint=hint, limits=limits)
+    return named if detected is InputFormat.NDJSON else None
+
+
+class OverBudget(Exception):
+    """This tick's scan budget ran out inside a file: the file waits for the next tick."""
+
+
+@dataclass
+class ScanBudget:
+    """The inflated bytes the sensor's domain scans may still read in this tick (see the module).
+
+    The first file scanned in a tick is read to its end whatever it costs (its input limits bound it),
+    so that every tick makes progress; the files after it only while the budget lasts."""
+
+    remaining: int
+    first: bool = True
+    #: inflated bytes read by this tick's scans (the log's and the benchmark's figure)
+    read: int = 0
+
+
+def mentioned_within(path: Path, limits: Limits, budget: ScanBudget,
+                     domains: dict[str, Domain] | None = None) -> list[str]:
+    """:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, counting the inflated bytes
+    it reads against ``budget``; raises :class:`OverBudget` when they pass it (not in the tick's first file).
+
+    The same scan as the engine's ``payload_mentions`` (8 MiB reads, gzip read through, a needle may span
+    two reads, it stops once every name was seen), written out here because that function cannot say how
+    much it inflated nor stop part way."""
+    installed = registry.installed() if domains is None else domains
+    needles = {(domain.definition.prefix + "type").encode(): name for name, domain in installed.items()}
+    unbounded, budget.first = budget.first, False
+    found: set[bytes] = set()
+    tail = max((len(n) for n in needles), default=1) - 1
+    carry = b""
+    with open_payload(path, limits) as (stream, _compressed):
+        while len(found) < len(needles):
+            chunk = stream.read(8 * 1024 * 1024)
+            if not chunk:
+                break
+            budget.read += len(chunk)
+            budget.remaining -= len(chunk)
+            if budget.remaining < 0 and not unbounded:
+                raise OverBudget(path)
+            window = carry + chunk
+            found.update(needle for needle in needles if needle not in found and needle in window)
+            carry = window[-tail:] if tail else b""
+    return [name for needle, name in needles.items() if needle in found]
+
+
 def _source_of(context: dg.AssetExecutionContext, settings: KvonceSettings) -> drops.DropFile:
     tags = context.run.tags
     size = tags.get(TAG_BYTES, "")
@@ -108,7 +189,8 @@ def drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSetting
     found: drops.DropFile | None = None
     try:
         found = _source_of(context, kvonce)
-        collected = collect_as_otlp(copy, folder / COLLECTED_FILE, kvonce, registry.DEFAULT_DOMAIN)
+        named = drops.domain_in_name(found.name, registry.installed())  # only an NDJSON log's mapping uses it
+        collected = collect_as_otlp(copy, folder / COLLECTED_FILE, kvonce, named or registry.DEFAULT_DOMAIN)
         carried = mentioned_domains(collected.path, kvonce.limits())
     except InputError as error:
         if found is not None and error.source == str(copy):  # the user knows their file, not our copy

@@ -12,16 +12,18 @@ Exactly once, by three independent guards:
 Partitions are registered and runs requested in one ``SensorResult``, which Dagster applies all or
 nothing. An unreadable payload's run fails once (its error names the file and line or span, and
 its partition folder gets an envelope with status ``unusable``); the guards above mean it is never
-retried, and the file itself is never touched. Work per tick is bounded (files and bytes hashed) so
-a tick stays far inside the 60 s sensor timeout; what is left waits for the next tick.
+retried, and the file itself is never touched. Work per tick is bounded (files and bytes hashed, and the
+inflated bytes the domain scans read: :data:`MAX_SCANNED_BYTES_PER_TICK`) so a tick stays far inside the
+60 s sensor timeout; what is left waits for the next tick, in name order, and is taken exactly once.
 
 Per domain: each new payload is scanned once for the installed domains' attribute names
-(:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, a byte scan that stops
+(:func:`~kvonce_pipeline.orchestration.drops.domains.mentioned_within`, a byte scan that stops
 as soon as every name was seen). A payload naming no generic domain gets exactly the KvOnce run it
 always got (``kvonce_drop_job``); any other gets one ``trace_drop_job`` run limited to the drop groups
 of the domains it carries, KvOnce's drop graph included only if it carries KvOnce spans (see
 :mod:`kvonce_pipeline.orchestration.drops.domains`). Same partition, run key and tags either way,
-plus ``kvonce/domains``.
+plus ``kvonce/domains``. An NDJSON event log names no domain: one named ``<stem>.<domain>.ndjson`` is that
+domain's (:func:`~kvonce_pipeline.orchestration.drops.domains.ndjson_drop_domain`), any other is KvOnce's.
 """
 
 
@@ -33,11 +35,11 @@ import orjson
 
 from ...engine import drops
 from ...engine.errors import InputError
-from ..domains.assets import mentioned_domains
 from .assets import (DROP_JUDGED_KEY, PARTITIONS_NAME, TAG_ARRIVED, TAG_BYTES, TAG_NAME, TAG_SCOPE, TAG_SHA, drop_partitions,
                           kvonce_drop_job, kvonce_store_job)
 from ..resources import KvonceSettings
-from .domains import TAG_DOMAINS, selection_for, trace_drop_job
+from .domains import (TAG_DOMAINS, OverBudget, ScanBudget, mentioned_within, ndjson_drop_domain, selection_for,
+                      trace_drop_job)
 
 CURSOR_VERSION = 1
 
@@ -52,6 +54,9 @@ def _interval_seconds() -> int:
 MINIMUM_INTERVAL_SECONDS = _interval_seconds()
 MAX_FILES_PER_TICK = 100
 MAX_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
+#: Inflated bytes the domain scans of one tick may read (beyond its first file's): a gzip file's scan reads
+#: its inflated bytes, which ``MAX_BYTES_PER_TICK`` (file bytes) does not bound.
+MAX_SCANNED_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
 
 
 def load_cursor(raw: str | None) -> dict[str, Any]:
@@ -74,11 +79,17 @@ def _latest_validation_storage_id(instance: dg.DagsterInstance) -> int:
     return records[0].storage_id if records else 0
 
 
-def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce: KvonceSettings) -> list[str]:
-    """The installed domains the payload names. A file that cannot be scanned (gone, over a limit, a
-    broken gzip) is routed to KvOnce's run, whose failure names the file and what is wrong, as before."""
+def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce: KvonceSettings,
+             budget: ScanBudget) -> list[str]:
+    """The installed domains the payload names, or the one its name names for an NDJSON event log
+    (``<stem>.<domain>.ndjson``). A file that cannot be scanned (gone, over a limit, a broken gzip) is
+    routed to KvOnce's run, whose failure names the file and what is wrong, as before. Raises
+    :class:`OverBudget` when this tick's scan budget runs out in the file."""
     try:
-        return mentioned_domains(found.path, kvonce.limits())
+        named = ndjson_drop_domain(found.path, found.name, kvonce.limits(), kvonce.input_format)
+        if named is not None:
+            return [named]
+        return mentioned_within(found.path, kvonce.limits(), budget)
     except (InputError, OSError) as exc:
         context.log.warning(f"{found.label}: cannot scan for its domains ({exc}); routed as a KvOnce payload")
         return []
@@ -112,19 +123,31 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
                   for key in context.instance.get_dynamic_partitions(PARTITIONS_NAME)}
     new_keys: list[str] = []
     requests: list[dg.RunRequest] = []
+    budget = ScanBudget(MAX_SCANNED_BYTES_PER_TICK)
+    #: new files left for the next tick once the scan budget ran out (name -> [size, mtime_ns]): not
+    #: registered, not in ``files``, so the next tick takes them again (as settled: ``waiting``)
+    deferred: dict[str, list[int]] = {}
     for found in scan.ready:
         key = found.partition_key
         content = (found.scope, found.sha256[:drops.SHA_PREFIX])
         seen_as = by_content.get(content)
-        files[found.label] = [found.size, found.mtime_ns, seen_as or key]
         if seen_as is not None:
+            files[found.label] = [found.size, found.mtime_ns, seen_as]
             context.log.info(f"{found.label}: same content as partition {seen_as}, already processed; no new run")
             continue
+        if deferred:  # in name order: once one waits, the rest wait with it
+            deferred[found.label] = list(found.fingerprint())
+            continue
+        try:
+            carried = _carried(context, found, kvonce, budget)
+        except OverBudget:
+            deferred[found.label] = list(found.fingerprint())
+            continue
+        files[found.label] = [found.size, found.mtime_ns, key]
         by_content[content] = key
         new_keys.append(key)
         tags = {TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
                 TAG_ARRIVED: found.arrived_at, TAG_SCOPE: found.scope}
-        carried = _carried(context, found, kvonce)
         selection = selection_for(carried)
         if selection is None:  # no generic domain: KvOnce's run, exactly as before the domains existed
             requests.append(dg.RunRequest(job_name=kvonce_drop_job.name, partition_key=key, run_key=key, tags=tags))
@@ -133,7 +156,8 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
                                           asset_selection=selection.assets, asset_check_keys=selection.checks,
                                           tags={**tags, TAG_DOMAINS: ",".join(carried)}))
         context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes; "
-                         f"domains: {', '.join(carried) or 'none found, read as kvonce'})")
+                         f"domains: {', '.join(carried) or 'none found, read as kvonce'})"
+                         + ("" if carried else "; an NDJSON log of another domain is named <stem>.<domain>.ndjson"))
     refused: dict[str, list[int]] = {}
     for refusal in scan.refused:
         fingerprint = list(refusal.fingerprint())
@@ -145,11 +169,15 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
     if latest > store_seen:
         requests.append(dg.RunRequest(job_name=kvonce_store_job.name, run_key=f"store-{latest}"))
         store_seen = latest
-    waiting = {name: list(fingerprint) for name, fingerprint in scan.seen_waiting.items()}
+    if deferred:
+        context.log.info(f"{len(deferred)} new file(s) wait for the next tick: this tick's domain scans read "
+                         f"{budget.read} inflated bytes (budget {MAX_SCANNED_BYTES_PER_TICK} after the first file)")
+    waiting = {name: list(fingerprint) for name, fingerprint in scan.seen_waiting.items()} | deferred
     new_cursor = orjson.dumps({"v": CURSOR_VERSION, "files": files, "refused": refused, "waiting": waiting,
                                "store_seen": store_seen}).decode()
     if not requests:
         note = f"; {len(scan.waiting)} file(s) not settled yet" if scan.waiting else ""
+        note += f"; {len(deferred)} file(s) wait for the next tick's scan budget" if deferred else ""
         return dg.SensorResult(skip_reason=f"no new payload in {root}{note}", cursor=new_cursor)
     return dg.SensorResult(
         run_requests=requests,

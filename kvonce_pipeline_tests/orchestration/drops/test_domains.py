@@ -18,6 +18,7 @@ from kvonce_pipeline.engine import drops, registry
 from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.domains.kvonce import envelope
 from kvonce_pipeline.engine.domain_decode import read_domain_events
+from kvonce_pipeline.engine.limits import Limits
 from kvonce_pipeline.engine.domain import Domain, DomainEvent
 from kvonce_pipeline.engine.domain_render import requests as render_requests
 from kvonce_pipeline.engine.payload import PayloadRequest, check_payload
@@ -277,3 +278,68 @@ def test_a_template_made_domain_gets_a_drop_group_without_any_change(toy: Domain
     assert {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()} == {
         "drops/collected_otlp", "drops/toy_events", "drops/toy_projection", "drops/toy_validation", SUMMARY}
     assert (reports_dir / "trace" / key / "toy" / "toy-validation.json").is_file()
+
+
+# --- NDJSON event logs of another domain -------------------------------------------------------
+
+INVENTORY_NDJSON = INVENTORY_OTLP.parent / "violations.ndjson"
+
+
+@pytest.mark.parametrize("label", ["stock.inventory.ndjson", "svc/stock.inventory.ndjson.gz"])
+def test_an_ndjson_log_named_for_inventory_is_checked_as_inventory(instance, settings, drop_dir, reports_dir,
+                                                                    tmp_path, label) -> None:
+    raw = INVENTORY_NDJSON.read_bytes()
+    data = gzip.compress(raw, mtime=0) if label.endswith(".gz") else raw
+    scope, _, name = label.rpartition("/")
+    (drop_dir / scope).mkdir(exist_ok=True)
+    dropped = put(drop_dir / scope, name, data)
+    [request] = drop_runs(tick(instance, settings))
+    key = drops.partition_key_for(name, hashlib.sha256(data).hexdigest(), scope or drops.DEFAULT_SCOPE)
+    assert (request.job_name, request.partition_key) == ("trace_drop_job", key)
+    assert request.tags[drop_domains.TAG_DOMAINS] == "inventory" and request.tags[TAG_SCOPE] == (scope or "default")
+    assert {k.to_user_string() for k in request.asset_selection} == {"drops/collected_otlp", *INVENTORY, SUMMARY}
+    run = launch(instance, settings, request)
+    assert not run.success, "the log violates Inventory"
+    assert [c for c, passed in checks(run).items() if not passed] == [("drops/inventory_validation",
+                                                                       "inventory_conformance")]
+    collected = next(e for e in run.get_asset_materialization_events()
+                     if e.asset_key == drop_domains.DROP_COLLECTED_KEY).materialization.metadata
+    assert collected["source_format"].value == "ndjson" and collected["domains"].value == ["inventory"]
+    folder = reports_dir / "trace" / key
+    assert not (folder / artifacts.VALIDATION).exists(), "nothing of KvOnce's"
+    # the same report as `kvonce conformance --domain inventory` on the dropped file, findings on its lines
+    cli = tmp_path / "cli"
+    assert check_payload(PayloadRequest(dropped, cli, domains=("inventory",))).exit_code == 1
+    for name in ["inventory-validation.json", "inventory-events.ndjson", "inventory-summary.md"]:
+        assert (folder / "inventory" / name).read_bytes() == (cli / "inventory" / name).read_bytes(), name
+    report = orjson.loads((folder / "inventory" / "inventory-validation.json").read_bytes())
+    assert report["valid"] is False and any(i.get("origin", "").startswith("line ") for i in report["issues"])
+
+
+def test_ndjson_logs_not_named_for_another_domain_are_kvonces_exactly_as_before(instance, settings, drop_dir,
+                                                                                reports_dir) -> None:
+    kvonce_log = (SAMPLES / "kvonce-sample.ndjson").read_bytes()
+    put(drop_dir, "kv.ndjson", kvonce_log)
+    put(drop_dir, "kv2.kvonce.ndjson", kvonce_log + b"\n")  # named for KvOnce: the same as unnamed
+    put(drop_dir, "stock.ndjson", INVENTORY_NDJSON.read_bytes())  # named for nobody: read as KvOnce's
+    put(drop_dir, "typo.inventroy.ndjson", INVENTORY_NDJSON.read_bytes() + b"\n")  # no such domain
+    # an OTLP document is routed by what it carries, whatever its name says
+    put(drop_dir, "otlp.inventory.json", (SAMPLES / "kvonce-otlp.json").read_bytes())
+    requests = {r.tags[TAG_NAME]: r for r in drop_runs(tick(instance, settings))}
+    assert {name: r.job_name for name, r in requests.items()} == {
+        "kv.ndjson": "kvonce_drop_job", "kv2.kvonce.ndjson": "kvonce_drop_job", "stock.ndjson": "kvonce_drop_job",
+        "typo.inventroy.ndjson": "kvonce_drop_job", "otlp.inventory.json": "kvonce_drop_job"}
+    assert all(r.asset_selection is None and drop_domains.TAG_DOMAINS not in r.tags for r in requests.values())
+    run = launch(instance, settings, requests["kv.ndjson"])
+    assert run.success and materialized(run) == KVONCE
+    report = orjson.loads((reports_dir / "trace" / requests["kv.ndjson"].partition_key /
+                           artifacts.VALIDATION).read_bytes())
+    assert report["valid"] is True and report["summary"]["input"]["format"] == "ndjson"
+
+
+def test_only_an_ndjson_log_is_routed_by_its_name(tmp_path) -> None:
+    log = put(tmp_path, "a.inventory.ndjson", INVENTORY_NDJSON.read_bytes())
+    assert drop_domains.ndjson_drop_domain(log, log.name, Limits()) == "inventory"
+    otlp = put(tmp_path, "b.inventory.json", INVENTORY_OTLP.read_bytes())
+    assert drop_domains.ndjson_drop_domain(otlp, otlp.name, Limits()) is None, "OTLP names its own"
+    assert drop_domains.ndjson_drop_domain(log, "a.kvonce.ndjson", Limits()) is None

@@ -1,6 +1,7 @@
 """End to end: the real ``dagster dev`` (webserver and daemon) routes each dropped payload to its domains.
 
-Three payloads are dropped before start: KvOnce only, Inventory only, and both in one document. The
+Four payloads are dropped before start: KvOnce only, Inventory only, both in one document, and an
+Inventory NDJSON event log named for its domain (``stock.inventory.ndjson``). The
 daemon's sensor must launch exactly one run per payload, through the real launcher: KvOnce's
 ``kvonce_drop_job`` for the first, ``trace_drop_job`` limited to the domains it carries for the others
 (the asset and check selection the GraphQL API reports), and each run must succeed and leave each
@@ -99,7 +100,9 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
 #: The mixed payload carries the KvOnce sample's keys again: in the same scope the KvOnce store would
 #: (rightly) judge one of the two payloads a second write, so it is dropped into its own scope.
 PAYLOADS = {"kv.json": (SAMPLES / "kvonce-otlp.json").read_bytes(), "inv.json": INVENTORY_OTLP.read_bytes(),
-            "svc2/both.json": mixed()}
+            "svc2/both.json": mixed(),
+            # an Inventory NDJSON event log, named for its domain (an event log names none itself)
+            "stock.inventory.ndjson": (INVENTORY_OTLP.parent / "inventory-sample.ndjson").read_bytes()}
 
 
 def test_dagster_dev_launches_one_run_per_drop_limited_to_its_domains(dagster_dev) -> None:
@@ -125,14 +128,14 @@ def test_dagster_dev_launches_one_run_per_drop_limited_to_its_domains(dagster_de
     assert set(by_partition) == set(keys.values())
     assert {name: (by_partition[key]["jobName"], by_partition[key]["status"]) for name, key in keys.items()} == {
         "kv.json": ("kvonce_drop_job", "SUCCESS"), "inv.json": ("trace_drop_job", "SUCCESS"),
-        "svc2/both.json": ("trace_drop_job", "SUCCESS")}
+        "svc2/both.json": ("trace_drop_job", "SUCCESS"), "stock.inventory.ndjson": ("trace_drop_job", "SUCCESS")}
 
     def selected(name: str) -> set[str]:
         return {"/".join(a["path"]) for a in by_partition[keys[name]]["assetSelection"] or []}
 
     inventory = {"drops/collected_otlp", "drops/inventory_events", "drops/inventory_projection",
                  "drops/inventory_validation", "drops/trace_summary"}
-    assert selected("inv.json") == inventory
+    assert selected("inv.json") == inventory and selected("stock.inventory.ndjson") == inventory
     assert selected("svc2/both.json") == inventory | {"drops/collected_kvonce_otlp", "drops/kvonce_events",
                                                  "drops/kvonce_projection", "drops/kvonce_validation"}
     checks = {("/".join(c["assetKey"]["path"]), c["name"])
@@ -145,3 +148,5 @@ def test_dagster_dev_launches_one_run_per_drop_limited_to_its_domains(dagster_de
     assert json.loads((trace / keys["inv.json"] / "inventory" / "inventory-validation.json").read_text())["valid"]
     assert json.loads((trace / keys["svc2/both.json"] / "inventory" / "inventory-validation.json").read_text())["valid"]
     assert json.loads((trace / keys["svc2/both.json"] / ENVELOPE).read_text())["valid"] is True
+    log_report = json.loads((trace / keys["stock.inventory.ndjson"] / "inventory" / "inventory-validation.json").read_text())
+    assert log_report["valid"] and log_report["summary"]["input"]["format"] == "ndjson"

@@ -503,3 +503,34 @@ def test_a_violating_payload_alone_still_asks_for_the_store(instance, settings, 
     assert not run.success
     after = tick(instance, settings, cursor.cursor)
     assert [r.job_name for r in after.run_requests or []] == ["kvonce_store_job"]
+
+
+def test_a_tick_scans_a_bounded_number_of_inflated_bytes_and_the_rest_waits_its_turn(
+        instance, settings, drop_dir, monkeypatch, sample_otlp) -> None:
+    """Gzip files inflate to more than the tick's file-byte budget counts: the domain scans stop at their
+    own budget of inflated bytes (here 4 MiB; files of 6.3 MiB inflated, 3.2 MiB on disk), beyond each
+    tick's first file, and the files left wait for the next tick, each still taken exactly once."""
+    import gzip
+
+    from kvonce_pipeline.orchestration.drops import sensors
+
+    monkeypatch.setattr(sensors, "MAX_SCANNED_BYTES_PER_TICK", 4 * 1024 * 1024)
+    base = sample_otlp.read_bytes()
+    names = ["a.json.gz", "b.json.gz", "c.json.gz"]
+    for name in names:  # random hex after the document: a 2:1 ratio, as the scan must read it all
+        put(drop_dir, name, gzip.compress(base + b" " + os.urandom(3 * 1024 * 1024).hex().encode(), 1))
+    cursor = None
+    taken: list[list[str]] = []
+    for _ in range(3):
+        result = tick(instance, settings, cursor)
+        apply(instance, result)
+        cursor = result.cursor
+        taken.append([r.tags[TAG_NAME] for r in result.run_requests or [] if r.partition_key is not None])
+    assert taken == [["a.json.gz"], ["b.json.gz"], ["c.json.gz"]]
+    assert len(instance.get_dynamic_partitions(PARTITIONS_NAME)) == 3
+    assert sorted(orjson.loads(cursor)["files"]) == names and orjson.loads(cursor)["waiting"] == {}
+    assert tick(instance, settings, cursor).run_requests in (None, [])  # nothing is taken twice
+    # with the default budget one tick takes all three, as before
+    monkeypatch.undo()
+    with dg.DagsterInstance.ephemeral() as fresh:
+        assert len(tick(fresh, settings).run_requests or []) == 3
