@@ -20,7 +20,7 @@ The JSON types of fields are not judged here: the pass reports a wrong one as a 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,12 +376,14 @@ def _delimited(stream: Any, source: str, stats: DecodeStats, decoder: ProtoAnyVa
         offset += len(message.resource_spans)
 
 
-def payload_mentions(path: str | os.PathLike[str], needles: Sequence[bytes], limits: Limits) -> set[bytes]:
+def payload_mentions(path: str | os.PathLike[str], needles: Sequence[bytes], limits: Limits, *,
+                     on_read: Callable[[int], None] | None = None) -> set[bytes]:
     """Which of ``needles`` occur in the payload's bytes (after gunzip): a quick scan that decides
     which domains' decoders need to run at all. A needle found in a value only costs a decode that
     finds no event. An attribute name is stored as its bytes in protobuf and in JSON as exporters
     write it; a name spelled with JSON escapes (``\\u002e`` for a dot) is missed, which ``--domain``
-    overrides. Stops reading as soon as every needle is found."""
+    overrides. Stops reading as soon as every needle is found. ``on_read(n)`` is told each read's
+    inflated size (a caller with a budget raises from it to stop the scan)."""
     found: set[bytes] = set()
     tail = max((len(n) for n in needles), default=1) - 1
     carry = b""
@@ -390,6 +392,8 @@ def payload_mentions(path: str | os.PathLike[str], needles: Sequence[bytes], lim
             chunk = stream.read(8 * 1024 * 1024)
             if not chunk:
                 break
+            if on_read is not None:
+                on_read(len(chunk))
             window = carry + chunk
             for needle in needles:
                 if needle not in found and needle in window:

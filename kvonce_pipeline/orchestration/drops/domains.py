@@ -75,7 +75,8 @@ from pathlib import Path
 import dagster as dg
 
 from ...engine import drops, registry
-from ...engine.decode.reader import InputFormat, detect_format, open_payload
+from ...engine.decode.reader import InputFormat, detect_format
+from ...engine.domain_decode import payload_mentions
 from ...engine.domain import Domain
 from ...engine.errors import ConfigError, InputError
 from ...engine.limits import Limits
@@ -138,29 +139,18 @@ class ScanBudget:
 def mentioned_within(path: Path, limits: Limits, budget: ScanBudget,
                      domains: dict[str, Domain] | None = None) -> list[str]:
     """:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, counting the inflated bytes
-    it reads against ``budget``; raises :class:`OverBudget` when they pass it (not in the tick's first file).
-
-    The same scan as the engine's ``payload_mentions`` (8 MiB reads, gzip read through, a needle may span
-    two reads, it stops once every name was seen), written out here because that function cannot say how
-    much it inflated nor stop part way."""
+    it reads against ``budget``; raises :class:`OverBudget` when they pass it (not in the tick's first file)."""
     installed = registry.installed() if domains is None else domains
     needles = {(domain.definition.prefix + "type").encode(): name for name, domain in installed.items()}
     unbounded, budget.first = budget.first, False
-    found: set[bytes] = set()
-    tail = max((len(n) for n in needles), default=1) - 1
-    carry = b""
-    with open_payload(path, limits) as (stream, _compressed):
-        while len(found) < len(needles):
-            chunk = stream.read(8 * 1024 * 1024)
-            if not chunk:
-                break
-            budget.read += len(chunk)
-            budget.remaining -= len(chunk)
-            if budget.remaining < 0 and not unbounded:
-                raise OverBudget(path)
-            window = carry + chunk
-            found.update(needle for needle in needles if needle not in found and needle in window)
-            carry = window[-tail:] if tail else b""
+
+    def count(size: int) -> None:
+        budget.read += size
+        budget.remaining -= size
+        if budget.remaining < 0 and not unbounded:
+            raise OverBudget(path)
+
+    found = payload_mentions(path, list(needles), limits, on_read=count)
     return [name for needle, name in needles.items() if needle in found]
 
 
