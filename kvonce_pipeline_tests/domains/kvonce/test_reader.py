@@ -1,4 +1,4 @@
-"""Every input form, read the way the contract says: sniffed from content, mapped per the seed."""
+"""KvOnce's reader: every input form gives the same KvOnce events (sniffing, gzip, SDK protobuf, fallbacks), and unusable input names its place."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NDJSON event logs: what the reader takes beyond the seed's string fields, and what it refuses."""
+"""KvOnce's NDJSON event log: what a line may hold beyond the seed's string fields, and what is refused."""
 
 from __future__ import annotations
 
