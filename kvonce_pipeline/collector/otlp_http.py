@@ -173,18 +173,22 @@ class DecodedRequest:
     spans: int
     events: int
 
+    #: the event type attributes of the installed domains, for the note (``kvonce.event.type``, ...)
+    type_attributes: tuple[str, ...] = ("kvonce.event.type",)
+
     @property
     def foreign_spans(self) -> int:
-        """Spans without ``kvonce.event.type``/``key``: not KvOnce events, skipped by the reader."""
-        return self.spans - self.events
+        """Spans that are no installed domain's event: skipped by the reader."""
+        return max(0, self.spans - self.events)
 
     @property
     def note(self) -> str:
         """The success response's ``partial_success.error_message``: a warning, not a rejection
-        (``rejected_spans`` stays 0), when no span is a KvOnce event; the spans are stored as sent."""
+        (``rejected_spans`` stays 0), when no span is an installed domain's event; the spans are
+        stored as sent."""
         if self.spans and not self.events:
-            return (f"accepted {self.spans} span(s), none with kvonce.event.type and kvonce.event.key: "
-                    "they are stored but are not KvOnce events")
+            return (f"accepted {self.spans} span(s), none an event of an installed domain (none with "
+                    f"{' or '.join(self.type_attributes)} and its key): they are stored but are checked by no domain")
         return ""
 
 
@@ -199,9 +203,11 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
     """Decode and fully validate one request body; 400 naming the span and the problem otherwise
     (any failure of a decoder included: HTTP and gRPC both answer it, neither drops the request).
 
-    Validation runs the same mapping as ``kvonce conformance``, so a request answered with 200
-    can never make the payload file it lands in unreadable. The mapping is KvOnce's: other domains'
-    spans are counted as spans here, and judged when their payload is checked.
+    Validation runs the same mappings as ``kvonce conformance``, so a request answered with 200
+    can never make the payload file it lands in unreadable: KvOnce's first (its fast paths keep the
+    common request cheap), then, for a request with spans that are not KvOnce events, every other
+    installed domain's (:func:`other_domains`), so an Inventory span that no reader could read is a
+    400 here too, naming the span.
     """
     from google.protobuf import json_format
 
@@ -215,19 +221,29 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
     try:
         if media is Media.PROTOBUF:
             message = parse_request(body, source=source)
-            events = sum(1 for _ in iter_message_events(message, source=source, stats=stats,
-                                                        decoder=ProtoAnyValueDecoder(max_context_depth),
+            decoder = ProtoAnyValueDecoder(max_context_depth)
+            events = sum(1 for _ in iter_message_events(message, source=source, stats=stats, decoder=decoder,
                                                         to_event=KVONCE_SPANS))
+            others = other_domains()
+            if stats.spans > events and others.carried_by(body):
+                events += sum(len(found) for found in iter_message_events(message, source=source, stats=DecodeStats(),
+                                                                          decoder=decoder, to_event=others.mapping))
             if body[:1] != b"\x0a" and stats.spans:
                 # Valid protobuf may start with an unknown field, but a payload file must start with
                 # field 1 (resourceSpans) to be recognised; store the request without unknown fields.
                 message.DiscardUnknownFields()
-                return DecodedRequest(message, message.SerializeToString(), stats.spans, events)
-            return DecodedRequest(message, body, stats.spans, events)
+                return DecodedRequest(message, message.SerializeToString(), stats.spans, events, others.names)
+            return DecodedRequest(message, body, stats.spans, events, others.names)
         document = _loads_json(body, source)
         events = sum(1 for _ in iter_request_events(document, source=source, stats=stats,
                                                     decoder=AnyValueDecoder(stats, max_context_depth),
                                                     to_event=KVONCE_SPANS))
+        others = other_domains()
+        if stats.spans > events and others.carried_by(body):
+            scratch = DecodeStats()
+            events += sum(len(found) for found in iter_request_events(document, source=source, stats=scratch,
+                                                                      decoder=AnyValueDecoder(scratch, max_context_depth),
+                                                                      to_event=others.mapping))
         for name, (_count, first) in stats.legacy_ids.items():
             raise InputError(source, f"{name} {first!r:.50} is not {32 if name == 'traceId' else 16} hex digits: "
                                      "payload files hold OTLP protobuf, which has room for hex ids only "
@@ -236,13 +252,49 @@ def decode_request(body: bytes, media: Media, *, source: str, max_context_depth:
             message = request_to_message(document)
         except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(source, f"not a valid OTLP/JSON request ({exc})") from None
-        return DecodedRequest(message, message.SerializeToString(), stats.spans, events)
+        return DecodedRequest(message, message.SerializeToString(), stats.spans, events, others.names)
     except InputError as error:
         raise HttpError(400, str(error)) from None
     except HttpError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the request's 400, never a dropped answer
         raise HttpError(400, f"cannot decode the request ({type(exc).__name__}: {exc!s:.200})") from None
+
+
+@dataclass(frozen=True)
+class OtherDomains:
+    """The installed domains besides KvOnce, as the collector validates them."""
+
+    #: their span mapping (None: no other domain is installed)
+    mapping: Any
+    #: their ``<prefix>type`` attribute names as bytes: a request none of which occurs in is not read again
+    needles: tuple[bytes, ...]
+    #: every installed domain's type attribute, KvOnce's included (for the note)
+    names: tuple[str, ...]
+
+    def carried_by(self, body: bytes) -> bool:
+        return self.mapping is not None and any(needle in body for needle in self.needles)
+
+
+#: (the installed domains' identities, what the collector makes of them): rebuilt when they change
+_OTHER_DOMAINS: tuple[tuple[int, ...], OtherDomains] | None = None
+
+
+def other_domains() -> OtherDomains:
+    """The installed domains other than KvOnce (KvOnce's own mapping is applied first)."""
+    global _OTHER_DOMAINS
+    from ..engine import registry
+    from ..engine.domain_decode import SpanMapper
+
+    installed = registry.installed()
+    identity = tuple(id(domain) for domain in installed.values())
+    cached = _OTHER_DOMAINS
+    if cached is None or cached[0] != identity:
+        generic = [domain for domain in installed.values() if domain.runner is None]
+        names = tuple(domain.definition.prefix + "type" for domain in installed.values()) or ("kvonce.event.type",)
+        needles = tuple((domain.definition.prefix + "type").encode() for domain in generic)
+        cached = _OTHER_DOMAINS = (identity, OtherDomains(SpanMapper(generic) if generic else None, needles, names))
+    return cached[1]
 
 
 def _loads_json(body: bytes, source: str) -> Any:

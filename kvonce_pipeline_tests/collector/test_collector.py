@@ -237,7 +237,8 @@ def test_spans_without_kvonce_attributes_are_accepted_and_kept(start_receiver, t
     response = ExportTraceServiceResponse.FromString(reply)
     assert status == 200 and response.HasField("partial_success")
     assert response.partial_success.rejected_spans == 0
-    assert "not KvOnce events" in response.partial_success.error_message
+    assert "none an event of an installed domain" in response.partial_success.error_message
+    assert "kvonce.event.type or inventory.event.type" in response.partial_success.error_message
 
     mixed = encode_spans(sdk_spans(KV_SPANS, foreign=2)).SerializeToString()
     status, _, reply = post(receiver.url, mixed, {"Content-Type": "application/x-protobuf"})
@@ -248,6 +249,43 @@ def test_spans_without_kvonce_attributes_are_accepted_and_kept(start_receiver, t
     assert spans_in(files) == 3 + len(KV_SPANS) + 2
     trace = read_trace(files[0])
     assert (len(trace.events), trace.stats.skipped_spans) == (len(KV_SPANS), 5)
+
+
+def _inventory_spans(key: Any = "sku-1") -> list[ReadableSpan]:
+    """Inventory events by the real SDK: a projection and an allocation of ``key``."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "stock"}))
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("inventory.tests")
+    for offset, (kind, extra) in enumerate([("projection", {"inventory.event.state": '{"onHand": 5}'}),
+                                            ("allocation", {"inventory.event.delta": '{"allocated": 2}'})]):
+        start = BASE_NS + offset * 1_000_000
+        tracer.start_span(f"inventory.{kind}", start_time=start,
+                          attributes={"inventory.event.type": kind, "inventory.event.key": key, **extra}).end(start + 1)
+    spans = list(memory.get_finished_spans())
+    provider.shutdown()
+    return spans
+
+
+def test_another_domains_spans_are_events_and_are_validated_as_such(start_receiver, tmp_path: Path) -> None:
+    """Inventory's spans are events (no "none an event" note) and are read back as Inventory's; one no
+    reader could read (an array as the key) is a 400 naming the span, and nothing is stored for it."""
+    from kvonce_pipeline.engine import registry
+    from kvonce_pipeline.engine.domain_decode import read_domain_events
+
+    receiver = start_receiver()
+    good = encode_spans(_inventory_spans()).SerializeToString()
+    status, _, reply = post(receiver.url, good, {"Content-Type": "application/x-protobuf"})
+    assert status == 200 and not ExportTraceServiceResponse.FromString(reply).HasField("partial_success")
+    bad = encode_spans(_inventory_spans(key=("a", "b"))).SerializeToString()
+    status, _, reply = post(receiver.url, bad, {"Content-Type": "application/x-protobuf"})
+    error = Status.FromString(reply).message
+    assert status == 400 and "inventory.event.key" in error and "span r0/s0/p0" in error
+    receiver.stop()
+    files = payload_files(tmp_path / "drops")
+    assert spans_in(files) == 2  # the good request only
+    read = read_domain_events(files[0], [registry.get("inventory")])
+    assert [(e.type, e.key) for e in read.events["inventory"]] == [("projection", "sku-1"), ("allocation", "sku-1")]
 
 
 def test_a_resent_request_is_stored_once(start_receiver, tmp_path: Path) -> None:
