@@ -219,7 +219,7 @@ class SpanMapper:
         return SLOW
 
     def fast_typed(self, span: Any, decoder: Any, actor: str, prefix: str, p: int) -> Any:
-        """:meth:`fast_json` for the typed decoder's structs (:mod:`kvonce_pipeline.otlp_json_typed`):
+        """:meth:`fast_json` for the typed decoder's structs (:mod:`kvonce_pipeline.engine.decode.otlp_json_typed`):
         the events, ``NO_EVENT``, or ``None`` for the general mapping."""
         attributes = span.attributes
         values = {attribute.key: attribute.value for attribute in attributes}
