@@ -164,7 +164,8 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
 
     Order: the earlier run's report is removed first (so no report ever describes a mix of two
     runs' files), then this run's data files are uploaded and the earlier run's files this run did
-    not write are removed, then the report. Raises :class:`OutputError` naming the object when the
+    not write are removed, then the report. A run that wrote none of ``names`` (a domain absent from
+    the payload) thus removes an earlier run's files and publishes no report. Raises :class:`OutputError` naming the object when the
     store refuses a write, and for a bucket that does not exist (it is not created).
     """
     fs, root = _filesystem(url)
@@ -191,7 +192,8 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
             elif fs.exists(target):
                 fs.rm_file(target)  # an earlier run's, not described by the report to come
         target = report
-        fs.put_file(str(folder / report_name), report)
+        if (folder / report_name).is_file():
+            fs.put_file(str(folder / report_name), report)
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
