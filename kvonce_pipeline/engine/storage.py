@@ -200,6 +200,32 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
         raise OutputError(f"cannot write {target} in {url}: {_why(exc)}") from None
 
 
+def restore(folder: Path, url: str, names: Sequence[str]) -> list[str]:
+    """Download the files ``names`` published at ``url`` that ``folder`` lacks; returns those fetched.
+
+    For a step that runs apart from the step that wrote its input (another process or machine): it
+    reads what was published, never a half-written file (each object is whole). A name not published
+    is left out. Raises :class:`OutputError` naming the object when the store cannot be read.
+    """
+    fs, root = _filesystem(url)
+    root = root.rstrip("/")
+    fetched = []
+    for name in names:
+        local = folder / name
+        if local.is_file():
+            continue
+        target = f"{root}/{name}"
+        try:
+            if not fs.exists(target):
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(target, str(local))
+        except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
+            raise OutputError(f"cannot read {target} in {url}: {_why(exc)}") from None
+        fetched.append(name)
+    return fetched
+
+
 def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                run: Callable[[str | os.PathLike[str], Path], R], *, limits: Limits | None = None,
                report_input_error: Callable[[InputError, Path], None], published: Sequence[str]) -> R:

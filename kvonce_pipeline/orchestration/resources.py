@@ -124,6 +124,14 @@ class KvonceSettings(dg.ConfigurableResource):
         storage.publish(folder, url, names)
         return url
 
+    def restore(self, folder: Path, names: tuple[str, ...] | list[str]) -> list[str]:
+        """The published files ``names`` of ``folder`` that this run's staging lacks, downloaded: what an
+        earlier step wrote when it ran in another process or on another machine (Dagster's multiprocess
+        executor, as for a materialization from the UI). Nothing for local reports."""
+        if self.reports_url() is None:
+            return []
+        return storage.restore(folder, self.published_name(folder), names)
+
     def payload_label(self, source: Path | str) -> str:
         """How findings, reports and messages name ``source``: the URL for the staged copy of a payload URL."""
         staged = self._staged_input

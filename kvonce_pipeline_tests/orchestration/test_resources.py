@@ -164,6 +164,17 @@ def test_trace_job_publishes_a_generic_domain_and_the_trace_summary(s3: Any, tmp
         assert validation["path"].value == f"{trace}/inventory/inventory-validation.json"
     assert s3.info(url)["ETag"] == etag
 
+    # a step that runs apart from the step that wrote its input (another process or machine, as under the
+    # multiprocess executor): its run's staging is empty, so it reads what was published
+    published = {name: s3.cat_file(f"{trace}/{name}") for name in (*inventory, TRACE_SUMMARY)}
+    apart = dg.materialize([*conformance_assets, *build_domain_definitions().assets],
+                           selection=dg.AssetSelection.groups("inventory") | dg.AssetSelection.assets("trace_summary"),
+                           instance=instance, resources={"kvonce": KvonceSettings(payload=url, reports_dir=reports)},
+                           raise_on_error=False)
+    assert apart.success == local.success
+    s3.invalidate_cache()
+    assert {name: s3.cat_file(f"{trace}/{name}") for name in published} == published
+
 
 @pytest.mark.parametrize("reports", ["s3://bucket/prefix", "gs://bucket/prefix"])
 def test_the_drop_folder_refuses_a_reports_url_clearly(reports: str, tmp_path: Path) -> None:

@@ -695,8 +695,12 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
                          + (f" (removed an earlier payload's {', '.join(removed)})" if removed else ""))
         return iter(())
 
+    try:
+        settings.restore(trace_dir, [COLLECTED_FILE])  # collected_otlp ran in another process
+    except OutputError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
     if not collected.is_file():
-        raise unusable(InputError(str(collected), "no collected payload: materialize "
+        raise unusable(InputError(settings.published_name(collected), "no collected payload: materialize "
                                                   f"{placement.collected_key.to_user_string()} first"))
     mentioned = record.get("domains")
     if isinstance(mentioned, list) and domain.name not in mentioned and not require_spans:
@@ -799,6 +803,14 @@ def _trace_ids(events_file: Path) -> tuple[list[str], int]:
     return listed, len(seen)
 
 
+def _lists_trace_ids(projection: Path) -> bool:
+    """The projection's stats count the trace ids (else :func:`result_from_files` reads the events file)."""
+    try:
+        return "traceIdCount" in orjson.loads(projection.read_bytes()).get("stats", {})
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return False
+
+
 def result_from_files(domain: Domain, folder: Path) -> DomainResult | None:
     """A domain's result as its step left it on disk (None: no report)."""
     names = domain.artifact_names()
@@ -858,6 +870,14 @@ def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
     source = str(record.get("source_path") or trace_dir / COLLECTED_FILE)
     installed = registry.installed()
     carried = [d for name, d in installed.items() if not isinstance(mentioned, list) or name in mentioned]
+    try:
+        for domain in installed.values():  # the domains' steps ran in other processes
+            names = domain.artifact_names()
+            folder = domain_folder(trace_dir, domain)
+            if kvonce.restore(folder, [names.validation, names.projection]) and not _lists_trace_ids(folder / names.projection):
+                kvonce.restore(folder, [names.events])  # read for its trace ids only then
+    except OutputError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
     results = [r for d in carried if (r := result_from_files(d, domain_folder(trace_dir, d))) is not None]
     if any(r.error is None for r in results):  # as the CLI: an own pass that found no events is left out
         results = [r for r in results if r.error is None or r.domain.runner is None]
