@@ -195,3 +195,12 @@ def test_local_and_file_url_reports_are_the_folder_itself(tmp_path: Path) -> Non
     settings = KvonceSettings(reports_dir=str(tmp_path))
     assert settings.published_name(tmp_path / "trace" / "x.json") == str(tmp_path / "trace" / "x.json")
     assert settings.publish(tmp_path, ["x.json"]) is None
+
+
+def test_a_reports_url_without_its_backend_fails_the_job_clearly(tmp_path: Path) -> None:
+    """gcsfs is not installed here: the step fails naming the URL and the missing backend (exit 2), and
+    nothing is judged into a folder that would never be published."""
+    result, instance = _job("kvonce_conformance_job", str(artifacts.BUNDLED_SAMPLE), "gs://bucket/reports")
+    assert not result.success
+    code, message = run_verdict(instance, "kvonce_conformance_job")
+    assert code == 2 and "gs://bucket/reports: no storage backend for gs:// is installed" in message, message
