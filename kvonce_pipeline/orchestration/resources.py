@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -113,7 +114,7 @@ class KvonceSettings(dg.ConfigurableResource):
             return str(path)
         return f"{url}/{relative.as_posix()}"
 
-    def publish(self, folder: Path, names: tuple[str, ...] | list[str]) -> str | None:
+    def publish(self, folder: Path, names: Sequence[str]) -> str | None:
         """Publish ``names`` (the report last) of the staged ``folder`` to its URL; None for local reports.
 
         Raises :class:`OutputError` naming the object when the store refuses (see :func:`storage.publish`).
@@ -124,7 +125,7 @@ class KvonceSettings(dg.ConfigurableResource):
         storage.publish(folder, url, names)
         return url
 
-    def restore(self, folder: Path, names: tuple[str, ...] | list[str]) -> list[str]:
+    def restore(self, folder: Path, names: Sequence[str]) -> list[str]:
         """The published files ``names`` of ``folder`` that this run's staging lacks, downloaded: what an
         earlier step wrote when it ran in another process or on another machine (Dagster's multiprocess
         executor, as for a materialization from the UI). Nothing for local reports."""

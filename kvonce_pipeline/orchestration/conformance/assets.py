@@ -108,6 +108,9 @@ class ConformanceHooks:
     #: The step may materialize nothing (:meth:`absent`): its outputs are then optional, which Dagster
     #: 1.13 allows for a multi-asset's checks only when it is subsettable (the step refuses a subset).
     may_skip: bool = False
+    #: The step's files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one (:func:`published_step`);
+    #: the drop graph's stay local (its output folder refuses a URL itself: docs/storage.md).
+    publishes: bool = True
 
     def absent(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path,
                out_dir: Path) -> str | None:
@@ -401,7 +404,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
     try:
         step = _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
                      output_for=output_for, parallel=parallel)
-        if settings.reports_url() is None:
+        if settings.reports_url() is None or not hooks.publishes:
             yield from step
         else:
             yield from published_step(context, settings, step,

@@ -571,6 +571,9 @@ class Placement:
     group_suffix: str = ""
     #: the folder of this run's ``collected-otlp.json``
     folder_of: Callable[[dg.AssetExecutionContext, KvonceSettings], Path] = _trace_dir
+    #: its files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one; the drop variant's stay local
+    #: (its folder refuses a URL itself: docs/storage.md)
+    publishes: bool = True
 
     def key(self, name: str) -> dg.AssetKey:
         return dg.AssetKey([*self.key_prefix, name])
@@ -647,7 +650,7 @@ def build_domain_assets(domain: Domain, placement: Placement = CI) -> dg.AssetsD
             raise dg.Failure(description=f"the {domain.name} group is materialized as a whole: select all of "
                                          f"{', '.join(keys)}", allow_retries=False)
         try:
-            if kvonce.reports_url() is None:
+            if kvonce.reports_url() is None or not placement.publishes:
                 yield from _step(context, config, kvonce, domain, keys, placement)
             else:
                 yield from published_step(context, kvonce, _step(context, config, kvonce, domain, keys, placement),
@@ -696,7 +699,8 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         return iter(())
 
     try:
-        settings.restore(trace_dir, [COLLECTED_FILE])  # collected_otlp ran in another process
+        if placement.publishes:
+            settings.restore(trace_dir, [COLLECTED_FILE])  # collected_otlp ran in another process
     except OutputError as error:
         raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
     if not collected.is_file():
@@ -852,7 +856,7 @@ def build_trace_summary(placement: Placement = CI) -> dg.AssetsDefinition:
     )
     def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
         try:
-            if kvonce.reports_url() is None:
+            if kvonce.reports_url() is None or not placement.publishes:
                 return _trace_summary(context, kvonce, placement)
             return publish_after(context, kvonce, lambda: placement.folder_of(context, kvonce),
                                  [TRACE_SUMMARY_MD, TRACE_SUMMARY], lambda: _trace_summary(context, kvonce, placement))
@@ -871,7 +875,7 @@ def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
     installed = registry.installed()
     carried = [d for name, d in installed.items() if not isinstance(mentioned, list) or name in mentioned]
     try:
-        for domain in installed.values():  # the domains' steps ran in other processes
+        for domain in installed.values() if placement.publishes else ():  # their steps ran in other processes
             names = domain.artifact_names()
             folder = domain_folder(trace_dir, domain)
             if kvonce.restore(folder, [names.validation, names.projection]) and not _lists_trace_ids(folder / names.projection):

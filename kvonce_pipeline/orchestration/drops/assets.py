@@ -89,6 +89,8 @@ def _private_copy(context: dg.AssetExecutionContext, settings: KvonceSettings) -
 class DropHooks(ConformanceHooks):
     """Locates a partition's payload, stamps lineage, judges against the store, writes the envelope."""
 
+    publishes = False  # a drop run's folder is local or shared POSIX (drop_trace_dir refuses a URL)
+
     def __init__(self) -> None:
         self._sources: dict[tuple[str, str], drops.DropFile] = {}
 
