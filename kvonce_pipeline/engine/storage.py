@@ -9,7 +9,9 @@ A remote location is therefore staged at the edges, not threaded through the eng
   :class:`StagedInput`, which names the URL in every message and report;
 * a reports URL gets a private local folder; once the run has written its artifacts there (each
   through the atomic helper), :func:`publish` uploads them one object each, the validation report
-  last, then removes the artifacts of an earlier run that this run did not write.
+  last, then removes the artifacts of an earlier run that this run did not write; a step that runs
+  apart from the one that published its input (another process or machine) gets it back with
+  :func:`restore`.
 
 ``file://`` URLs and plain paths are local paths: nothing is staged and every promise of the local
 disk holds. What an object store weakens, and how the order above copes, is in

@@ -68,7 +68,8 @@ class KvonceSettings(dg.ConfigurableResource):
 
     def reports_location(self) -> str:
         """Where reports go, as given: a local folder or a URL (``s3://bucket/prefix``, any fsspec location)."""
-        return self.reports_dir if self.reports_dir else str(artifacts.reports_dir())
+        # the variable as text: a Path would fold a URL's "//" (artifacts.reports_dir() is for local folders)
+        return self.reports_dir or os.environ.get("KVONCE_REPORTS_DIR") or str(artifacts.reports_dir())
 
     def reports_url(self) -> str | None:
         """The reports location when it is a URL (the CI jobs stage it locally and publish), else None."""

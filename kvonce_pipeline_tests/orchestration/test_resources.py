@@ -189,12 +189,15 @@ def test_the_drop_folder_refuses_a_reports_url_clearly(reports: str, tmp_path: P
     assert not (tmp_path / "drops").exists()
 
 
-def test_local_and_file_url_reports_are_the_folder_itself(tmp_path: Path) -> None:
+def test_local_and_file_url_reports_are_the_folder_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert KvonceSettings(reports_dir=str(tmp_path)).trace_dir() == tmp_path / "trace"
     assert KvonceSettings(reports_dir=f"file://{tmp_path}").trace_dir() == tmp_path / "trace"
     settings = KvonceSettings(reports_dir=str(tmp_path))
     assert settings.published_name(tmp_path / "trace" / "x.json") == str(tmp_path / "trace" / "x.json")
     assert settings.publish(tmp_path, ["x.json"]) is None
+    # unset in the resource: the environment's URL, not a path that folded its "//"
+    monkeypatch.setenv("KVONCE_REPORTS_DIR", "s3://bucket/prefix/")
+    assert KvonceSettings().reports_url() == "s3://bucket/prefix"
 
 
 def test_a_reports_url_without_its_backend_fails_the_job_clearly(tmp_path: Path) -> None:
