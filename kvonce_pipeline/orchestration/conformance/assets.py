@@ -24,6 +24,12 @@ enough for the pass to be parallel, the work that needs only files runs in low-p
 processes beside it (:mod:`kvonce_pipeline.orchestration.conformance.schema_worker`): the collected copy of
 a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
 check, and the per-key check once the projection is written. Small inputs do it all in process.
+
+A payload URL and a reports URL (``KVONCE_OTLP_PAYLOAD=s3://...``, ``KVONCE_REPORTS_DIR=s3://...``) are
+the resource's to stage (:class:`~kvonce_pipeline.orchestration.resources.KvonceSettings`): the step reads
+the run's private copy and writes into the run's private folder exactly as on disk, then
+:func:`published_step` publishes its files, the report last, before its events are recorded (each
+materialization names the object it describes), whatever the verdict. See docs/storage.md.
 """
 
 
