@@ -9,7 +9,9 @@ A remote location is therefore staged at the edges, not threaded through the eng
   :class:`StagedInput`, which names the URL in every message and report;
 * a reports URL gets a private local folder; once the run has written its artifacts there (each
   through the atomic helper), :func:`publish` uploads them one object each, the validation report
-  last, then removes the artifacts of an earlier run that this run did not write.
+  last, then removes the artifacts of an earlier run that this run did not write; a step that runs
+  apart from the one that published its input (another process or machine) gets it back with
+  :func:`restore`.
 
 ``file://`` URLs and plain paths are local paths: nothing is staged and every promise of the local
 disk holds. What an object store weakens, and how the order above copes, is in
@@ -164,7 +166,8 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
 
     Order: the earlier run's report is removed first (so no report ever describes a mix of two
     runs' files), then this run's data files are uploaded and the earlier run's files this run did
-    not write are removed, then the report. Raises :class:`OutputError` naming the object when the
+    not write are removed, then the report. A run that wrote none of ``names`` (a domain absent from
+    the payload) thus removes an earlier run's files and publishes no report. Raises :class:`OutputError` naming the object when the
     store refuses a write, and for a bucket that does not exist (it is not created).
     """
     fs, root = _filesystem(url)
@@ -191,11 +194,38 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
             elif fs.exists(target):
                 fs.rm_file(target)  # an earlier run's, not described by the report to come
         target = report
-        fs.put_file(str(folder / report_name), report)
+        if (folder / report_name).is_file():
+            fs.put_file(str(folder / report_name), report)
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
         raise OutputError(f"cannot write {target} in {url}: {_why(exc)}") from None
+
+
+def restore(folder: Path, url: str, names: Sequence[str]) -> list[str]:
+    """Download the files ``names`` published at ``url`` that ``folder`` lacks; returns those fetched.
+
+    For a step that runs apart from the step that wrote its input (another process or machine): it
+    reads what was published, never a half-written file (each object is whole). A name not published
+    is left out. Raises :class:`OutputError` naming the object when the store cannot be read.
+    """
+    fs, root = _filesystem(url)
+    root = root.rstrip("/")
+    fetched = []
+    for name in names:
+        local = folder / name
+        if local.is_file():
+            continue
+        target = f"{root}/{name}"
+        try:
+            if not fs.exists(target):
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(target, str(local))
+        except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
+            raise OutputError(f"cannot read {target} in {url}: {_why(exc)}") from None
+        fetched.append(name)
+    return fetched
 
 
 def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],

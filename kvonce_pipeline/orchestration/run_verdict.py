@@ -8,7 +8,8 @@ sets ``unusable``), so the code does not depend on parsing the log:
 
 - 0: the run succeeded (the payload is valid);
 - 1: the payload violates KvOnce; the message is "N violations in <payload>:" and the first findings;
-- 2: the payload is unusable; the message names the file and the line, record or span;
+- 2: the payload is unusable; the message names the file and the line, record or span (also: the
+  reports could not be published to a reports URL, the store's own message);
 - 3: the run failed for another reason (or never started); the message is the error's first line.
 
 A run of several domains (``trace_conformance_job``) may fail in several steps: the worst verdict
@@ -24,7 +25,9 @@ import sys
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
-EXIT_CODES = {"violations": 1, "unusable": 2}
+#: ``storage``: the reports could not be published to their URL (as ``kvonce conformance`` exits 2 for
+#: a store's error: never a verdict)
+EXIT_CODES = {"violations": 1, "unusable": 2, "storage": 2}
 OTHER_FAILURE = 3
 
 

@@ -159,3 +159,34 @@ def test_key_shards_read_and_publish_through_the_store_too(s3_env: dict[str, str
     refused = _kvonce(s3_env, "--input", str(trace), "--output-dir", f"s3://{BUCKET}/x", "--shards", "2",
                       "--scheduler", "tcp://127.0.0.1:1")
     assert refused.returncode == 2 and "a folder every dask worker sees" in refused.stderr
+
+
+def test_publish_without_a_report_removes_an_earlier_run_and_restore_fetches_what_is_published(
+        tmp_path: Path) -> None:
+    """fsspec's in-memory store (a real backend, no server): a run that wrote none of its files (a domain
+    absent from the payload) leaves no earlier run's files behind; a step apart reads what was published."""
+    import fsspec
+
+    from kvonce_pipeline.engine.storage import publish, restore
+
+    names = ("data.ndjson", "sub/states.json", "report.json")
+    wrote = tmp_path / "wrote"
+    for name in names:
+        (wrote / name).parent.mkdir(parents=True, exist_ok=True)
+        (wrote / name).write_text(name)
+    url = "memory://kvonce-publish-test/run"
+    publish(wrote, url, names)
+    memory = fsspec.filesystem("memory")
+    assert [memory.cat_file(f"/kvonce-publish-test/run/{n}").decode() for n in names] == list(names)
+
+    apart = tmp_path / "apart"
+    (apart / "data.ndjson").parent.mkdir(parents=True)
+    (apart / "data.ndjson").write_text("mine")
+    assert restore(apart, url, names) == ["sub/states.json", "report.json"]
+    assert (apart / "data.ndjson").read_text() == "mine", "a file the step has is not replaced"
+    assert (apart / "sub/states.json").read_text() == "sub/states.json"
+
+    (tmp_path / "nothing").mkdir()
+    publish(tmp_path / "nothing", url, names)
+    assert not any(memory.exists(f"/kvonce-publish-test/run/{n}") for n in names)
+    assert restore(tmp_path / "nothing", url, names) == []

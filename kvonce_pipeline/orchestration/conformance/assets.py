@@ -24,6 +24,12 @@ enough for the pass to be parallel, the work that needs only files runs in low-p
 processes beside it (:mod:`kvonce_pipeline.orchestration.conformance.schema_worker`): the collected copy of
 a spec OTLP/JSON payload (the pass reads the source meanwhile: the same bytes), the span table
 check, and the per-key check once the projection is written. Small inputs do it all in process.
+
+A payload URL and a reports URL (``KVONCE_OTLP_PAYLOAD=s3://...``, ``KVONCE_REPORTS_DIR=s3://...``) are
+the resource's to stage (:class:`~kvonce_pipeline.orchestration.resources.KvonceSettings`): the step reads
+the run's private copy and writes into the run's private folder exactly as on disk, then
+:func:`published_step` publishes its files, the report last, before its events are recorded (each
+materialization names the object it describes), whatever the verdict. See docs/storage.md.
 """
 
 
@@ -35,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import dagster as dg
 import orjson
@@ -51,7 +57,7 @@ from ...domains.kvonce import event_log, span_mapping
 from ...domains.kvonce import reader as kvonce_reader
 from ...domains.kvonce import summary as kvonce_summary
 from ...domains.kvonce.own_pass import parallel as projection_worker
-from ...engine.errors import InputError, OutputError
+from ...engine.errors import ConfigError, InputError, OutputError
 from ...engine.progress import log_progress
 from ...engine.summary import where_of
 from ..resources import KvonceSettings
@@ -108,6 +114,9 @@ class ConformanceHooks:
     #: The step may materialize nothing (:meth:`absent`): its outputs are then optional, which Dagster
     #: 1.13 allows for a multi-asset's checks only when it is subsettable (the step refuses a subset).
     may_skip: bool = False
+    #: The step's files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one (:func:`published_step`);
+    #: the drop graph's stay local (its output folder refuses a URL itself: docs/storage.md).
+    publishes: bool = True
 
     def absent(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path,
                out_dir: Path) -> str | None:
@@ -148,8 +157,9 @@ class ConformanceHooks:
         return {}
 
     def payload_name(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path) -> str:
-        """How a failed run's message names the payload (the default: the path the step read)."""
-        return str(source)
+        """How a failed run's message names the payload (the default: the path the step read, or the URL
+        whose private copy it read)."""
+        return settings.payload_label(source)
 
     def explain(self, context: dg.AssetExecutionContext, settings: KvonceSettings,
                 error: InputError) -> InputError:
@@ -175,8 +185,10 @@ def default_output(context: dg.AssetExecutionContext, settings: KvonceSettings) 
     return settings.trace_dir()
 
 
-def _file_metadata(written: stages.Written) -> dict[str, Any]:
-    return {"path": dg.MetadataValue.path(str(written.path)), "sha256": written.sha256, "bytes": written.size}
+def _file_metadata(written: stages.Written, settings: KvonceSettings) -> dict[str, Any]:
+    """Where the artifact is (its published URL when the reports go to one), its sha256 and size."""
+    return {"path": dg.MetadataValue.path(settings.published_name(written.path)), "sha256": written.sha256,
+            "bytes": written.size}
 
 
 def _schema_check(name: str, asset_key: dg.AssetKey, outcome: schemas.SchemaOutcome) -> dg.AssetCheckResult:
@@ -191,13 +203,14 @@ def _input_failure(error: InputError, out_dir: Path, hooks: ConformanceHooks = N
                    context: dg.AssetExecutionContext | None = None,
                    settings: KvonceSettings | None = None, source: Path | None = None) -> dg.Failure:
     if context is not None and settings is not None:
-        error = hooks.explain(context, settings, error)
+        error = hooks.explain(context, settings, settings.input_error(error))
     collected = str(out_dir / artifacts.COLLECTED)
     if source is not None and error.source == collected and str(source) != collected:
         # The pass read our collected copy (a byte copy, or a rewrite that keeps resources, scopes
         # and spans in order): name the file the user gave, and the copy the place is counted in.
-        error = InputError(str(source), f"{error.message} (read from its collected copy {collected})",
-                           where=error.where)
+        named = settings.payload_label(source) if settings is not None else str(source)
+        shown = settings.published_name(collected) if settings is not None else collected
+        error = InputError(named, f"{error.message} (read from its collected copy {shown})", where=error.where)
     stages.write_input_error(error, out_dir)
     if context is not None and settings is not None:
         hooks.unusable(context, settings, out_dir, error)
@@ -386,14 +399,68 @@ def build_conformance_assets(
     return [conformance_pass]
 
 
+#: What the step publishes to a reports URL, in order: the collected copy, then the CLI's artifacts with
+#: the validation report last (the commit point, see docs/storage.md).
+PUBLISHED = (artifacts.COLLECTED, *artifacts.PUBLISH_ORDER)
+
+
 def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
          hooks: ConformanceHooks, payload_for: PayloadLocator, output_for: OutputLocator,
          parallel: bool | None) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     try:
-        yield from _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
-                         output_for=output_for, parallel=parallel)
+        step = _step(context, settings, keys=keys, hooks=hooks, payload_for=payload_for,
+                     output_for=output_for, parallel=parallel)
+        if settings.reports_url() is None or not hooks.publishes:
+            yield from step
+        else:
+            yield from published_step(context, settings, step,
+                                      lambda: output_for(context, settings), PUBLISHED)
+    except ConfigError as error:  # a reports URL whose backend is not installed, a drop run given a URL
+        raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
     finally:
         hooks.release(context, settings)
+
+
+def published_step(context: dg.AssetExecutionContext, settings: KvonceSettings, step: Iterator[Any],
+                   folder: Callable[[], Path], names: Sequence[str]) -> Iterator[Any]:
+    """``step``'s events, held back until its files in ``folder()`` are published to the reports URL.
+
+    Why held back: a materialization records its file's URL, so it is recorded only once the object is
+    there. Published whatever the step's end: a violation or an unusable input still publishes its
+    report, then fails as it would have; a store that refuses a write fails the step (exit 2 in
+    ``run_verdict``, as ``kvonce conformance`` exits for a store's error), naming the object.
+    """
+    held: list[Any] = []
+    try:
+        publish_after(context, settings, folder, names, lambda: held.extend(step))
+    except dg.Failure:
+        yield from held
+        raise
+    yield from held
+
+
+R = TypeVar("R")
+
+
+def publish_after(context: dg.AssetExecutionContext, settings: KvonceSettings, folder: Callable[[], Path],
+                  names: Sequence[str], run: Callable[[], R]) -> R:
+    """``run()``, then its files ``names`` in ``folder()`` published to the reports URL (see
+    :func:`published_step`), also when ``run`` failed (``dg.Failure``: a verdict or an unusable input)."""
+    failure: dg.Failure | None = None
+    try:
+        result = run()
+    except dg.Failure as error:
+        failure = error
+    try:
+        url = settings.publish(folder(), tuple(names))
+    except OutputError as error:
+        raise dg.Failure(description=f"reports not published: {error}" +
+                         (f" (the step had failed: {failure.description})" if failure is not None else ""),
+                         metadata={"verdict": "storage"}, allow_retries=False) from failure
+    context.log.info(f"published {', '.join(names)} to {url}")
+    if failure is not None:
+        raise failure
+    return result
 
 
 def _step(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: dict[str, dg.AssetKey],
@@ -408,9 +475,10 @@ def _step(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: 
         if absent is not None:
             context.log.info(f"nothing to check for KvOnce: {absent}; nothing materialized")
             for key in keys.values():  # each asset's history says why this run left it alone
-                yield dg.AssetObservation(asset_key=key, metadata={"skipped": absent, "source": str(source)})
+                yield dg.AssetObservation(asset_key=key, metadata={"skipped": absent,
+                                                                       "source": hooks.payload_name(context, settings, source)})
             return
-        context.log.info(f"collecting {source}")
+        context.log.info(f"collecting {hooks.payload_name(context, settings, source)}")
         use_parallel = conformance.use_parallel(source, parallel)
         collecting = _Collecting(source, out_dir / artifacts.COLLECTED, settings, use_worker=use_parallel)
     except InputError as error:
@@ -656,7 +724,7 @@ def _collected_result(context: dg.AssetExecutionContext, settings: KvonceSetting
         asset_key=keys[COLLECTED],
         metadata={
             **hooks.lineage(context, settings, COLLECTED),
-            "path": dg.MetadataValue.path(str(collected.path)),
+            "path": dg.MetadataValue.path(settings.published_name(collected.path)),
             "sha256": collected.sha256,
             "bytes": collected.size,
             "source_path": dg.MetadataValue.path(hooks.payload_name(context, settings, source)),
@@ -683,7 +751,7 @@ def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, 
         asset_key=keys[EVENTS],
         metadata={
             **hooks.lineage(context, settings, EVENTS),
-            **_file_metadata(events_file),
+            **_file_metadata(events_file, settings),
             "dagster/row_count": summary["events"],
             "spans": summary["spans"],
             "skipped_spans": summary["skippedSpans"],
@@ -700,8 +768,8 @@ def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, 
         asset_key=keys[PROJECTION],
         metadata={
             **hooks.lineage(context, settings, PROJECTION),
-            **_file_metadata(projected.projection_file),
-            "state_sequence_path": dg.MetadataValue.path(str(projected.state_sequence_file.path)),
+            **_file_metadata(projected.projection_file, settings),
+            "state_sequence_path": dg.MetadataValue.path(settings.published_name(projected.state_sequence_file.path)),
             "state_sequence_sha256": projected.state_sequence_file.sha256,
             "dagster/row_count": stats["uniqueKeys"],
             "events": stats["totalEvents"],
@@ -740,8 +808,8 @@ def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, 
     metadata = {
         **hooks.lineage(context, settings, VALIDATION),
         **extra,
-        **_file_metadata(result.validation_file),
-        "summary_path": dg.MetadataValue.path(str(result.summary_file.path)),
+        **_file_metadata(result.validation_file, settings),
+        "summary_path": dg.MetadataValue.path(settings.published_name(result.summary_file.path)),
         "summary_sha256": result.summary_file.sha256,
         "valid": report["valid"],
         "strict": report["strict"],
@@ -755,7 +823,8 @@ def _stage_results(context: dg.AssetExecutionContext, settings: KvonceSettings, 
         # recorded as materialized with a red check beside it: see :class:`Violations`.
         yield from checks
         payload = hooks.payload_name(context, settings, collected.source)
-        raise Violations(report, payload, result.summary_file.path, metadata)
+        raise Violations(report, payload, settings.published_name(result.summary_file.path), metadata,
+                         settings.published_name(result.validation_file.path))
     yield dg.MaterializeResult(
         asset_key=keys[VALIDATION],
         metadata=metadata,
@@ -775,8 +844,8 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 120 else text[:119] + "…"
 
 
-def verdict_message(report: dict[str, Any], payload: str, summary_path: Path,
-                    validation_path: Path | None = None, label: str = "") -> str:
+def verdict_message(report: dict[str, Any], payload: str, summary_path: Path | str,
+                    validation_path: Path | str | None = None, label: str = "") -> str:
     """``N violations in <payload>:`` and a table of the first findings: what a failed run says first
     (``label``: the domain's, for every domain but KvOnce, ``N Inventory violations in ...``).
 
@@ -794,7 +863,7 @@ def verdict_message(report: dict[str, Any], payload: str, summary_path: Path,
                      f"{issue.get('eventIndex', '')} | {_cell(where_of(issue))} | {ids} | {_cell(issue['message'])} |")
     if len(issues) > VERDICT_FINDINGS:
         lines += ["", f"... and {len(issues) - VERDICT_FINDINGS} more findings in {summary_path} "
-                      f"(all of them in {validation_path or summary_path.with_name(artifacts.VALIDATION)})"]
+                      f"(all of them in {validation_path or Path(summary_path).with_name(artifacts.VALIDATION)})"]
     return "\n".join(lines)
 
 
@@ -812,10 +881,10 @@ class Violations(dg.Failure):
     their sha256), and the run's failure message is the verdict itself, with the first findings.
     """
 
-    def __init__(self, report: dict[str, Any], payload: str, summary_path: Path,
-                 metadata: dict[str, Any]) -> None:
+    def __init__(self, report: dict[str, Any], payload: str, summary_path: Path | str,
+                 metadata: dict[str, Any], validation_path: Path | str | None = None) -> None:
         self.report = report
-        super().__init__(description=verdict_message(report, payload, summary_path),
+        super().__init__(description=verdict_message(report, payload, summary_path, validation_path),
                          metadata={"verdict": "violations", **metadata}, allow_retries=False)
 
 

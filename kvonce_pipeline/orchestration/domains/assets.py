@@ -97,6 +97,7 @@ from ...engine import collect, otlp_encodings
 from ...engine.atomic import sha256_file
 from ...engine.errors import ConfigError, InputError, KvonceError, OutputError
 from ...engine.limits import Limits
+from ...engine import storage
 from ...engine import domain_decode, domain_pass, domain_render, registry
 from ...engine.domain import Domain, DomainEvent
 from ...engine.domain_decode import payload_mentions, read_domain_events
@@ -105,7 +106,7 @@ from ...engine.payload import TRACE_SUMMARY, TRACE_SUMMARY_MD, domain_folder, wr
 from ...engine.decode.reader import InputFormat, detect_format
 from ...domains.kvonce.schemas import ISO_MS, ISO_MS_FORM, NON_EMPTY, TEXT, check_frame, iso_ms, matches_form
 from ..conformance.assets import ASSET_NAMES as KVONCE_ASSET_NAMES
-from ..conformance.assets import _code_version, _schema_check
+from ..conformance.assets import _code_version, _schema_check, publish_after, published_step
 from ..conformance.assets import verdict_message as kvonce_verdict_message
 from ..resources import KvonceSettings
 
@@ -199,6 +200,19 @@ def _what_to_read(record: dict[str, Any], collected: Path) -> Path:
     return collected
 
 
+def _local_record(record: dict[str, Any], settings: KvonceSettings) -> dict[str, Any]:
+    """``record`` with a payload URL's ``source_path`` replaced by this run's private copy of it, so that
+    :func:`_what_to_read` can read an NDJSON log itself, as for a local file (errors name the URL again:
+    :meth:`KvonceSettings.input_error`)."""
+    source = record.get("source_path")
+    if not isinstance(source, str) or source != settings.payload or not storage.is_remote(source):
+        return record
+    try:
+        return {**record, "source_path": str(settings.resolve_payload())}
+    except InputError:
+        return record  # gone since it was collected: the collected copy is read
+
+
 def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
                     ndjson_domain: str) -> collect.Collected:
     """``collect_payload``; an NDJSON log of a generic domain is rendered through that domain's mapping
@@ -227,24 +241,35 @@ def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
 )
 def collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig,
                    kvonce: KvonceSettings) -> dg.MaterializeResult:
-    destination = kvonce.trace_dir() / COLLECTED_FILE
+    try:
+        destination = kvonce.trace_dir() / COLLECTED_FILE
+    except ConfigError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
+    if kvonce.reports_url() is None:
+        return _collected_otlp(context, config, kvonce, destination)
+    return publish_after(context, kvonce, lambda: destination.parent, [COLLECTED_FILE],
+                         lambda: _collected_otlp(context, config, kvonce, destination))
+
+
+def _collected_otlp(context: dg.AssetExecutionContext, config: CollectConfig, kvonce: KvonceSettings,
+                    destination: Path) -> dg.MaterializeResult:
     try:
         source = kvonce.resolve_payload()
-        context.log.info(f"collecting {source}")
+        context.log.info(f"collecting {kvonce.payload_label(source)}")
         collected = collect_as_otlp(source, destination, kvonce, ndjson_domain(context, kvonce, config.ndjson_domain))
         domains = mentioned_domains(collected.path, kvonce.limits())
         source_sha = collected.sha256 if not collected.converted else sha256_file(source)
     except InputError as error:
-        raise unusable_failure(error) from None
+        raise unusable_failure(kvonce.input_error(error)) from None
     except ConfigError as error:
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
-    context.log.info(f"{source} carries the spans of: {', '.join(domains) or 'no installed domain'}")
+    context.log.info(f"{kvonce.payload_label(source)} carries the spans of: {', '.join(domains) or 'no installed domain'}")
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(collected.path)),
+            "path": dg.MetadataValue.path(kvonce.published_name(collected.path)),
             "sha256": collected.sha256,
             "bytes": collected.size,
-            "source_path": dg.MetadataValue.path(str(source)),
+            "source_path": dg.MetadataValue.path(kvonce.payload_label(source)),
             "source_sha256": source_sha,
             "source_bytes": source.stat().st_size,
             "source_format": collected.format.value,
@@ -477,14 +502,23 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 120 else text[:119] + "…"
 
 
-def verdict_message(result: DomainResult, payload: str) -> str:
-    """``N <label> violations in <payload>:`` and a table of the first findings (as KvOnce's run says)."""
-    return kvonce_verdict_message(result.report, payload, result.out_dir / result.names.summary,
-                                  result.out_dir / result.names.validation, result.domain.definition.label)
+def verdict_message(result: DomainResult, payload: str, shown: Callable[[Path], str] = str) -> str:
+    """``N <label> violations in <payload>:`` and a table of the first findings (as KvOnce's run says);
+    ``shown`` names a file (its published URL when the reports go to one)."""
+    return kvonce_verdict_message(result.report, payload, shown(result.out_dir / result.names.summary),
+                                  shown(result.out_dir / result.names.validation), result.domain.definition.label)
 
 
-def _file(path: Path) -> dict[str, Any]:
-    return {"path": dg.MetadataValue.path(str(path)), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def _file(path: Path, settings: KvonceSettings) -> dict[str, Any]:
+    """Where the file is (its published URL when the reports go to one), its sha256 and size."""
+    return {"path": dg.MetadataValue.path(settings.published_name(path)), "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
+
+
+def publish_order(domain: Domain) -> tuple[str, ...]:
+    """A domain's artifacts in the order a reports URL gets them: the validation report last."""
+    names = domain.artifact_names()
+    return (*(name for name in names.all() if name != names.validation), names.validation)
 
 
 def _domain_code_version(domain: Domain) -> str:
@@ -537,6 +571,9 @@ class Placement:
     group_suffix: str = ""
     #: the folder of this run's ``collected-otlp.json``
     folder_of: Callable[[dg.AssetExecutionContext, KvonceSettings], Path] = _trace_dir
+    #: its files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one; the drop variant's stay local
+    #: (its folder refuses a URL itself: docs/storage.md)
+    publishes: bool = True
 
     def key(self, name: str) -> dg.AssetKey:
         return dg.AssetKey([*self.key_prefix, name])
@@ -612,7 +649,16 @@ def build_domain_assets(domain: Domain, placement: Placement = CI) -> dg.AssetsD
             # others' records out of date with the files on disk
             raise dg.Failure(description=f"the {domain.name} group is materialized as a whole: select all of "
                                          f"{', '.join(keys)}", allow_retries=False)
-        yield from _step(context, config, kvonce, domain, keys, placement)
+        try:
+            if kvonce.reports_url() is None or not placement.publishes:
+                yield from _step(context, config, kvonce, domain, keys, placement)
+            else:
+                yield from published_step(context, kvonce, _step(context, config, kvonce, domain, keys, placement),
+                                          lambda: domain_folder(placement.folder_of(context, kvonce), domain),
+                                          publish_order(domain))
+        except ConfigError as error:  # a reports URL: no backend installed, or a drop run
+            raise dg.Failure(description=str(error), metadata={"verdict": "unusable"},
+                             allow_retries=False) from None
 
     return conformance_pass
 
@@ -635,9 +681,10 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
     def unusable(error: InputError) -> dg.Failure:
+        error = settings.input_error(error)
         if error.source == str(collected) and source != str(collected):
-            error = InputError(source, f"{error.message} (read from its collected copy {collected})",
-                               where=error.where)
+            error = InputError(source, f"{error.message} (read from its collected copy "
+                                       f"{settings.published_name(collected)})", where=error.where)
         domain_input_error(domain, error, folder)
         return unusable_failure(error)
 
@@ -651,8 +698,13 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
                          + (f" (removed an earlier payload's {', '.join(removed)})" if removed else ""))
         return iter(())
 
+    try:
+        if placement.publishes:
+            settings.restore(trace_dir, [COLLECTED_FILE])  # collected_otlp ran in another process
+    except OutputError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
     if not collected.is_file():
-        raise unusable(InputError(str(collected), "no collected payload: materialize "
+        raise unusable(InputError(settings.published_name(collected), "no collected payload: materialize "
                                                   f"{placement.collected_key.to_user_string()} first"))
     mentioned = record.get("domains")
     if isinstance(mentioned, list) and domain.name not in mentioned and not require_spans:
@@ -661,7 +713,8 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         yield from absent(f"no span carries {definition.prefix}type")
         return
     try:
-        read = read_domain_events(_what_to_read(record, collected), [domain], limits=settings.limits())
+        read = read_domain_events(_what_to_read(_local_record(record, settings), collected), [domain],
+                                  limits=settings.limits())
     except InputError as error:
         raise unusable(error) from None
     events = read.events[domain.name]
@@ -688,7 +741,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
     projection_outcome = check_frame(projection_schema(domain, stats), projection_frame(stats))
     validation_outcome = check_frame(validation_schema(domain, report), issues_frame(report))
 
-    events_file = _file(folder / result.names.events)
+    events_file = _file(folder / result.names.events, settings)
     yield dg.MaterializeResult(
         asset_key=events_key,
         metadata={**events_file, "dagster/row_count": stats["events"], "spans": summary.get("spans"),
@@ -697,11 +750,11 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         data_version=dg.DataVersion(events_file["sha256"]),
         check_results=[_schema_check("events_schema", events_key, events_outcome)],
     )
-    projection_file = _file(folder / result.names.projection)
+    projection_file = _file(folder / result.names.projection, settings)
     states = folder / result.names.state_sequence
     yield dg.MaterializeResult(
         asset_key=projection_key,
-        metadata={**projection_file, "state_sequence_path": dg.MetadataValue.path(str(states)),
+        metadata={**projection_file, "state_sequence_path": dg.MetadataValue.path(settings.published_name(states)),
                   "state_sequence_sha256": sha256_file(states), "dagster/row_count": stats["keys"],
                   "events": stats["events"], "stats": dg.MetadataValue.json(stats)},
         data_version=dg.DataVersion(projection_file["sha256"]),
@@ -719,9 +772,9 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
             metadata={"errors": counts["errors"], "warnings": counts["warnings"],
                       "by_rule": dg.MetadataValue.json(counts["byRule"]), "findings": dg.MetadataValue.md(findings)}),
     ]
-    validation_file = _file(folder / result.names.validation)
+    validation_file = _file(folder / result.names.validation, settings)
     summary_path = folder / result.names.summary
-    metadata = {**validation_file, "summary_path": dg.MetadataValue.path(str(summary_path)),
+    metadata = {**validation_file, "summary_path": dg.MetadataValue.path(settings.published_name(summary_path)),
                 "summary_sha256": sha256_file(summary_path), "valid": result.valid, "strict": report["strict"],
                 "errors": counts["errors"], "warnings": counts["warnings"],
                 "dagster/row_count": len(report["issues"]),
@@ -730,7 +783,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         # As KvOnce's Violations: the report is written, but the asset is not materialized, so the UI
         # shows it failed; the step's failure message is the verdict.
         yield from checks
-        raise dg.Failure(description=verdict_message(result, source), metadata={"verdict": "violations", **metadata},
+        raise dg.Failure(description=verdict_message(result, source, settings.published_name), metadata={"verdict": "violations", **metadata},
                          allow_retries=False)
     yield dg.MaterializeResult(asset_key=validation_key, metadata=metadata,
                                data_version=dg.DataVersion(validation_file["sha256"]), check_results=checks)
@@ -752,6 +805,14 @@ def _trace_ids(events_file: Path) -> tuple[list[str], int]:
     seen = dict.fromkeys(match.group(1) for match in _TRACE_ID.finditer(blob))
     listed = [item.decode("utf-8", "replace") for item in list(seen)[:domain_pass.TRACE_IDS_LISTED]]
     return listed, len(seen)
+
+
+def _lists_trace_ids(projection: Path) -> bool:
+    """The projection's stats count the trace ids (else :func:`result_from_files` reads the events file)."""
+    try:
+        return "traceIdCount" in orjson.loads(projection.read_bytes()).get("stats", {})
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def result_from_files(domain: Domain, folder: Path) -> DomainResult | None:
@@ -794,7 +855,13 @@ def build_trace_summary(placement: Placement = CI) -> dg.AssetsDefinition:
                     "payload carries (as `kvonce conformance` writes them); runs last in its job.",
     )
     def trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
-        return _trace_summary(context, kvonce, placement)
+        try:
+            if kvonce.reports_url() is None or not placement.publishes:
+                return _trace_summary(context, kvonce, placement)
+            return publish_after(context, kvonce, lambda: placement.folder_of(context, kvonce),
+                                 [TRACE_SUMMARY_MD, TRACE_SUMMARY], lambda: _trace_summary(context, kvonce, placement))
+        except ConfigError as error:
+            raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
 
     return trace_summary
 
@@ -807,6 +874,14 @@ def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
     source = str(record.get("source_path") or trace_dir / COLLECTED_FILE)
     installed = registry.installed()
     carried = [d for name, d in installed.items() if not isinstance(mentioned, list) or name in mentioned]
+    try:
+        for domain in installed.values() if placement.publishes else ():  # their steps ran in other processes
+            names = domain.artifact_names()
+            folder = domain_folder(trace_dir, domain)
+            if kvonce.restore(folder, [names.validation, names.projection]) and not _lists_trace_ids(folder / names.projection):
+                kvonce.restore(folder, [names.events])  # read for its trace ids only then
+    except OutputError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
     results = [r for d in carried if (r := result_from_files(d, domain_folder(trace_dir, d))) is not None]
     if any(r.error is None for r in results):  # as the CLI: an own pass that found no events is left out
         results = [r for r in results if r.error is None or r.domain.runner is None]
@@ -823,7 +898,7 @@ def _trace_summary(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
     path = trace_dir / TRACE_SUMMARY
     table = "\n".join(f"| {d['label']} | {d['status']} | {d['issues']} |" for d in document["domains"])
     return dg.MaterializeResult(
-        metadata={**_file(path), "markdown_path": dg.MetadataValue.path(str(trace_dir / TRACE_SUMMARY_MD)),
+        metadata={**_file(path, kvonce), "markdown_path": dg.MetadataValue.path(kvonce.published_name(trace_dir / TRACE_SUMMARY_MD)),
                   "status": aggregate["status"], "exit_code": aggregate["exitCode"],
                   "domains": dg.MetadataValue.md("| domain | status | issues |\n|---|---|---|\n" + table),
                   "dagster/row_count": aggregate["domains"]},

@@ -102,7 +102,7 @@ class TraceJobHooks(ConformanceHooks):
             except ConfigError as error:  # collected_otlp fails with the same message
                 raise dg.Failure(description=str(error), metadata={"verdict": "unusable"},
                                  allow_retries=False) from None
-            return f"{source} is an NDJSON event log of {domain} (ndjson_domain)"
+            return f"{settings.payload_label(source)} is an NDJSON event log of {domain} (ndjson_domain)"
         try:
             carried = mentioned_domains(source, limits)
         except InputError:
@@ -110,7 +110,7 @@ class TraceJobHooks(ConformanceHooks):
         if registry.DEFAULT_DOMAIN in carried or not carried:
             return None  # KvOnce's, or nobody's: KvOnce's pass reports "no kvonce events" as it always has
         prefix = registry.get(registry.DEFAULT_DOMAIN).definition.prefix
-        return f"no span of {source} carries {prefix}type; it carries {', '.join(carried)}"
+        return f"no span of {settings.payload_label(source)} carries {prefix}type; it carries {', '.join(carried)}"
 
 
 trace_job_hooks = TraceJobHooks()

@@ -32,7 +32,7 @@ from ...domains.kvonce import artifacts
 from ...domains.kvonce import envelope
 from ...domains.kvonce import store
 from ...engine.atomic import write_bytes_atomic
-from ...engine.errors import InputError
+from ...engine.errors import ConfigError, InputError
 from ...domains.kvonce.own_pass.stages import ValidationResult, write_report_files
 from ..conformance.assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
 from ..resources import KvonceSettings
@@ -63,9 +63,19 @@ def _key(context: dg.AssetExecutionContext) -> str:
     return key
 
 
+def drop_trace_dir(settings: KvonceSettings) -> Path:
+    """``<reports>/trace`` of the drop graphs, which must be a local or shared POSIX folder (their
+    per-payload folders, the store replaced by rename, the sensor's reads): a reports URL fails the step
+    clearly rather than writing reports nowhere (docs/storage.md)."""
+    try:
+        return settings.local_trace_dir("the drop jobs")
+    except ConfigError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
+
+
 def drop_output(context: dg.AssetExecutionContext, settings: KvonceSettings) -> Path:
     """``<reports>/trace/<partition key>``; the key was checked to be one safe path component."""
-    return settings.trace_dir() / _key(context)
+    return drop_trace_dir(settings) / _key(context)
 
 
 #: In the partition's folder while its run lasts: the payload's bytes as read (and hashed) once.
@@ -78,6 +88,8 @@ def _private_copy(context: dg.AssetExecutionContext, settings: KvonceSettings) -
 
 class DropHooks(ConformanceHooks):
     """Locates a partition's payload, stamps lineage, judges against the store, writes the envelope."""
+
+    publishes = False  # a drop run's folder is local or shared POSIX (drop_trace_dir refuses a URL)
 
     def __init__(self) -> None:
         self._sources: dict[tuple[str, str], drops.DropFile] = {}
@@ -234,7 +246,7 @@ def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings, scope: s
     Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
     ``registered``: the instance's partition keys, when the caller already fetched them.
     """
-    trace = settings.trace_dir()
+    trace = drop_trace_dir(settings)
     excluded = store.excluded_partitions(trace, scope)
     out: list[store.PayloadFacts] = []
     own_order: int | None = None
@@ -296,7 +308,7 @@ def _scopes(registered: Sequence[str]) -> list[str]:
                 "itself is 'default'), folded in event-time order (kvonce-store/[<scope>/]kvonce-store.json, .md).",
 )
 def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, config: StoreConfig) -> dg.MaterializeResult:
-    trace = kvonce.trace_dir()
+    trace = drop_trace_dir(kvonce)
     reset = None
     if config.reset_scope is not None:
         if not drops.is_scope_name(config.reset_scope):

@@ -100,7 +100,7 @@ def _drop_folder(context: dg.AssetExecutionContext, settings: KvonceSettings) ->
 
 
 PLACEMENT = Placement(key_prefix=(PREFIX,), partitions_def=drop_partitions, group_suffix="_drops",
-                      folder_of=_drop_folder)
+                      folder_of=_drop_folder, publishes=False)
 DROP_COLLECTED_KEY = PLACEMENT.collected_key
 
 

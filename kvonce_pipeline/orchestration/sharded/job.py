@@ -27,6 +27,7 @@ import dagster as dg
 from ...domains.kvonce import artifacts
 from ...domains.kvonce.own_pass.conformance import ConformanceOptions
 from ...engine.errors import InputError
+from ...engine.storage import is_remote
 from ...domains.kvonce.own_pass.shards import ENGINES, MAX_SHARDS, SCHEDULER_ENV, EngineError, engine_for, run_sharded
 from ..conformance.assets import Violations
 from ..resources import KvonceSettings
@@ -63,6 +64,11 @@ def kvonce_sharded_check(context: dg.OpExecutionContext, config: ShardedRunConfi
         raise dg.Failure(description=f"shards must be 1 to {MAX_SHARDS}, not {config.shards}")
     if config.scheduler and config.engine != "dask":
         raise dg.Failure(description="a scheduler address needs engine: dask")
+    for name, location in (("KVONCE_OTLP_PAYLOAD", kvonce.payload), ("KVONCE_REPORTS_DIR", kvonce.reports_url())):
+        if location and is_remote(location):
+            raise dg.Failure(description=f"{name} is {location}: kvonce_sharded_job reads and writes local or shared "
+                                         "POSIX paths (its shard files go beside the reports); `kvonce conformance "
+                                         "--shards S` takes URLs", metadata={"verdict": "unusable"})
     payload, out_dir = kvonce.resolve_payload(), kvonce.trace_dir()
     options = ConformanceOptions(format=kvonce.input_format, strict=kvonce.strict, max_retries=kvonce.max_retries,
                                  limits=kvonce.limits())
