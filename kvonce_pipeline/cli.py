@@ -74,14 +74,18 @@ def _conformance(args: argparse.Namespace) -> int:
         print(f"kvonce: --output-dir {out_dir} is a file, not a folder: give a folder for the reports",
               file=sys.stderr)
         return EXIT_UNUSABLE
+    disabled = frozenset(_names(args.disable) or ())
     options = ConformanceOptions(format=args.format, strict=args.strict, max_retries=args.max_retries,
-                                 limits=Limits.from_env())
+                                 limits=Limits.from_env(), disabled=disabled)
     progress = None if args.no_progress else ConsoleProgress(sys.stderr)
     domains = _names(args.domain)
     if _sharded(args) or is_remote(str(out_dir)) or is_remote(args.input):
-        if domains not in (None, ("kvonce",)) or args.option or args.disable:
-            raise KvonceError("--domain, --option and --disable work on local files with one pass; key shards "
+        if domains not in (None, ("kvonce",)) or args.option:
+            raise KvonceError("--domain and --option work on local files with one pass; key shards "
                               "and URLs check KvOnce only")
+        from .domains.kvonce.validation import check_disabled
+
+        check_disabled(disabled)
         if _sharded(args):
             result = _run_sharded(args, out_dir, options, progress)
         else:
@@ -125,7 +129,7 @@ def _check_payload(args: argparse.Namespace, out_dir: Path, domains: tuple[str, 
         print(f"kvonce: warning: {problem}", file=sys.stderr)
     request = PayloadRequest(args.input, out_dir, format=args.format, limits=options.limits, domains=domains,
                              strict=args.strict,
-                             disabled=frozenset(_names(args.disable) or ()),
+                             disabled=options.disabled,
                              options=_domain_options(args, domains), extra={"progress": progress})
     outcome = check_payload(request)
     results = outcome.results

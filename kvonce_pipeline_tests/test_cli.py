@@ -42,6 +42,21 @@ def test_strict_and_max_retries_change_the_verdict(sample_ndjson: Path, tmp_path
     assert any(i["type"] == "retry-bound-exceeded" for i in report["issues"])
 
 
+def test_disable_leaves_a_kvonce_rule_out_of_the_verdict(sample_ndjson: Path, tmp_path: Path) -> None:
+    """--disable works on KvOnce as on every domain: the strict run's only finding gone, exit 0, and the
+    report and summary say which rules were left out; a rule KvOnce lacks is exit 2 before reading."""
+    run = kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path), "--strict",
+                 "--disable", "duplicate-before-success")
+    assert run.returncode == 0, run.stderr
+    report = orjson.loads((tmp_path / "kvonce-validation.json").read_bytes())
+    assert report["disabledRules"] == ["duplicate-before-success"] and report["issues"] == []
+    assert "disabled: duplicate-before-success" in (tmp_path / "kvonce-summary.md").read_text()
+    typo = kvonce("conformance", "--input", str(sample_ndjson), "--output-dir", str(tmp_path / "t"),
+                  "--disable", "duplicate-before-sucess")
+    assert typo.returncode == 2 and "duplicate-before-sucess" in typo.stderr
+    assert not (tmp_path / "t" / "kvonce-validation.json").exists()
+
+
 def test_unusable_input_exits_2_and_leaves_no_valid_report(sample_otlp: Path, tmp_path: Path) -> None:
     assert kvonce("conformance", "--input", str(sample_otlp), "--output-dir", str(tmp_path)).returncode == 0
     bad = tmp_path / "bad.ndjson"

@@ -51,11 +51,7 @@ def run(job: DomainRun) -> DomainResult:
     if max_retries < 0:
         raise ConfigError(f"max_retries must be zero or more, not {max_retries}")
     options = ConformanceOptions(format=job.format, strict=job.options.strict, max_retries=max_retries,
-                                 limits=job.limits)
-    if job.options.disabled:
-        from ...engine.errors import KvonceError
-
-        raise KvonceError(f"--disable is not supported by KvOnce's pass yet ({', '.join(sorted(job.options.disabled))})")
+                                 limits=job.limits, disabled=job.options.disabled)
     result = run_conformance(job.input, job.out_dir, options, progress=job.extra.get("progress"))
     listed, count = trace_ids(job.out_dir / NAMES.events)
     return DomainResult(domain, job.out_dir, result.report, NAMES, listed, count)

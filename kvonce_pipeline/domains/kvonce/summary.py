@@ -21,8 +21,10 @@ def render_summary(report: dict[str, Any], projection_stats: dict[str, Any] | No
         return "\n".join(lines) + "\n"
     verdict = "valid" if report["valid"] else "INVALID"
     mode = "strict" if report.get("strict") else "default"
+    disabled = report.get("disabledRules") or []
     lines.append(f"**Verdict: {verdict}** ({summary.get('errors', 0)} errors, "
-                 f"{summary.get('warnings', 0)} warnings; {mode} mode, MAX_RETRIES {report.get('maxRetries')})")
+                 f"{summary.get('warnings', 0)} warnings; {mode} mode, MAX_RETRIES {report.get('maxRetries')}"
+                 + (f"; disabled: {', '.join(disabled)}" if disabled else "") + ")")
     lines.append("")
     source = summary.get("input") or {}
     rows = [("events", summary.get("events")), ("keys", summary.get("keys"))]

@@ -14,6 +14,7 @@ from typing import Any, cast
 import msgspec
 
 from ...engine.domain import RuleSpec, load_definition, rule_table
+from ...engine.errors import ConfigError
 from .events import EVENT_TYPES, Event
 
 #: KvOnce's definition: the rule table, the report's schema version and MAX_RETRIES's default are
@@ -25,6 +26,14 @@ DEFAULT_MAX_RETRIES: int = next(option.default for option in DEFINITION.options 
 
 #: rule id -> its severity ("error" or "warning" by default; strict mode makes every warning an error)
 RULES: dict[str, RuleSpec] = {rule.id: rule for rule in rule_table(DEFINITION, own_pass=True)}
+
+
+def check_disabled(disabled: frozenset[str]) -> None:
+    """Rules to disable must be KvOnce's: a typo would otherwise silently disable nothing."""
+    unknown = sorted(disabled - RULES.keys())
+    if unknown:
+        raise ConfigError(f"--disable names rules KvOnce does not have: {', '.join(unknown)} "
+                          "(`kvonce domain doc kvonce` lists them)")
 
 
 def attempt_of(context: Any) -> int | float | None:
@@ -79,11 +88,15 @@ class _KeyState(msgspec.Struct, gc=False):
 class Validator:
     """Feed events in order with :meth:`observe`, then call :meth:`report`."""
 
-    def __init__(self, *, max_retries: int = DEFAULT_MAX_RETRIES, strict: bool = False) -> None:
+    def __init__(self, *, max_retries: int = DEFAULT_MAX_RETRIES, strict: bool = False,
+                 disabled: frozenset[str] = frozenset()) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be zero or more")
+        check_disabled(disabled)
         self.max_retries = max_retries
         self.strict = strict
+        #: rule ids not reported at all (``--disable``): their findings are made and dropped
+        self.disabled = disabled
         self.issues: list[dict[str, Any]] = []
         self._keys: dict[str, _KeyState] = {}
         # where a finding reported only at the end points: event index -> (origin, traceId, spanId)
@@ -98,7 +111,8 @@ class Validator:
             severity = "error"
         issue: dict[str, Any] = {"type": rule_id, "key": key, "severity": severity, "message": message,
                                  **_pointer(index, where)}
-        self.issues.append(issue)
+        if rule_id not in self.disabled:
+            self.issues.append(issue)
         return issue
 
     def observe(self, index: int, event: Event) -> None:
@@ -203,20 +217,30 @@ class Validator:
         }
         if input_summary is not None:
             summary["input"] = input_summary
-        return {
-            "schemaVersion": SCHEMA_VERSION,
-            "valid": errors == 0,
-            "strict": self.strict,
-            "maxRetries": self.max_retries,
-            "issues": self.issues,
-            "summary": summary,
-        }
+        return report_document(self.strict, self.max_retries, self.disabled, self.issues, summary, errors)
+
+
+def report_document(strict: bool, max_retries: int, disabled: frozenset[str], issues: list[dict[str, Any]],
+                    summary: dict[str, Any], errors: int) -> dict[str, Any]:
+    """``kvonce-validation.json`` (every strategy's: the key shards' merge writes it too). ``disabledRules``
+    only when rules were disabled, so a report without ``--disable`` keeps its bytes."""
+    report: dict[str, Any] = {
+        "schemaVersion": SCHEMA_VERSION,
+        "valid": errors == 0,
+        "strict": strict,
+        "maxRetries": max_retries,
+    }
+    if disabled:
+        report["disabledRules"] = sorted(disabled)
+    report["issues"] = issues
+    report["summary"] = summary
+    return report
 
 
 def validate_events(events: list[Event], *, max_retries: int = DEFAULT_MAX_RETRIES,
-                    strict: bool = False) -> dict[str, Any]:
+                    strict: bool = False, disabled: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Convenience for library users: the validation report of an ordered event list."""
-    validator = Validator(max_retries=max_retries, strict=strict)
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     for index, event in enumerate(events):
         validator.observe(index, event)
     return validator.report()

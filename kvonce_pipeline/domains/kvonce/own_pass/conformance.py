@@ -27,7 +27,7 @@ from ..reader import SORT_RUN_EVENTS, STREAMABLE, OutOfOrder, open_trace, read_t
 from ....engine.decode.reader import detect_format, park
 from .stages import ProgressCallback, write_artifacts, write_input_error
 from ....engine.storage import is_remote, run_staged
-from ..validation import DEFAULT_MAX_RETRIES
+from ..validation import DEFAULT_MAX_RETRIES, check_disabled
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class ConformanceOptions:
     format: str = "auto"
     strict: bool = False
     max_retries: int = DEFAULT_MAX_RETRIES
+    #: rule ids not reported at all (``--disable``); the report lists them as ``disabledRules``
+    disabled: frozenset[str] = frozenset()
     limits: Limits = Limits()
     #: False reads the whole trace into memory first (:func:`read_trace`), as earlier versions
     #: did; the artifacts are byte-identical either way.
@@ -83,6 +85,8 @@ def run_conformance(input_path: str | os.PathLike[str], output_dir: str | os.Pat
     ``progress(stage, done, total)`` is called every few thousand events. Either may be a URL
     (``s3://...``): see :mod:`kvonce_pipeline.engine.storage`.
     """
+    check_disabled(options.disabled)  # before anything is read or written
+
     def run(source: str | os.PathLike[str], out: Path) -> ConformanceResult:
         return _run_local(source, out, options, progress)
 
@@ -106,6 +110,7 @@ def _run_local(input_path: str | os.PathLike[str], out: Path, options: Conforman
         if not options.streaming:
             trace = read_trace(input_path, format=options.format, limits=options.limits)
             result = write_artifacts(trace.events, out, max_retries=options.max_retries, strict=options.strict,
+                                     disabled=options.disabled,
                                      input_summary=trace.summary(), progress=progress,
                                      total=len(trace.events),
                                      parallel=use_parallel(input_path, options.parallel)).validation
@@ -197,6 +202,7 @@ def _streamed(input_path: str | os.PathLike[str], out: Path, options: Conformanc
             if not events:
                 next(trace.events, None)  # raises "no kvonce events", naming the spans seen
         result = write_artifacts(events, out, max_retries=options.max_retries, strict=options.strict,
+                                 disabled=options.disabled,
                                  input_summary=trace.summary, progress=report_progress,
                                  parallel=parallel, fed=feed.handoff(trace.listed)).validation
         park(trace.listed)  # a million events take most of a second to free: not before exit

@@ -63,8 +63,7 @@ from ..reader import OutOfOrder, open_trace
 from .one_pass import INDENT_BELOW
 from .stages import BATCH, BackgroundWriter, ProgressCallback, write_input_error, write_report_files
 from ....engine.gc_pause import gc_paused
-from ..validation import SCHEMA_VERSION as VALIDATION_SCHEMA
-from ..validation import Validator
+from ..validation import Validator, check_disabled, report_document
 
 #: A shard's number is one byte of the shard map.
 MAX_SHARDS = 256
@@ -96,6 +95,7 @@ class ShardTask(msgspec.Struct, frozen=True):
     events: int  # events in the whole trace
     max_retries: int
     strict: bool
+    disabled: frozenset[str] = frozenset()
 
 
 class ShardResult(msgspec.Struct, frozen=True):
@@ -274,7 +274,7 @@ def check_shard(task: ShardTask) -> ShardResult:
     started, cpu_started = time.perf_counter(), time.process_time()
     folder, shard = Path(task.folder), task.shard
     _still_there(folder)
-    validator = Validator(max_retries=task.max_retries, strict=task.strict)
+    validator = Validator(max_retries=task.max_retries, strict=task.strict, disabled=task.disabled)
     per_key = PerKeyFold()
     states = StateFold()
     totals, keys_seen = states.totals, per_key.per_key
@@ -377,7 +377,7 @@ def merge_stats(results: Sequence[ShardResult]) -> dict[str, Any]:
 
 
 def merge_report(folder: Path, results: Sequence[ShardResult], *, max_retries: int, strict: bool,
-                 input_summary: dict[str, Any] | None) -> dict[str, Any]:
+                 input_summary: dict[str, Any] | None, disabled: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The validation report, as :meth:`Validator.report` makes it for one pass.
 
     Findings are sorted by ``(eventIndex, type)`` within each shard; an event belongs to one
@@ -396,8 +396,7 @@ def merge_report(folder: Path, results: Sequence[ShardResult], *, max_retries: i
                                "errors": errors, "warnings": len(issues) - errors, "byRule": by_rule}
     if input_summary is not None:
         summary["input"] = input_summary
-    return {"schemaVersion": VALIDATION_SCHEMA, "valid": errors == 0, "strict": strict, "maxRetries": max_retries,
-            "issues": issues, "summary": summary}
+    return report_document(strict, max_retries, disabled, issues, summary, errors)
 
 
 def _projection_shell(stats: dict[str, Any], events: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
@@ -638,6 +637,7 @@ def run_sharded(input_path: str | os.PathLike[str], output_dir: str | Path, opti
     """
     if not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be 1 to {MAX_SHARDS}, not {shards}")
+    check_disabled(options.disabled)
     out = Path(output_dir)
     _allow_open_files(2 * shards + 64)  # the merge reads every shard's two parts at once
     prefix = _folder_prefix()
@@ -669,7 +669,8 @@ def _run_in(folder: Path, input_path: str | os.PathLike[str], out: Path, options
         except OutputError as output_error:
             error.add_note(f"no report written: {output_error}")
         raise
-    tasks = [ShardTask(str(folder.resolve()), shard, shards, split.events, options.max_retries, options.strict)
+    tasks = [ShardTask(str(folder.resolve()), shard, shards, split.events, options.max_retries, options.strict,
+                       options.disabled)
              for shard in range(shards)]
     started = time.perf_counter()
     results = engine.run(tasks)
@@ -679,6 +680,7 @@ def _run_in(folder: Path, input_path: str | os.PathLike[str], out: Path, options
     with gc_paused():
         stats = merge_files(split, results, staged_states, staged_projection, progress)
         report = merge_report(folder, results, max_retries=options.max_retries, strict=options.strict,
+                              disabled=options.disabled,
                               input_summary=split.input_summary)
     _publish(out, ((_events_path(folder), out / artifacts.EVENTS),
                    (staged_states, out / artifacts.STATE_SEQUENCE),

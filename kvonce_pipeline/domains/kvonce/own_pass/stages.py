@@ -89,11 +89,12 @@ def write_validation(
     *,
     max_retries: int = DEFAULT_MAX_RETRIES,
     strict: bool = False,
+    disabled: frozenset[str] = frozenset(),
     input_summary: dict[str, Any] | None = None,
     projection_stats: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
 ) -> ValidationResult:
-    validator = Validator(max_retries=max_retries, strict=strict)
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     observe = validator.observe
     for index, event in enumerate(progressed(events, progress, "validation")):
         observe(index, event)
@@ -116,6 +117,7 @@ def write_artifacts(
     *,
     max_retries: int = DEFAULT_MAX_RETRIES,
     strict: bool = False,
+    disabled: frozenset[str] = frozenset(),
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     progress: ProgressCallback | None = None,
     total: int | None = None,
@@ -142,6 +144,7 @@ def write_artifacts(
         with gc_paused():
             events_list = cast("list[Event]", events)  # a fed run hands over the reader's own list
             return _write_artifacts_fed(events_list, out_dir, fed, max_retries=max_retries, strict=strict,
+                                        disabled=disabled,
                                         input_summary=input_summary, progress=progress, total=total)
     write: Callable[..., ArtifactsResult] = _write_artifacts
     if parallel:
@@ -149,7 +152,7 @@ def write_artifacts(
 
         write = _write_artifacts_forked if type(events) is list and can_fork() else _write_artifacts_parallel
     with gc_paused():
-        return write(events, out_dir, max_retries=max_retries, strict=strict,
+        return write(events, out_dir, max_retries=max_retries, strict=strict, disabled=disabled,
                      input_summary=input_summary, progress=progress, total=total)
 
 
@@ -159,6 +162,7 @@ def _write_artifacts_parallel(
     *,
     max_retries: int,
     strict: bool,
+    disabled: frozenset[str],
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
@@ -166,7 +170,7 @@ def _write_artifacts_parallel(
     """The projection in a worker process that reads the events file's bytes from a pipe."""
     from .parallel import Feeder, ProjectionWorker
 
-    validator = Validator(max_retries=max_retries, strict=strict)
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     worker = ProjectionWorker(out_dir)
     try:
@@ -187,6 +191,7 @@ def _write_artifacts_forked(
     *,
     max_retries: int,
     strict: bool,
+    disabled: frozenset[str],
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
@@ -201,8 +206,8 @@ def _write_artifacts_forked(
 
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     summary = input_summary() if callable(input_summary) else input_summary  # final: the list is complete
-    child = ForkedProjection(events, out_dir, Validator(max_retries=max_retries, strict=strict),
-                             summary)  # before the writer threads start
+    child = ForkedProjection(events, out_dir, Validator(max_retries=max_retries, strict=strict,
+                                                        disabled=disabled), summary)  # before the writer threads start
     outcome: dict[str, Any] = {}
 
     def child_done() -> None:  # before the parent's files are renamed: if the child failed, nothing is
@@ -220,7 +225,8 @@ def _write_artifacts_forked(
 
 
 def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection", *, max_retries: int,
-                         strict: bool, input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+                         strict: bool, disabled: frozenset[str],
+                         input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
                          progress: ProgressCallback | None, total: int | None) -> ArtifactsResult:
     """The verdict here; the events file, the state sequence and the projection are the fed worker's.
 
@@ -228,7 +234,7 @@ def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection
     finishes its files while this process makes the verdict (the split that kept the two
     processes' shares of the 1M-event run closest). All files are published together, here.
     """
-    validator = Validator(max_retries=max_retries, strict=strict)
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     observe = validator.observe
     try:
         for index, event in enumerate(events):  # a second or so: progress came with the decoding
@@ -303,12 +309,13 @@ def _write_artifacts(
     *,
     max_retries: int,
     strict: bool,
+    disabled: frozenset[str],
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
 ) -> ArtifactsResult:
     builder = ProjectionBuilder()
-    validator = Validator(max_retries=max_retries, strict=strict)
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     events_file, state_file = write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
                                                          validator, progress, total)
     projection = _write_projection_file(builder.per_key_fold, out_dir, state_file)

@@ -22,7 +22,7 @@ import orjson
 
 from kvonce_pipeline import cli
 from kvonce_pipeline.domains.kvonce.own_pass.conformance import ConformanceOptions, run_conformance
-from kvonce_pipeline.engine.errors import InputError, OutputError
+from kvonce_pipeline.engine.errors import ConfigError, InputError, OutputError
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.domains.kvonce.own_pass.shards import (FOLDER_PREFIX, SCHEDULER_ENV, DaskEngine, EngineError,
                                                             LocalEngine, run_sharded, shard_of)
@@ -60,6 +60,54 @@ def test_sharded_equals_single_pass(tmp_path: Path, form: str, events: int, keys
         assert sum(run.split.per_shard) == events
         if shards > 1:
             assert min(run.split.per_shard) > 0
+
+
+def test_disabled_rules_are_left_out_the_same_way_by_every_strategy(tmp_path: Path) -> None:
+    """--disable on KvOnce: the rules' findings are gone from the report, the counts and the summary,
+    the report lists them, and the one pass (whole or streamed, with or without the second core) and
+    2 shards write the same bytes; the events, projection and state sequence do not change."""
+    path = tmp_path / "trace.otlp-jsonl"
+    generate(path, GenerateOptions(events=6_000, keys=2_000, format="otlp-jsonl", violations=0.03, seed=11))
+    full = run_conformance(path, tmp_path / "full")
+    by_rule = full.report["summary"]["byRule"]
+    off = frozenset(sorted(by_rule)[:2])
+    assert len(off) == 2 and "disabledRules" not in full.report
+    runs = {
+        "streamed": ConformanceOptions(disabled=off),
+        "whole": ConformanceOptions(disabled=off, streaming=False),
+        "second core": ConformanceOptions(disabled=off, parallel=True),
+    }
+    results = {name: run_conformance(path, tmp_path / name.replace(" ", "-"), options)
+               for name, options in runs.items()}
+    report = results["streamed"].report
+    assert report["disabledRules"] == sorted(off)
+    assert not off & set(report["summary"]["byRule"]) and not any(i["type"] in off for i in report["issues"])
+    assert len(report["issues"]) == len(full.report["issues"]) - sum(by_rule[rule] for rule in off)
+    assert f"disabled: {', '.join(sorted(off))}" in (tmp_path / "streamed" / "kvonce-summary.md").read_text()
+    sharded = run_sharded(path, tmp_path / "s2", ConformanceOptions(disabled=off), shards=2, engine=LocalEngine())
+    assert sharded.result.report == report
+    for name in runs:
+        assert results[name].report == report, name
+        _same_artifacts(tmp_path / "streamed", tmp_path / name.replace(" ", "-"))
+    _same_artifacts(tmp_path / "streamed", tmp_path / "s2")
+    for name in ARTIFACTS[:3]:  # what a rule cannot change
+        assert filecmp.cmp(tmp_path / "full" / name, tmp_path / "streamed" / name, shallow=False), name
+    # a whole OTLP/JSON document: the fed worker on the second core, and the forked child (not in order)
+    document = tmp_path / "trace.json"
+    generate(document, GenerateOptions(events=6_000, keys=2_000, format="otlp-json", violations=0.03, seed=11))
+    alone = run_conformance(document, tmp_path / "doc-one", ConformanceOptions(disabled=off, parallel=False))
+    paired = run_conformance(document, tmp_path / "doc-two", ConformanceOptions(disabled=off, parallel=True))
+    assert alone.report["disabledRules"] == sorted(off) and paired.report == alone.report
+    _same_artifacts(tmp_path / "doc-one", tmp_path / "doc-two")
+
+
+def test_disabling_a_rule_kvonce_does_not_have_is_refused_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no-such-rule"):
+        run_conformance(tmp_path / "not-read.json", tmp_path / "out", ConformanceOptions(disabled=frozenset({"no-such-rule"})))
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["conformance", "--input", str(tmp_path / "not-read.json"), "--output-dir", str(tmp_path / "o"),
+                     "--shards", "2", "--engine", "local", "--disable", "no-such-rule"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def _odd_events(count: int = 400) -> list[str]:
