@@ -140,11 +140,11 @@ def write_artifacts(
     while they were decoded: it writes the events file, the state sequence and the projection, and
     this process makes the verdict.
     """
+    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     if fed is not None:
         with gc_paused():
             events_list = cast("list[Event]", events)  # a fed run hands over the reader's own list
-            return _write_artifacts_fed(events_list, out_dir, fed, max_retries=max_retries, strict=strict,
-                                        disabled=disabled,
+            return _write_artifacts_fed(events_list, out_dir, fed, validator=validator,
                                         input_summary=input_summary, progress=progress, total=total)
     write: Callable[..., ArtifactsResult] = _write_artifacts
     if parallel:
@@ -152,17 +152,14 @@ def write_artifacts(
 
         write = _write_artifacts_forked if type(events) is list and can_fork() else _write_artifacts_parallel
     with gc_paused():
-        return write(events, out_dir, max_retries=max_retries, strict=strict, disabled=disabled,
-                     input_summary=input_summary, progress=progress, total=total)
+        return write(events, out_dir, validator=validator, input_summary=input_summary, progress=progress, total=total)
 
 
 def _write_artifacts_parallel(
     events: Iterable[Event],
     out_dir: Path,
     *,
-    max_retries: int,
-    strict: bool,
-    disabled: frozenset[str],
+    validator: Validator,
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
@@ -170,7 +167,6 @@ def _write_artifacts_parallel(
     """The projection in a worker process that reads the events file's bytes from a pipe."""
     from .parallel import Feeder, ProjectionWorker
 
-    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     worker = ProjectionWorker(out_dir)
     try:
@@ -189,9 +185,7 @@ def _write_artifacts_forked(
     events: list[Event],
     out_dir: Path,
     *,
-    max_retries: int,
-    strict: bool,
-    disabled: frozenset[str],
+    validator: Validator,
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
@@ -206,8 +200,7 @@ def _write_artifacts_forked(
 
     (out_dir / artifacts.STATE_SEQUENCE).parent.mkdir(parents=True, exist_ok=True)
     summary = input_summary() if callable(input_summary) else input_summary  # final: the list is complete
-    child = ForkedProjection(events, out_dir, Validator(max_retries=max_retries, strict=strict,
-                                                        disabled=disabled), summary)  # before the writer threads start
+    child = ForkedProjection(events, out_dir, validator, summary)  # before the writer threads start
     outcome: dict[str, Any] = {}
 
     def child_done() -> None:  # before the parent's files are renamed: if the child failed, nothing is
@@ -224,8 +217,7 @@ def _write_artifacts_forked(
     return _with_worker_projection(outcome, events_file, outcome["report"], out_dir)
 
 
-def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection", *, max_retries: int,
-                         strict: bool, disabled: frozenset[str],
+def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection", *, validator: Validator,
                          input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
                          progress: ProgressCallback | None, total: int | None) -> ArtifactsResult:
     """The verdict here; the events file, the state sequence and the projection are the fed worker's.
@@ -234,7 +226,6 @@ def _write_artifacts_fed(events: list[Event], out_dir: Path, fed: "FedProjection
     finishes its files while this process makes the verdict (the split that kept the two
     processes' shares of the 1M-event run closest). All files are published together, here.
     """
-    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     observe = validator.observe
     try:
         for index, event in enumerate(events):  # a second or so: progress came with the decoding
@@ -307,15 +298,12 @@ def _write_artifacts(
     events: Iterable[Event],
     out_dir: Path,
     *,
-    max_retries: int,
-    strict: bool,
-    disabled: frozenset[str],
+    validator: Validator,
     input_summary: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     progress: ProgressCallback | None,
     total: int | None,
 ) -> ArtifactsResult:
     builder = ProjectionBuilder()
-    validator = Validator(max_retries=max_retries, strict=strict, disabled=disabled)
     events_file, state_file = write_events_and_states(events, out_dir, builder.states, builder.per_key_fold,
                                                          validator, progress, total)
     projection = _write_projection_file(builder.per_key_fold, out_dir, state_file)
