@@ -42,24 +42,6 @@ INVENTORY_CHECKS = {("drops/inventory_events", "events_schema"), ("drops/invento
                     ("drops/inventory_validation", "inventory_conformance")}
 
 
-@pytest.fixture
-def instance() -> dg.DagsterInstance:
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
-@pytest.fixture
-def drop_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "drops"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def settings(drop_dir: Path, reports_dir: Path) -> KvonceSettings:
-    return KvonceSettings(drop_dir=str(drop_dir), reports_dir=str(reports_dir))
-
-
 def put(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)

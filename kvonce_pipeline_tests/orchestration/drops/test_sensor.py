@@ -40,24 +40,6 @@ def line(second: int, kind: str, key: str, **extra: Any) -> bytes:
 VALID = line(0, "success", "alpha", value="v1") + line(1, "retry", "beta") + line(2, "success", "beta", value="v2")
 
 
-@pytest.fixture
-def instance() -> dg.DagsterInstance:
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
-@pytest.fixture
-def drop_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "drops"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def settings(drop_dir: Path, reports_dir: Path) -> KvonceSettings:
-    return KvonceSettings(drop_dir=str(drop_dir), reports_dir=str(reports_dir))
-
-
 def put(folder: Path, name: str, data: bytes, *, settled: bool = True) -> Path:
     """Write a payload the way a non-atomic writer would; ``settled`` backdates it past the settle time."""
     path = folder / name
