@@ -383,7 +383,7 @@ class _Walk:
                 prefix = f"span r{r}/s{s}/p"
                 for p, span in enumerate(spans):
                     event = fast(span, decoder, actor, prefix, p)
-                    if event is _NO_EVENT:
+                    if event is NO_EVENT:  # the fast path's "this span carries no event": skipped
                         self.skipped += 1
                         continue
                     if event is None:
@@ -402,10 +402,6 @@ class _Walk:
         if self.tap is not None and len(self.events) > self._tapped:
             self.tap(self._tapped, self.events[self._tapped:])
             self._tapped = len(self.events)
-
-
-#: From a fast path: "this span carries no event" (counted as skipped, no general mapping needed).
-_NO_EVENT = NO_EVENT
 
 
 _LOWER_HEX = "0123456789abcdef"
