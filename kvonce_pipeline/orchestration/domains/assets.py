@@ -165,15 +165,17 @@ class DomainCheckConfig(dg.Config):
 # --- the collected payload -------------------------------------------------------------------------
 
 
-def mentioned_domains(path: Path, limits: Limits, domains: Mapping[str, Domain] | None = None) -> list[str]:
+def mentioned_domains(path: Path, limits: Limits, domains: Mapping[str, Domain] | None = None, *,
+                      on_read: Callable[[int], None] | None = None) -> list[str]:
     """The installed domains (or ``domains``) whose ``<prefix>type`` attribute name occurs in ``path``, in
-    registry order: a byte scan (gzip read through) that ends once every name has been seen.
+    registry order: a byte scan (gzip read through) that ends once every name has been seen
+    (``on_read``: as for :func:`~kvonce_pipeline.engine.domain_decode.payload_mentions`).
 
     A name found only inside a value costs a group run that finds no event (it then materializes
     nothing); a domain's spans are never missed, as every format stores attribute names as bytes."""
     installed = registry.installed() if domains is None else domains
     needles = {(domain.definition.prefix + "type").encode(): name for name, domain in installed.items()}
-    found = payload_mentions(path, list(needles), limits)
+    found = payload_mentions(path, list(needles), limits, on_read=on_read)
     return [name for needle, name in needles.items() if needle in found]
 
 

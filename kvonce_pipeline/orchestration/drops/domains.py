@@ -76,7 +76,6 @@ import dagster as dg
 
 from ...engine import drops, registry
 from ...engine.decode.reader import InputFormat, detect_format
-from ...engine.domain_decode import payload_mentions
 from ...engine.domain import Domain
 from ...engine.errors import ConfigError, InputError
 from ...engine.limits import Limits
@@ -140,8 +139,6 @@ def mentioned_within(path: Path, limits: Limits, budget: ScanBudget,
                      domains: dict[str, Domain] | None = None) -> list[str]:
     """:func:`~kvonce_pipeline.orchestration.domains.assets.mentioned_domains`, counting the inflated bytes
     it reads against ``budget``; raises :class:`OverBudget` when they pass it (not in the tick's first file)."""
-    installed = registry.installed() if domains is None else domains
-    needles = {(domain.definition.prefix + "type").encode(): name for name, domain in installed.items()}
     unbounded, budget.first = budget.first, False
 
     def count(size: int) -> None:
@@ -150,8 +147,7 @@ def mentioned_within(path: Path, limits: Limits, budget: ScanBudget,
         if budget.remaining < 0 and not unbounded:
             raise OverBudget(path)
 
-    found = payload_mentions(path, list(needles), limits, on_read=count)
-    return [name for needle, name in needles.items() if needle in found]
+    return mentioned_domains(path, limits, domains, on_read=count)
 
 
 def _source_of(context: dg.AssetExecutionContext, settings: KvonceSettings) -> drops.DropFile:
