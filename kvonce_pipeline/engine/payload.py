@@ -156,15 +156,24 @@ def _remove_stale(out_dir: Path, results: Sequence[DomainResult], installed: Ite
     they are ours (known names in our folders), so they go, and so do folders that leaves empty."""
     checked = {result.domain.name for result in results}
     for domain in installed:
-        if domain.name in checked:
-            continue
-        folder = domain_folder(out_dir, domain)
-        for name in domain.artifact_names().all():
-            remove_stale_file(folder / name, source)
-            if "/" in name:
-                _rmdir_if_empty((folder / name).parent)
-        if folder != out_dir:
-            _rmdir_if_empty(folder)
+        if domain.name not in checked:
+            remove_domain_artifacts(out_dir, domain, source)
+
+
+def remove_domain_artifacts(out_dir: Path, domain: Domain, source: str | os.PathLike[str]) -> list[str]:
+    """``domain``'s artifacts an earlier run left under ``out_dir`` (never ``source``, the input), and the
+    folders that leaves empty; the names of those that were there."""
+    folder = domain_folder(out_dir, domain)
+    there = []
+    for name in domain.artifact_names().all():
+        if (folder / name).is_file():
+            there.append(name)
+        remove_stale_file(folder / name, source)
+        if "/" in name:
+            _rmdir_if_empty((folder / name).parent)
+    if folder != out_dir:
+        _rmdir_if_empty(folder)
+    return there
 
 
 def _rmdir_if_empty(folder: Path) -> None:

@@ -49,26 +49,11 @@ import dagster as dg
 
 from ...engine import registry
 from ...engine.decode.reader import InputFormat, detect_format
-from ...engine.domain_pass import remove_stale_file
+from ...engine.payload import remove_domain_artifacts
 from ...engine.errors import ConfigError, InputError
 from ..conformance.assets import ConformanceHooks
 from ..resources import KvonceSettings
 from .assets import TRACE_JOB, configured_ndjson_domain, mentioned_domains, ndjson_domain
-
-
-def remove_stale_kvonce(out_dir: Path, source: Path) -> list[str]:
-    """KvOnce's artifacts an earlier payload left in ``out_dir`` (our names; never ``source``)."""
-    removed = []
-    for name in registry.get(registry.DEFAULT_DOMAIN).artifact_names().all():
-        if (out_dir / name).is_file():
-            remove_stale_file(out_dir / name, source)
-            removed.append(name)
-        if "/" in name:
-            try:
-                (out_dir / name).parent.rmdir()
-            except OSError:  # not there or not empty: leave it
-                pass
-    return removed
 
 
 class TraceJobHooks(ConformanceHooks):
@@ -83,7 +68,7 @@ class TraceJobHooks(ConformanceHooks):
         why = self._other_domains(context, settings, source)
         if why is None:
             return None
-        removed = remove_stale_kvonce(out_dir, source)
+        removed = remove_domain_artifacts(out_dir, registry.get(registry.DEFAULT_DOMAIN), source)
         return why + (f" (removed an earlier payload's {', '.join(removed)})" if removed else "")
 
     @staticmethod
