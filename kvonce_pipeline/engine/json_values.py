@@ -23,7 +23,8 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
 
 def scan_json(value: Any, limit: int) -> tuple[bool, int, int | None]:
     """One pass over a JSON value: (nests deeper than ``limit``, number of object keys, the first
-    integer outside int64 or None). Without recursion."""
+    integer outside int64 or None). Without recursion. It stops at the first reason to refuse the
+    value, so the key count is complete only when it found neither."""
     if type(value) is int:
         return False, 0, (None if -(2**63) <= value <= 2**63 - 1 else value)
     if type(value) not in (dict, list):
