@@ -15,9 +15,10 @@ repository, under ``helm/dagster/``) and checks the values the way helm does:
 - A subchart's schema validates the values under the subchart's name (``--subchart
   NAME=SCHEMA``), as helm does for ``dagster-user-deployments``.
 - The chart's schema points at Kubernetes object definitions by URL (a Volume, an EnvVar, ...).
-  They are checked only if you pass that definitions file (``--kubernetes-definitions``);
-  otherwise each such reference accepts anything, and the script says how many it skipped, so a
-  pass never claims more than it checked.
+  Nothing is downloaded: they are checked against a definitions file on disk, the one given
+  (``--kubernetes-definitions``) or else the newest the ``kubernetes-validate`` package ships (a
+  dev dependency); without either, each such reference accepts anything and the script says so,
+  so a pass never claims more than it checked.
 
 Exit status: 0 the values match, 1 they do not (each problem printed with its path and line in the
 values file), 2 a file could not be read.
@@ -124,8 +125,34 @@ def _strip_remote_refs(node: Any, report: Report) -> Any:
     return node
 
 
+def installed_kubernetes_definitions(strict: bool = False) -> Path | None:
+    """The newest Kubernetes ``_definitions.json`` the ``kubernetes-validate`` package ships (a dev
+    dependency), or None when it is not installed.
+
+    ``strict`` is the variant that refuses keys Kubernetes does not know; the chart's own defaults
+    fail it (the chart adds ``enabled`` to its probes), so the whole-values check uses the lenient
+    one, and the strict one suits our own objects alone (see kvonce_pipeline_tests/test_deploy.py)."""
+    try:
+        from importlib.resources import files
+
+        root = files("kubernetes_validate") / "kubernetes-json-schema"
+        folders = [entry for entry in root.iterdir() if entry.name.endswith("-local-strict" if strict else "-local")]
+    except (ImportError, OSError):
+        return None
+
+    def version(entry: Any) -> tuple[int, ...]:
+        return tuple(int(part) for part in entry.name.removeprefix("v").split("-")[0].split("."))
+
+    return Path(str(max(folders, key=version) / "_definitions.json")) if folders else None
+
+
 def _registry(kubernetes: dict[str, Any] | None) -> Registry:
-    """Remote ``$ref`` targets come from the Kubernetes definitions file given; nothing is downloaded."""
+    """Remote ``$ref`` targets come from the Kubernetes definitions file given; nothing is downloaded.
+
+    The chart points into ``#/definitions/...``; a file that keeps them under ``$defs`` (the layout
+    the ``kubernetes-validate`` package ships) is read under both names."""
+    if kubernetes is not None and "definitions" not in kubernetes and "$defs" in kubernetes:
+        kubernetes = {**kubernetes, "definitions": kubernetes["$defs"]}
 
     def retrieve(uri: str) -> Resource:
         if kubernetes is None:
@@ -176,7 +203,7 @@ def check(values: dict[str, Any], tree: yaml.Node | None, schema: dict[str, Any]
         message = error.message if len(error.message) < 200 else error.message[:200] + "..."
         if error.context:  # anyOf/oneOf: say which branch came closest and why it failed
             # a branch that failed on more than its type (not the "or null" branch) says most
-            telling = [e for e in error.context if e.validator != "type"] or error.context
+            telling = [e for e in error.context if e.validator != "type" or e.relative_path] or error.context
             closest = best_match(telling)
             where = _dotted([*path, *closest.relative_path])
             message = f"matches none of the allowed forms; closest: {where}: {closest.message}"
@@ -242,14 +269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --schema: the chart's own values.yaml, merged under ours first, as helm does")
     parser.add_argument("--values", type=Path, default=DEFAULT_VALUES, help="default: deploy/helm/values.yaml")
     parser.add_argument("--kubernetes-definitions", type=Path,
-                        help="a Kubernetes _definitions.json, to check the Kubernetes objects too")
+                        help="a Kubernetes _definitions.json for the Kubernetes objects in the values "
+                             "(default: the newest kubernetes-validate ships, when installed)")
     args = parser.parse_args(argv)
 
     try:
         values = _load(args.values, "values file")
         tree = yaml.compose(args.values.read_text())
         main_chart, subcharts = _charts(args)
-        kubernetes = _load(args.kubernetes_definitions, "Kubernetes definitions") if args.kubernetes_definitions else None
+        definitions = args.kubernetes_definitions or installed_kubernetes_definitions()
+        kubernetes = _load(definitions, "Kubernetes definitions") if definitions else None
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -269,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               merged=sub.defaults is not None, kubernetes=kubernetes)
 
     print(f"values: {args.values}")
+    if definitions:
+        print(f"Kubernetes objects: {definitions}")
     for chart in (main_chart, *subcharts):
         print(f"schema: {chart.schema_path}" + (" (with the chart's values.yaml merged under ours)"
                                                if chart.defaults is not None else ""))
@@ -277,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({', '.join(sorted(report.skipped_required))}); pass --chart DIR or --chart-values to check them")
     if report.unchecked_refs:
         print(f"not checked: Kubernetes objects defined at {', '.join(sorted(report.unchecked_refs))}; "
-              f"pass --kubernetes-definitions to check them")
+              f"install kubernetes-validate or pass --kubernetes-definitions to check them")
     for problem in report.problems:
         print(f"{args.values}: {problem}")
     if report.problems:

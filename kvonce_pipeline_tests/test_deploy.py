@@ -106,22 +106,26 @@ TOY_SCHEMA = {
     ("section:\n  items: []\n  typo: 1\n", ["line 2: section: Additional properties are not allowed ('typo' was unexpected)"]),
     ("section:\n  items:\n    - {name: a, port: '1'}\n", ["line 3: section.items[0].port: '1' is not of type 'integer'"]),
     ("section:\n  items: []\nsectoin: {}\n", ["line 3: sectoin: not a key of the chart (helm would ignore it)"]),
+    ("section:\n  items: []\n  pod: {name: 5}\n", ["line 3: section.pod.name: 5 is not of type 'string'"]),
 ])
 def test_the_helm_values_checker_follows_helm_merging(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       values: str, expected: list[str]) -> None:
     """deploy/check_helm_values.py on a toy schema: ``required`` is skipped where helm merges the
     chart's defaults in (maps), enforced in list items (lists replace the chart's), unknown keys and
-    wrong types fail with their line, and the remote Kubernetes reference is reported unchecked."""
+    wrong types fail with their line, and the remote Kubernetes reference is read from the
+    definitions file given (nothing is downloaded)."""
     (tmp_path / "values.schema.json").write_text(json.dumps(TOY_SCHEMA))
     (tmp_path / "values.yaml").write_text(values)
-    code = _checker().main(["--schema", str(tmp_path / "values.schema.json"), "--values", str(tmp_path / "values.yaml")])
+    volume = {"type": "object", "properties": {"name": {"type": "string"}}}
+    (tmp_path / "k8s.json").write_text(json.dumps({"definitions": {"Volume": volume}}))
+    code = _checker().main(["--schema", str(tmp_path / "values.schema.json"), "--values", str(tmp_path / "values.yaml"),
+                            "--kubernetes-definitions", str(tmp_path / "k8s.json")])
     out = capsys.readouterr().out
     problems = [line.split(": ", 1)[1].rsplit("  [", 1)[0] for line in out.splitlines()
                 if line.startswith(str(tmp_path / "values.yaml") + ": ")]
     assert problems == expected, out
     assert code == (1 if expected else 0)
     assert "not checked: required keys the chart's own values.yaml supplies (filled)" in out
-    assert "https://example.invalid/k8s/_definitions.json" in out
 
 
 def test_the_helm_values_checker_merges_the_chart_defaults_first(tmp_path: Path,
@@ -132,11 +136,50 @@ def test_the_helm_values_checker_merges_the_chart_defaults_first(tmp_path: Path,
     chart.mkdir()
     (chart / "values.schema.json").write_text(json.dumps(TOY_SCHEMA))
     (tmp_path / "values.yaml").write_text("section:\n  items:\n    - {name: a, port: 1}\n")
+    (tmp_path / "k8s.json").write_text(json.dumps({"definitions": {"Volume": {"type": "object"}}}))
+    check = ["--chart", str(chart), "--values", str(tmp_path / "values.yaml"),
+             "--kubernetes-definitions", str(tmp_path / "k8s.json")]
     (chart / "values.yaml").write_text("section:\n  filled: yes-it-is\n  items: []\n")
-    assert _checker().main(["--chart", str(chart), "--values", str(tmp_path / "values.yaml")]) == 0
+    assert _checker().main(check) == 0
     (chart / "values.yaml").write_text("section:\n  items: []\n")
-    assert _checker().main(["--chart", str(chart), "--values", str(tmp_path / "values.yaml")]) == 1
+    assert _checker().main(check) == 1
     assert "section: 'filled' is a required property" in capsys.readouterr().out
+
+
+def _kubernetes_objects(values: dict) -> list[tuple[str, str, object]]:  # type: ignore[type-arg]
+    """Our Kubernetes objects in the values: (where, Kubernetes kind, the object)."""
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    out: list[tuple[str, str, object]] = []
+    for where, owner in (("dagster-user-deployments.deployments[0]", deployment),
+                         ("runLauncher.config.k8sRunLauncher", launcher)):
+        for key, kind in (("volumes", "Volume"), ("volumeMounts", "VolumeMount"), ("env", "EnvVar")):
+            out += [(f"{where}.{key}[{n}]", kind, item) for n, item in enumerate(owner.get(key) or [])]
+    return out
+
+
+def test_the_kubernetes_objects_in_the_helm_values_match_kubernetes_own_schema() -> None:
+    """The volumes, volume mounts and env entries we give the chart, against Kubernetes' own
+    definitions as the kubernetes-validate package ships them (a registry package, so CI runs
+    this), in the strict variant: a misspelled key fails, not only a missing or mistyped one."""
+    from jsonschema import Draft202012Validator
+
+    path = _checker().installed_kubernetes_definitions(strict=True)
+    assert path is not None, "kubernetes-validate (a dev dependency) is not installed"
+    definitions = json.loads(path.read_text())
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    objects = _kubernetes_objects(values)
+    assert {kind for _, kind, _ in objects} == {"Volume", "VolumeMount", "EnvVar"}
+
+    def problems(kind: str, item: object) -> list[str]:
+        schema = {**definitions, "$ref": f"#/$defs/io.k8s.api.core.v1.{kind}"}
+        return [error.message for error in Draft202012Validator(schema).iter_errors(item)]
+
+    for where, kind, item in objects:
+        assert problems(kind, item) == [], f"{HELM_VALUES}: {where} is not a valid Kubernetes {kind}"
+    # and the check has teeth: the same volume with its claim's key misspelled fails
+    volume = {"name": "kvonce-data", "persistentVolumeClaim": {"claimNam": "kvonce-data"}}
+    assert problems("Volume", volume), "a misspelled key in a Kubernetes object must fail"
 
 
 def _install_arguments() -> list[str]:
