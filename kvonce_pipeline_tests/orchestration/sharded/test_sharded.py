@@ -212,6 +212,21 @@ def test_a_missing_payload_object_is_unusable_and_its_report_is_published(s3: An
     assert report["valid"] is False and report["inputError"]["source"] == missing
 
 
+@pytest.mark.slow
+def test_a_broken_payload_object_is_unusable_and_named_by_its_url(s3: Any, tmp_path: Path) -> None:
+    """The split reads the run's private copy; its input error names the object, not the copy."""
+    url = f"s3://{BUCKET}/sharded-in/broken.json"
+    s3.pipe_file(url.removeprefix("s3://"), b'{"resourceSpans": [')
+    reports = f"s3://{BUCKET}/sharded-reports/broken"
+    result, instance = _sharded(url, reports, shards=2, engine="local")
+    code, message = run_verdict(instance, "kvonce_sharded_job")
+    assert not result.success and code == 2, message
+    assert url in message and str(tmp_path) not in message and "/tmp/" not in message, message
+    s3.invalidate_cache()
+    report = json.loads(s3.cat_file(f"{reports.removeprefix('s3://')}/trace/{artifacts.VALIDATION}"))
+    assert report["valid"] is False and report["inputError"]["source"] == url
+
+
 @pytest.mark.parametrize("where", ["config", "env"])
 def test_a_reports_url_with_shards_on_a_scheduler_is_refused_clearly(where: str, tmp_path: Path, sample_otlp: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
