@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import fsspec
 import pytest
 
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
@@ -25,21 +23,11 @@ from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 from kvonce_pipeline.orchestration.run_verdict import run_verdict
 
-from ..engine.test_storage import BUCKET, _s3, s3_env  # noqa: F401 - s3_env: the module's moto server
+from ..engine.test_storage import BUCKET  # the s3 fixture (a moto server per module): ./conftest.py
 
 INVENTORY_SAMPLE = Path(__file__).resolve().parents[2] / "kvonce_pipeline/domains/inventory/samples/inventory-otlp.json"
 #: The KvOnce step's files, as the local job leaves them in <reports>/trace/.
 KVONCE_FILES = (artifacts.COLLECTED, *artifacts.PUBLISH_ORDER)
-
-@pytest.fixture
-def s3(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # noqa: F811
-    """The jobs run in this process: reach the server as a user would (AWS_* and fsspec's S3 settings)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        monkeypatch.setenv(name, s3_env[name])
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"]})
-    store = _s3(s3_env)
-    yield store
-
 
 def _job(job: str, payload: str, reports: str) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
     settings = KvonceSettings(payload=payload, reports_dir=reports)

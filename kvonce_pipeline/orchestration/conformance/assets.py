@@ -442,7 +442,8 @@ def published_step(context: dg.AssetExecutionContext, settings: KvonceSettings, 
 R = TypeVar("R")
 
 
-def publish_after(context: dg.AssetExecutionContext, settings: KvonceSettings, folder: Callable[[], Path],
+def publish_after(context: dg.AssetExecutionContext | dg.OpExecutionContext, settings: KvonceSettings,
+                  folder: Callable[[], Path],
                   names: Sequence[str], run: Callable[[], R]) -> R:
     """``run()``, then its files ``names`` in ``folder()`` published to the reports URL (see
     :func:`published_step`), also when ``run`` failed (``dg.Failure``: a verdict or an unusable input)."""
