@@ -6,6 +6,8 @@ and everything published is compared with the same runs on a local reports folde
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from kvonce_pipeline.cli import main
 from kvonce_pipeline.domains.kvonce import artifacts, envelope, store
+from kvonce_pipeline.engine import storage
 from kvonce_pipeline.orchestration.drops import assets as drop_assets_module
 from kvonce_pipeline.orchestration.drops.definitions import defs as drop_defs
 from kvonce_pipeline.orchestration.resources import KvonceSettings
@@ -233,10 +236,46 @@ def test_a_violating_drop_publishes_its_report_then_fails_and_replaces_an_earlie
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before and os.listdir(drop_dir) == ["bad.ndjson"]
 
 
-def test_span_ids_are_read_from_a_published_events_object(s3: Any) -> None:  # noqa: F811
+def test_span_ids_are_read_from_the_start_of_a_published_events_object(s3: Any,  # noqa: F811
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the bytes up to the wanted lines (and a read-ahead block) are fetched, not the object."""
     events = f"s3://{BUCKET}/drop-reports/ids/{artifacts.EVENTS}"
-    s3.pipe(events.removeprefix("s3://"), b"".join(orjson.dumps({"i": i, "traceId": f"t{i}", "spanId": f"s{i}"}) + b"\n"
-                                                   for i in range(1000)))
+    blob = b"".join(orjson.dumps({"i": i, "traceId": f"t{i}", "spanId": f"s{i}", "pad": "x" * 60}) + b"\n"
+                    for i in range(100_000))  # 10 MB
+    s3.pipe(events.removeprefix("s3://"), blob)
+    handles: list[Any] = []
+    opened = storage.open_read
+
+    @contextmanager
+    def recorded(url: str, block_size: int) -> Iterator[Any]:
+        with opened(url, block_size) as handle:
+            yield handle
+            handles.append(handle.cache)  # before closing the file drops it
+
+    monkeypatch.setattr(store.storage, "open_read", recorded)
     assert store.span_ids_at(events, {3, 1}) == {1: {"traceId": "t1", "spanId": "s1"},
                                                  3: {"traceId": "t3", "spanId": "s3"}}
+    [cache] = handles
+    assert cache.total_requested_bytes <= 2 * 1024 * 1024 < len(blob)
     assert store.span_ids_at(events + ".gone", {0}) == {}
+
+
+def test_an_unusable_drop_publishes_its_report_and_envelope_naming_the_dropped_file(s3: Any,  # noqa: F811
+                                                                                   tmp_path: Path) -> None:
+    drop_dir = tmp_path / "drops"
+    drop_dir.mkdir()
+    reports = f"s3://{BUCKET}/drop-reports/unusable"
+    settings = KvonceSettings(drop_dir=str(drop_dir), reports_dir=reports)
+    data = b'{"timestamp": "2025-10-04T06:00:00Z", "type": "success", "key": \n'
+    path = put(drop_dir, "broken.ndjson", data)
+    folder = f"{reports}/trace/{key_for('broken.ndjson', data)}"
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = launch(instance, settings, drop_runs(tick(instance, settings))[0])
+    assert not run.success
+    s3.invalidate_cache()
+    report = orjson.loads(s3.cat_file(f"{folder}/{artifacts.VALIDATION}"))
+    assert report["valid"] is False and report["inputError"]["source"] == str(path)
+    doc = orjson.loads(s3.cat_file(f"{folder}/{envelope.ENVELOPE}"))
+    assert doc["status"] == "unusable" and doc["inputError"]["source"] == str(path)
+    assert not s3.exists(f"{folder}/{artifacts.EVENTS}")
+    assert not [name for name in s3.ls(folder) if name.rsplit("/", 1)[-1].startswith(".")]
