@@ -291,6 +291,32 @@ def read_bytes(url: str) -> bytes | None:
         raise OutputError(f"cannot read {url}: {_why(exc)}") from None
 
 
+def read_many(urls: Sequence[str]) -> dict[str, bytes | None]:
+    """Each object of ``urls`` whole (one ``GET`` each, sent concurrently by an async backend such as
+    s3fs, in fsspec's batches), None for one that does not exist. All under one store (the first URL's
+    settings are used). Raises :class:`OutputError` naming the first object that could not be read."""
+    if not urls:
+        return {}
+    fs, _ = _filesystem(urls[0])
+    paths = [fs._strip_protocol(url) for url in urls]
+    try:
+        found = fs.cat(paths, on_error="return")
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot read {urls[0]}: {_why(exc)}") from None
+    if not isinstance(found, dict):  # one path: fsspec gives the bytes themselves
+        found = {paths[0]: found}
+    out: dict[str, bytes | None] = {}
+    for url, path in zip(urls, paths):
+        value = found.get(path)
+        if isinstance(value, FileNotFoundError):
+            out[url] = None
+        elif isinstance(value, BaseException):
+            raise OutputError(f"cannot read {url}: {_why(value)}")
+        else:
+            out[url] = None if value is None else bytes(value)
+    return out
+
+
 def version_of(url: str) -> str | None:
     """The object's ETag (its version, for :func:`put_bytes`'s condition), or None when there is none.
 

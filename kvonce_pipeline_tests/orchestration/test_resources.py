@@ -206,6 +206,7 @@ def test_a_conditional_put_never_overwrites_what_another_writer_put(s3: Any) -> 
     assert storage.read_bytes(url) == b"second"
     storage.put_bytes(url, b"unconditional")  # no expectation: a plain PUT
     assert storage.read_bytes(url) == b"unconditional" and storage.read_bytes(url + ".none") is None
+    assert storage.read_many([url, url + ".none"]) == {url: b"unconditional", url + ".none": None}
     with storage.open_read(url, block_size=4) as handle:
         assert handle.readline() == b"unconditional"
     assert storage.list_files(f"s3://{BUCKET}/conditional") == ["store.json"]

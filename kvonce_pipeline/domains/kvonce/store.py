@@ -76,17 +76,28 @@ def read_location(where: Location) -> bytes | None:
         return None
 
 
-def read_facts(trace_dir: Location, partition: str) -> dict[str, Any] | None:
-    """``partition``'s key facts (``<trace>/<partition>/kvonce-keyfacts.json``: one ``GET`` for a URL),
-    or None when it has none a store can fold (not judged, unreadable, another schema)."""
-    raw = read_location(location(trace_dir, partition, KEYFACTS))
-    if raw is None:
-        return None
-    try:
-        facts = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return facts if isinstance(facts, dict) and facts.get("schemaVersion") == FACTS_SCHEMA else None
+def read_facts(trace_dir: Location, partitions: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The key facts of ``partitions`` (``<trace>/<partition>/kvonce-keyfacts.json``) that have facts a
+    store can fold (left out: not judged, unreadable, another schema).
+
+    For a URL: one ``GET`` per partition, sent concurrently (:func:`storage.read_many`), nothing listed."""
+    wanted = {partition: location(trace_dir, partition, KEYFACTS) for partition in partitions}
+    if isinstance(trace_dir, str) and storage.is_remote(trace_dir):
+        fetched = storage.read_many([str(where) for where in wanted.values()])
+        raws = {partition: fetched[str(where)] for partition, where in wanted.items()}
+    else:
+        raws = {partition: read_location(where) for partition, where in wanted.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for partition, raw in raws.items():
+        if raw is None:
+            continue
+        try:
+            facts = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(facts, dict) and facts.get("schemaVersion") == FACTS_SCHEMA:
+            out[partition] = facts
+    return out
 
 
 class FactsBuilder:

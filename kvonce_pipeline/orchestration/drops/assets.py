@@ -260,22 +260,23 @@ def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings, scope: s
     Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
     ``registered``: the instance's partition keys, when the caller already fetched them.
     Read where the runs published them (:meth:`KvonceSettings.trace_location`): for a reports URL, one
-    ``GET`` per partition of the scope (and one for the scope's reset record), nothing listed.
+    ``GET`` per partition of the scope, sent concurrently (and one for the scope's reset record), nothing
+    listed.
     """
     trace = settings.trace_location()
     excluded = _storage_step(store.excluded_partitions, trace, scope)
-    out: list[store.PayloadFacts] = []
     own_order: int | None = None
     keys = instance.get_dynamic_partitions(PARTITIONS_NAME) if registered is None else registered
+    wanted: dict[str, int] = {}
     for order, key in enumerate(keys):
         if key == exclude:
             own_order = order
             continue
         if not drops.is_partition_key(key) or drops.scope_of(key) != scope or key in excluded:
             continue
-        facts = _storage_step(store.read_facts, trace, key)
-        if facts is not None:
-            out.append(store.PayloadFacts(key, order, facts))
+        wanted[key] = order
+    facts = _storage_step(store.read_facts, trace, list(wanted))
+    out = [store.PayloadFacts(key, order, facts[key]) for key, order in wanted.items() if key in facts]
     return out, own_order
 
 
