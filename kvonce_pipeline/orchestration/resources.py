@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..engine import artifacts, storage
-from ..engine.errors import ConfigError, InputError
+from ..engine.errors import InputError
 from ..domains.kvonce import artifacts as kvonce_artifacts
 from ..engine.limits import Limits
 from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES

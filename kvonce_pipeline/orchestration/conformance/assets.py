@@ -418,7 +418,7 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
         else:
             yield from published_step(context, settings, step,
                                       lambda: output_for(context, settings), hooks.published())
-    except ConfigError as error:  # a reports URL whose backend is not installed, a drop run given a URL
+    except ConfigError as error:  # a reports URL whose backend is not installed
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
     finally:
         hooks.release(context, settings)
