@@ -261,3 +261,159 @@ def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
         if remote_out:
             publish(out, remote_out, published)
         return result
+
+
+# --- single objects: what the drop graphs and the cross-payload store read and replace -------------
+#
+# The drop graphs' reports (one folder per payload) and the store are read back by later runs: a
+# partition's key facts, a few lines of its events, the store's reset record. These helpers read or
+# write one object each. Store errors are :class:`OutputError` naming the object (the run's reports
+# location is unusable, exit 2), never a verdict.
+
+
+class PublishConflict(OutputError):
+    """A conditional write lost: the object was replaced (or created) by someone else since it was read."""
+
+
+def join(location: str, *parts: str) -> str:
+    """``location/part/...`` for a URL (a ``/`` between each, never doubled)."""
+    return "/".join([location.rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def read_bytes(url: str) -> bytes | None:
+    """The whole object at ``url`` (one ``GET``), or None when there is none."""
+    fs, path = _filesystem(url)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
+        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+
+
+def read_many(urls: Sequence[str]) -> dict[str, bytes | None]:
+    """Each object of ``urls`` whole (one ``GET`` each, sent concurrently by an async backend such as
+    s3fs, in fsspec's batches), None for one that does not exist. All under one store (the first URL's
+    settings are used). Raises :class:`OutputError` naming the first object that could not be read."""
+    if not urls:
+        return {}
+    fs, _ = _filesystem(urls[0])
+    paths = [fs._strip_protocol(url) for url in urls]
+    try:
+        found = fs.cat(paths, on_error="return")
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot read {urls[0]}: {_why(exc)}") from None
+    if not isinstance(found, dict):  # one path: fsspec gives the bytes themselves
+        found = {paths[0]: found}
+    out: dict[str, bytes | None] = {}
+    for url, path in zip(urls, paths):
+        value = found.get(path)
+        if isinstance(value, FileNotFoundError):
+            out[url] = None
+        elif isinstance(value, BaseException):
+            raise OutputError(f"cannot read {url}: {_why(value)}")
+        else:
+            out[url] = None if value is None else bytes(value)
+    return out
+
+
+def version_of(url: str) -> str | None:
+    """The object's ETag (its version, for :func:`put_bytes`'s condition), or None when there is none.
+
+    Asked of the store itself (one ``HEAD``), not of fsspec's listing cache, which may be older."""
+    fs, path = _filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+    if info.get("type") == "directory":
+        return None
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag) if etag else ""
+
+
+def supports_conditional_put(url: str) -> bool:
+    """Whether :func:`put_bytes` can make its write conditional at ``url``: S3 (``If-Match`` and
+    ``If-None-Match`` on ``PutObject``, on AWS since 2024 and in moto). Other backends write unconditionally."""
+    fs, _ = _filesystem(url)
+    return _protocol(fs) in ("s3", "s3a")
+
+
+_ABSENT = object()
+
+
+def put_bytes(url: str, data: bytes, *, expect: str | None | object = _ABSENT) -> None:
+    """Replace the object at ``url`` with ``data`` in one ``PUT`` (a reader sees the old object or the new).
+
+    ``expect``: the ETag the object must still have (:func:`version_of` when it was read), or None for
+    "must not exist yet"; on S3 the write is then conditional (``If-Match`` / ``If-None-Match: *``) and
+    raises :class:`PublishConflict` when another writer got there first, instead of overwriting its
+    object. On a backend without conditional writes (:func:`supports_conditional_put`) ``expect`` is
+    ignored. Raises :class:`OutputError` naming the object when the store refuses.
+    """
+    fs, path = _filesystem(url)
+    condition: dict[str, Any] = {}
+    if expect is not _ABSENT and supports_conditional_put(url):
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": str(expect)}
+    # with a condition, one PutObject whatever the size: a multipart upload would not carry it
+    options = {"chunksize": max(len(data), 1), **condition} if condition else {}
+    try:
+        fs.pipe_file(path, data, **options)
+    except Exception as exc:  # noqa: BLE001
+        if condition and _precondition_failed(exc):
+            state = "was created" if expect is None else "was replaced"
+            raise PublishConflict(f"cannot write {url}: it {state} by another writer since this run read it "
+                                  f"(a conditional write, {next(iter(condition))}); nothing was overwritten") from None
+        raise OutputError(f"cannot write {url}: {_why(exc)}") from None
+    finally:
+        fs.invalidate_cache(path)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether the store answered HTTP 412 (``PreconditionFailed``): s3fs turns it into a FileExistsError
+    (``If-None-Match``) or an OSError (``If-Match``) raised from botocore's ClientError, which has the code."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def open_read(url: str, block_size: int = _COPY_BLOCK) -> Iterator[Any]:
+    """The object at ``url`` as a binary file streamed in ``block_size`` range reads (``GET`` with
+    ``Range``), so a reader that stops early fetches only the blocks it read. FileNotFoundError when
+    there is none; :class:`OutputError` naming the object for other store errors."""
+    fs, path = _filesystem(url)
+    try:
+        handle = fs.open(path, "rb", block_size=block_size)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+    with handle:
+        yield handle
+
+
+def list_files(url: str) -> list[str]:
+    """Every object under ``url``, as paths relative to it (one listing: a request per 1,000 objects)."""
+    fs, root = _filesystem(url)
+    root = root.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        found = fs.find(root)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot list {url}: {_why(exc)}") from None
+    return sorted(str(path)[len(root) + 1:] for path in found if str(path).startswith(root + "/"))

@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..engine import artifacts, storage
-from ..engine.errors import ConfigError, InputError
+from ..engine.errors import InputError
 from ..domains.kvonce import artifacts as kvonce_artifacts
 from ..engine.limits import Limits
 from ..domains.kvonce.validation import DEFAULT_MAX_RETRIES
@@ -86,22 +86,14 @@ class KvonceSettings(dg.ConfigurableResource):
     def trace_dir(self) -> Path:
         return self.reports_root() / "trace"
 
-    def local_reports_root(self, what: str) -> Path:
-        """The reports folder of ``what`` (the drop folder's runs, the sensor), which must be local.
+    def trace_location(self) -> Path | str:
+        """``<reports>/trace`` where runs read back what other runs published: the URL's ``/trace`` for a
+        reports URL (the drop graphs' key facts and events, the cross-payload store), else the local folder.
 
-        The drop graphs keep per-payload folders, a cumulative store replaced by rename and a sensor that
-        reads earlier reports: they need a local or shared POSIX folder (docs/storage.md), so a URL is a
-        clear configuration error rather than reports written nowhere.
-        """
+        A run writes into :meth:`trace_dir` (for a URL, its private staging folder) and publishes; what
+        an earlier run, or a run on another machine, left is read from here, never from the staging."""
         url = self.reports_url()
-        if url is not None:
-            raise ConfigError(f"KVONCE_REPORTS_DIR is {url}: the drop folder's reports need a local or shared "
-                              f"POSIX folder ({what}); object-store reports are for kvonce_conformance_job, "
-                              "trace_conformance_job and <name>_conformance_job")
-        return storage.local_path(self.reports_location())
-
-    def local_trace_dir(self, what: str) -> Path:
-        return self.local_reports_root(what) / "trace"
+        return f"{url}/trace" if url is not None else self.trace_dir()
 
     def published_name(self, path: Path | str) -> str:
         """How a run names one of its files: the URL it is published to when it is in the staging folder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.domains.kvonce import artifacts
-from kvonce_pipeline.engine.errors import ConfigError
+from kvonce_pipeline.engine import storage
 from kvonce_pipeline.engine.payload import TRACE_SUMMARY, TRACE_SUMMARY_MD
 from kvonce_pipeline.orchestration.conformance.definitions import conformance_assets, kvonce_conformance_job
 from kvonce_pipeline.orchestration.domains.assets import COLLECTED_FILE, build_domain_definitions
@@ -164,17 +165,39 @@ def test_trace_job_publishes_a_generic_domain_and_the_trace_summary(s3: Any, tmp
     assert {name: s3.cat_file(f"{trace}/{name}") for name in published} == published
 
 
-@pytest.mark.parametrize("reports", ["s3://bucket/prefix", "gs://bucket/prefix"])
-def test_the_drop_folder_refuses_a_reports_url_clearly(reports: str, tmp_path: Path) -> None:
-    """No server needed: the refusal comes before any store is reached."""
-    settings = KvonceSettings(reports_dir=reports, drop_dir=str(tmp_path / "drops"))
-    with pytest.raises(ConfigError, match="the drop folder's reports need a local or shared POSIX folder"):
-        settings.local_reports_root("the drop sensor")
-    instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(instance=instance, resources={"kvonce": settings})
-    with pytest.raises(Exception, match="the drop folder's reports need a local or shared POSIX folder"):
-        kvonce_drop_sensor(context)
-    assert not (tmp_path / "drops").exists()
+def test_the_drop_sensor_takes_a_reports_url(s3: Any, tmp_path: Path) -> None:
+    """It reads nothing from the reports (the runs it launches read the published key facts): a tick over a
+    new payload registers it and asks for its run, as with a local reports folder."""
+    drop_dir = tmp_path / "drops"
+    drop_dir.mkdir()
+    (drop_dir / "a.ndjson").write_bytes(b'{"timestamp":"2025-10-04T06:00:00Z","type":"success","key":"k","value":1}\n')
+    os.utime(drop_dir / "a.ndjson", ns=(0, 0))  # settled long ago
+    settings = KvonceSettings(reports_dir=f"s3://{BUCKET}/sensor-reports", drop_dir=str(drop_dir))
+    result = kvonce_drop_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(),
+                                                        resources={"kvonce": settings}))
+    assert isinstance(result, dg.SensorResult)
+    assert [r.job_name for r in result.run_requests or []] == ["kvonce_drop_job"]
+
+
+def test_a_conditional_put_never_overwrites_what_another_writer_put(s3: Any) -> None:
+    """``If-None-Match: *`` and ``If-Match`` on PutObject, as moto (and S3 since 2024) honour them."""
+    url = f"s3://{BUCKET}/conditional/store.json"
+    assert storage.supports_conditional_put(url) and storage.version_of(url) is None
+    storage.put_bytes(url, b"first", expect=None)
+    with pytest.raises(storage.PublishConflict, match="was created by another writer"):
+        storage.put_bytes(url, b"late creator", expect=None)
+    first = storage.version_of(url)
+    assert first
+    storage.put_bytes(url, b"second", expect=first)
+    with pytest.raises(storage.PublishConflict, match="was replaced by another writer"):
+        storage.put_bytes(url, b"stale writer", expect=first)
+    assert storage.read_bytes(url) == b"second"
+    storage.put_bytes(url, b"unconditional")  # no expectation: a plain PUT
+    assert storage.read_bytes(url) == b"unconditional" and storage.read_bytes(url + ".none") is None
+    assert storage.read_many([url, url + ".none"]) == {url: b"unconditional", url + ".none": None}
+    with storage.open_read(url, block_size=4) as handle:
+        assert handle.readline() == b"unconditional"
+    assert storage.list_files(f"s3://{BUCKET}/conditional") == ["store.json"]
 
 
 def test_local_and_file_url_reports_are_the_folder_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ Plain Python: no Dagster import.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from typing import Any
 import orjson
 
 from .artifacts import EVENTS
+from ...engine import storage
 from ...engine.atomic import write_bytes_atomic
 from ...engine.drops import DEFAULT_SCOPE, is_partition_key, is_scope_name, iso_utc, scope_of
 from ...engine.timestamps import format_timestamp
@@ -48,6 +50,54 @@ STORE_REPORT = "kvonce-store.json"
 STORE_SUMMARY = "kvonce-store.md"
 STORE_SCHEMA = "kvonce-store/v1"
 _SUCCESS, _DUPLICATE, _RETRY = "s", "d", "r"
+#: Range reads of a published events file for span ids (:func:`span_ids_at`).
+_SPAN_READ_BLOCK = 1024 * 1024
+
+#: ``<reports>/trace`` (or a folder in it): a local path, or a URL when ``KVONCE_REPORTS_DIR`` is one.
+#: Every reader and writer of this module takes either, so a drop run, the store and the CLI read the
+#: same published objects a run on another machine wrote (docs/storage.md).
+Location = Path | str
+
+
+def location(base: Location, *parts: str) -> Location:
+    """``base/part/...``: a path for a local ``base``, a URL for a URL."""
+    if isinstance(base, str) and storage.is_remote(base):
+        return storage.join(base, *parts)
+    return storage.local_path(base).joinpath(*parts)
+
+
+def read_location(where: Location) -> bytes | None:
+    """The file's bytes (one ``GET`` for a URL), or None when there is none."""
+    if isinstance(where, str) and storage.is_remote(where):
+        return storage.read_bytes(where)
+    try:
+        return storage.local_path(where).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def read_facts(trace_dir: Location, partitions: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The key facts of ``partitions`` (``<trace>/<partition>/kvonce-keyfacts.json``) that have facts a
+    store can fold (left out: not judged, unreadable, another schema).
+
+    For a URL: one ``GET`` per partition, sent concurrently (:func:`storage.read_many`), nothing listed."""
+    wanted = {partition: location(trace_dir, partition, KEYFACTS) for partition in partitions}
+    if isinstance(trace_dir, str) and storage.is_remote(trace_dir):
+        fetched = storage.read_many([str(where) for where in wanted.values()])
+        raws = {partition: fetched[str(where)] for partition, where in wanted.items()}
+    else:
+        raws = {partition: read_location(where) for partition, where in wanted.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for partition, raw in raws.items():
+        if raw is None:
+            continue
+        try:
+            facts = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(facts, dict) and facts.get("schemaVersion") == FACTS_SCHEMA:
+            out[partition] = facts
+    return out
 
 
 class FactsBuilder:
@@ -229,21 +279,26 @@ def fold(payloads: Sequence[PayloadFacts], *, max_retries: int = DEFAULT_MAX_RET
     return Fold(keys, findings, resolved, summaries, max_retries, strict)
 
 
-def span_ids_at(events_file: Path, indices: Iterable[int]) -> dict[int, dict[str, str]]:
+def span_ids_at(events_file: Location, indices: Iterable[int]) -> dict[int, dict[str, str]]:
     """``traceId``/``spanId`` of the events at ``indices`` of a payload's ``kvonce-events.ndjson``
     (line *n* is event *n*).
 
     The key facts leave ids out on purpose (they would double the facts of every payload, for the
     few events a finding names); the events file has them, and is read here once, up to the last
     wanted line, parsing only the wanted lines. An event without ids, or a file gone, gives none.
+    For a URL the object is streamed by range ``GET``s (1 MiB blocks, read ahead by a block), so the
+    cost is the bytes up to the last wanted line (about 150 bytes an event) plus at most 2 MiB, one
+    request per 2 MiB or so; it is downloaded whole only when that line is near its end.
     """
     wanted = set(indices)
     found: dict[int, dict[str, str]] = {}
     if not wanted:
         return found
     last = max(wanted)
+    remote = isinstance(events_file, str) and storage.is_remote(events_file)
     try:
-        with open(events_file, "rb") as handle:
+        with (storage.open_read(str(events_file), block_size=_SPAN_READ_BLOCK) if remote
+              else open(events_file, "rb")) as handle:
             for index, raw in enumerate(handle):
                 if index in wanted:
                     try:
@@ -261,7 +316,7 @@ def span_ids_at(events_file: Path, indices: Iterable[int]) -> dict[int, dict[str
     return found
 
 
-def attach_span_ids(refs: Iterable[dict[str, Any]], folder_of: Callable[[str], Path]) -> None:
+def attach_span_ids(refs: Iterable[dict[str, Any]], folder_of: Callable[[str], Location]) -> None:
     """Add ``traceId``/``spanId`` to event references (``{"partition", "eventIndex", ...}``) in place,
     reading each partition's events file once (``folder_of(partition)`` is its report folder).
 
@@ -272,14 +327,14 @@ def attach_span_ids(refs: Iterable[dict[str, Any]], folder_of: Callable[[str], P
     for ref in refs:
         by_partition.setdefault(ref["partition"], []).append(ref)
     for partition, items in by_partition.items():
-        ids = span_ids_at(folder_of(partition) / EVENTS, {int(item["eventIndex"]) for item in items})
+        ids = span_ids_at(location(folder_of(partition), EVENTS), {int(item["eventIndex"]) for item in items})
         for item in items:
             item.update(ids.get(int(item["eventIndex"]), {}))
 
 
 def reconcile_report(report: dict[str, Any], partition: str, own_facts: dict[str, Any],
                      prior: Sequence[PayloadFacts], own_order: int | None = None,
-                     folder_of: Callable[[str], Path] | None = None) -> dict[str, Any]:
+                     folder_of: Callable[[str], Location] | None = None) -> dict[str, Any]:
     """Make one payload's validation report agree with the store as of now (prior payloads + it).
 
     For keys the payload shares with a prior payload, the per-payload ``duplicate-*`` findings are
@@ -334,7 +389,7 @@ def reconcile_report(report: dict[str, Any], partition: str, own_facts: dict[str
     return out
 
 
-def _attach_issue_ids(issues: list[dict[str, Any]], partition: str, folder_of: Callable[[str], Path]) -> None:
+def _attach_issue_ids(issues: list[dict[str, Any]], partition: str, folder_of: Callable[[str], Location]) -> None:
     """The ids of a reconciled finding's own event (``traceId``/``spanId``, as a per-payload finding
     has them) and of the other payload's event (``crossPayload.otherTraceId``/``otherSpanId``)."""
     mine = [{"partition": partition, "eventIndex": issue["eventIndex"]} for issue in issues]
@@ -386,79 +441,133 @@ RESET_FILE = "kvonce-store-reset.json"
 RESET_SCHEMA = "kvonce-store-reset/v1"
 
 
-def store_dir(trace_dir: Path, scope: str) -> Path:
+def store_dir(trace_dir: Location, scope: str) -> Location:
     """``<reports>/trace/kvonce-store`` for the default scope, ``kvonce-store/<scope>`` for another."""
     if not is_scope_name(scope):
         raise ValueError(f"not a scope name: {scope!r}")
-    base = Path(trace_dir) / STORE_DIR
-    return base if scope == DEFAULT_SCOPE else base / scope
+    return location(trace_dir, STORE_DIR) if scope == DEFAULT_SCOPE else location(trace_dir, STORE_DIR, scope)
 
 
-def excluded_partitions(trace_dir: Path, scope: str) -> frozenset[str]:
-    """The partitions a reset of ``scope`` took out of its store (empty if it was never reset)."""
+def _reset_record(trace_dir: Location, scope: str) -> dict[str, Any] | None:
+    where = location(store_dir(trace_dir, scope), RESET_FILE)
+    raw = read_location(where)
+    if raw is None:
+        return None
     try:
-        record = orjson.loads((store_dir(trace_dir, scope) / RESET_FILE).read_bytes())
-    except FileNotFoundError:
-        return frozenset()
+        record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{store_dir(trace_dir, scope) / RESET_FILE} is not valid JSON ({exc}); "
-                         "reset the scope again to rewrite it") from None
-    return frozenset(record.get("excluded", ()))
+        raise ValueError(f"{where} is not valid JSON ({exc}); reset the scope again to rewrite it") from None
+    return record if isinstance(record, dict) else {}
 
 
-def judged_partitions(trace_dir: Path) -> dict[str, list[str]]:
-    """Per scope, the drop partitions with key facts under ``trace_dir`` (those a store can fold)."""
+def excluded_partitions(trace_dir: Location, scope: str) -> frozenset[str]:
+    """The partitions a reset of ``scope`` took out of its store (empty if it was never reset)."""
+    record = _reset_record(trace_dir, scope)
+    return frozenset(record.get("excluded", ())) if record is not None else frozenset()
+
+
+def judged_partitions(trace_dir: Location) -> dict[str, list[str]]:
+    """Per scope, the drop partitions with key facts under ``trace_dir`` (those a store can fold).
+
+    For a URL: one listing of ``<trace>/`` (a request per 1,000 objects)."""
     out: dict[str, list[str]] = {}
-    try:
-        names = sorted(os.listdir(trace_dir))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if is_partition_key(name) and (Path(trace_dir) / name / KEYFACTS).is_file():
-            out.setdefault(scope_of(name), []).append(name)
+    if isinstance(trace_dir, str) and storage.is_remote(trace_dir):
+        names = sorted({relative.split("/", 1)[0] for relative in storage.list_files(trace_dir)
+                        if relative.count("/") == 1 and relative.endswith("/" + KEYFACTS)})
+        judged = [name for name in names if is_partition_key(name)]
+    else:
+        try:
+            names = sorted(os.listdir(trace_dir))
+        except FileNotFoundError:
+            return out
+        judged = [name for name in names if is_partition_key(name) and (Path(trace_dir) / name / KEYFACTS).is_file()]
+    for name in judged:
+        out.setdefault(scope_of(name), []).append(name)
     return out
 
 
-def reset_scope(trace_dir: Path, scope: str, *, max_retries: int = DEFAULT_MAX_RETRIES,
+def reset_scope(trace_dir: Location, scope: str, *, max_retries: int = DEFAULT_MAX_RETRIES,
                 strict: bool = False, at: str | None = None) -> dict[str, Any]:
     """Start ``scope``'s store afresh: every partition judged so far is left out of its fold from
-    now on, and the scope's store files are rewritten empty. Returns the reset record."""
+    now on, and the scope's store files are rewritten empty. Returns the reset record.
+
+    In a bucket the record is replaced by a conditional write on the version it was read at (S3), so
+    two resets of one scope at once cannot lose each other's exclusions: the later fails
+    (:class:`~kvonce_pipeline.engine.storage.PublishConflict`) and is run again."""
     folder = store_dir(trace_dir, scope)
+    remote = isinstance(folder, str)
+    record_at = location(folder, RESET_FILE)
+    version = storage.version_of(str(record_at)) if remote else None
+    store_version = storage.version_of(str(location(folder, STORE_REPORT))) if remote else None
     excluded = sorted(set(excluded_partitions(trace_dir, scope)) | set(judged_partitions(trace_dir).get(scope, ())))
     record = {"schemaVersion": RESET_SCHEMA, "scope": scope, "resetAt": at or iso_utc(time.time_ns()),
               "excluded": excluded}
-    write_bytes_atomic(folder / RESET_FILE, orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
-    write_store_files(folder, fold([], max_retries=max_retries, strict=strict).report(), scope)
+    blob = orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n"
+    empty = fold([], max_retries=max_retries, strict=strict).report()
+    if isinstance(folder, str) and isinstance(record_at, str):
+        storage.put_bytes(record_at, blob, expect=version)
+        publish_store_files(folder, empty, scope, expect=store_version)
+    else:
+        write_bytes_atomic(Path(record_at), blob)
+        write_store_files(Path(folder), empty, scope)
     return record
+
+
+def store_files(report: dict[str, Any], scope: str) -> tuple[bytes, bytes]:
+    """The bytes of the scope's ``kvonce-store.json`` and ``kvonce-store.md``."""
+    report = {**report, "scope": scope}
+    blob = orjson.dumps(report, option=orjson.OPT_INDENT_2 if len(report["keys"]) < 10_000 else 0) + b"\n"
+    return blob, render_store_summary(report).encode()
 
 
 def write_store_files(folder: Path, report: dict[str, Any], scope: str) -> str:
     """The scope's ``kvonce-store.json`` and ``kvonce-store.md``; returns the report's sha256."""
-    report = {**report, "scope": scope}
-    blob = orjson.dumps(report, option=orjson.OPT_INDENT_2 if len(report["keys"]) < 10_000 else 0) + b"\n"
+    blob, summary = store_files(report, scope)
     sha = write_bytes_atomic(folder / STORE_REPORT, blob)
-    write_bytes_atomic(folder / STORE_SUMMARY, render_store_summary(report).encode())
+    write_bytes_atomic(folder / STORE_SUMMARY, summary)
     return sha
+
+
+def publish_store_files(folder: str, report: dict[str, Any], scope: str, *, expect: str | None) -> str:
+    """The scope's store files published to the URL ``folder``, the report last; returns its sha256.
+
+    Each file is one ``PUT`` (whole, never half). The report is written only if it is still the
+    version ``expect`` this run read before folding (None: there was none), on S3 by a conditional
+    write: a store run that lost a race to another (two runs of one scope, which the queue's
+    ``kvonce/store-scope`` limit should never let happen) fails with
+    :class:`~kvonce_pipeline.engine.storage.PublishConflict` instead of replacing the winner's report.
+    Its ``kvonce-store.md`` may by then be its own, a view of the same payloads; the next store run
+    rewrites both.
+    """
+    blob, summary = store_files(report, scope)
+    storage.put_bytes(storage.join(folder, STORE_SUMMARY), summary)
+    storage.put_bytes(storage.join(folder, STORE_REPORT), blob, expect=expect)
+    return hashlib.sha256(blob).hexdigest()
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("store", help="list the cross-payload store's scopes, or start one afresh")
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="each scope: its judged payloads and how many its store folds")
-    listing.add_argument("--reports-dir", default=None, help="reports folder (default: KVONCE_REPORTS_DIR or "
-                                                             "hermetic-reports)")
+    listing.add_argument("--reports-dir", default=None, help="reports folder or URL (s3://bucket/prefix; default: "
+                                                             "KVONCE_REPORTS_DIR or hermetic-reports)")
     listing.set_defaults(run=_list_command)
     reset = actions.add_parser("reset", help="start a scope's store afresh (its payloads' reports are kept)")
     reset.add_argument("--scope", required=True, help="the scope: a drop subfolder's name, or 'default'")
-    reset.add_argument("--reports-dir", default=None, help="reports folder (default: KVONCE_REPORTS_DIR or "
-                                                           "hermetic-reports)")
+    reset.add_argument("--reports-dir", default=None, help="reports folder or URL (s3://bucket/prefix; default: "
+                                                           "KVONCE_REPORTS_DIR or hermetic-reports)")
     reset.set_defaults(run=_reset_command)
 
 
-def _trace_dir(reports: str | None) -> Path:
+def _trace_dir(reports: str | None) -> Location:
+    """``<reports>/trace``: ``--reports-dir``, else ``KVONCE_REPORTS_DIR`` (either may be a URL), else
+    ``hermetic-reports/trace``."""
     from ...engine.artifacts import trace_dir
 
-    return Path(reports) / "trace" if reports else trace_dir()
+    given = reports or os.environ.get("KVONCE_REPORTS_DIR") or None
+    if given is None:
+        return trace_dir()
+    return location(given if storage.is_remote(given) else storage.local_path(given), "trace")
 
 
 def _list_command(args: Any) -> int:
@@ -471,7 +580,7 @@ def _list_command(args: Any) -> int:
         excluded = excluded_partitions(trace, scope)
         folded = [p for p in partitions if p not in excluded]
         print(f"{scope}: {len(partitions)} payload(s), {len(folded)} folded by its store "
-              f"({store_dir(trace, scope) / STORE_REPORT})")
+              f"({location(store_dir(trace, scope), STORE_REPORT)})")
     return 0
 
 

@@ -114,9 +114,12 @@ class ConformanceHooks:
     #: The step may materialize nothing (:meth:`absent`): its outputs are then optional, which Dagster
     #: 1.13 allows for a multi-asset's checks only when it is subsettable (the step refuses a subset).
     may_skip: bool = False
-    #: The step's files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one (:func:`published_step`);
-    #: the drop graph's stay local (its output folder refuses a URL itself: docs/storage.md).
+    #: The step's files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one (:func:`published_step`).
     publishes: bool = True
+
+    def published(self) -> Sequence[str]:
+        """The step's files in publish order, the report last (the drop variant adds its own)."""
+        return PUBLISHED
 
     def absent(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path,
                out_dir: Path) -> str | None:
@@ -414,8 +417,8 @@ def _run(context: dg.AssetExecutionContext, settings: KvonceSettings, *, keys: d
             yield from step
         else:
             yield from published_step(context, settings, step,
-                                      lambda: output_for(context, settings), PUBLISHED)
-    except ConfigError as error:  # a reports URL whose backend is not installed, a drop run given a URL
+                                      lambda: output_for(context, settings), hooks.published())
+    except ConfigError as error:  # a reports URL whose backend is not installed
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
     finally:
         hooks.release(context, settings)

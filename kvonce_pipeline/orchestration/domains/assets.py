@@ -573,8 +573,7 @@ class Placement:
     group_suffix: str = ""
     #: the folder of this run's ``collected-otlp.json``
     folder_of: Callable[[dg.AssetExecutionContext, KvonceSettings], Path] = _trace_dir
-    #: its files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one; the drop variant's stay local
-    #: (its folder refuses a URL itself: docs/storage.md)
+    #: its files go to the reports URL when ``KVONCE_REPORTS_DIR`` is one (both variants: docs/storage.md)
     publishes: bool = True
 
     def key(self, name: str) -> dg.AssetKey:

@@ -10,6 +10,11 @@ cross-payload store (:mod:`kvonce_pipeline.domains.kvonce.store`). The other dom
 same partitions are in :mod:`kvonce_pipeline.orchestration.drops.domains`; a drop's run holds
 KvOnce's graph only when the drop carries KvOnce spans (or no other domain's).
 
+With ``KVONCE_REPORTS_DIR`` a URL, each step writes the partition folder in the run's private staging
+folder and publishes it to ``<url>/trace/<partition key>/`` (its report last, whatever the verdict);
+the key facts of earlier payloads, their events for span ids and the store are read from and written
+to the URL (docs/storage.md, "The drop jobs and the cross-payload store").
+
 Lineage: every materialization carries the source file, its sha256, size and arrival time, the run
 id and the asset's code version; each partition folder gets ``kvonce-envelope.json``. The judge
 against the store needs the payload's key facts: :class:`DropHooks` gathers them while the step's
@@ -21,20 +26,21 @@ import hashlib
 import inspect
 import sys
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import dagster as dg
 import orjson
 
-from ...engine import drops
+from ...engine import drops, storage
 from ...domains.kvonce import artifacts
 from ...domains.kvonce import envelope
 from ...domains.kvonce import store
 from ...engine.atomic import write_bytes_atomic
-from ...engine.errors import ConfigError, InputError
+from ...engine.errors import ConfigError, InputError, OutputError
 from ...domains.kvonce.own_pass.stages import ValidationResult, write_report_files
-from ..conformance.assets import CODE_VERSIONS, ConformanceHooks, EventObserver, build_conformance_assets
+from ..conformance.assets import (CODE_VERSIONS, PUBLISHED, ConformanceHooks, EventObserver,
+                                  build_conformance_assets)
 from ..resources import KvonceSettings
 
 PREFIX = "drops"
@@ -64,12 +70,13 @@ def _key(context: dg.AssetExecutionContext) -> str:
 
 
 def drop_trace_dir(settings: KvonceSettings) -> Path:
-    """``<reports>/trace`` of the drop graphs, which must be a local or shared POSIX folder (their
-    per-payload folders, the store replaced by rename, the sensor's reads): a reports URL fails the step
-    clearly rather than writing reports nowhere (docs/storage.md)."""
+    """``<reports>/trace`` where this run writes: the local folder, or for a reports URL this run's private
+    staging folder, whose partition folder is published to ``<url>/trace/<partition>/`` when the step ends
+    (the report last, see docs/storage.md). What other runs published is read from
+    :meth:`KvonceSettings.trace_location` (the URL), never from the staging."""
     try:
-        return settings.local_trace_dir("the drop jobs")
-    except ConfigError as error:
+        return settings.trace_dir()
+    except ConfigError as error:  # a reports URL whose backend is not installed
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
 
 
@@ -89,7 +96,11 @@ def _private_copy(context: dg.AssetExecutionContext, settings: KvonceSettings) -
 class DropHooks(ConformanceHooks):
     """Locates a partition's payload, stamps lineage, judges against the store, writes the envelope."""
 
-    publishes = False  # a drop run's folder is local or shared POSIX (drop_trace_dir refuses a URL)
+    #: for a reports URL: the stages' files, the key facts and the envelope, then the report (the commit point)
+    PUBLISHED = (*PUBLISHED[:-1], store.KEYFACTS, envelope.ENVELOPE, PUBLISHED[-1])
+
+    def published(self) -> Sequence[str]:
+        return self.PUBLISHED
 
     def __init__(self) -> None:
         self._sources: dict[tuple[str, str], drops.DropFile] = {}
@@ -190,8 +201,10 @@ class DropHooks(ConformanceHooks):
         own = observed.to_json()
         key = _key(context)
         prior, own_order = prior_facts(context.instance, settings, drops.scope_of(key), exclude=key)
+        published = settings.trace_location()  # the other payloads' events: where their runs published them
         report = store.reconcile_report(result.report, key, own, prior, own_order,
-                                        folder_of=lambda partition: out_dir.parent / partition)
+                                        folder_of=lambda partition: out_dir if partition == key
+                                        else store.location(published, partition))
         write_bytes_atomic(out_dir / store.KEYFACTS, orjson.dumps(own))
         validation_file, summary_file = write_report_files(report, out_dir, projection_stats)
         return ValidationResult(report, validation_file, summary_file)
@@ -228,7 +241,8 @@ class DropHooks(ConformanceHooks):
             return error
         source = self._source_fields(context, settings)
         name = source["path"] or source["name"] or error.source
-        return InputError(str(name), f"{error.message} (read from its collected copy {collected})", where=error.where)
+        return InputError(str(name), f"{error.message} (read from its collected copy "
+                                     f"{settings.published_name(collected)})", where=error.where)
 
     def unusable(self, context: dg.AssetExecutionContext, settings: KvonceSettings, out_dir: Path,
                  error: InputError) -> None:
@@ -245,25 +259,39 @@ def prior_facts(instance: dg.DagsterInstance, settings: KvonceSettings, scope: s
 
     Returns the facts (without ``exclude``) and ``exclude``'s own arrival order, if registered.
     ``registered``: the instance's partition keys, when the caller already fetched them.
+    Read where the runs published them (:meth:`KvonceSettings.trace_location`): for a reports URL, one
+    ``GET`` per partition of the scope, sent concurrently (and one for the scope's reset record), nothing
+    listed.
     """
-    trace = drop_trace_dir(settings)
-    excluded = store.excluded_partitions(trace, scope)
-    out: list[store.PayloadFacts] = []
+    trace = settings.trace_location()
+    excluded = _storage_step(store.excluded_partitions, trace, scope)
     own_order: int | None = None
     keys = instance.get_dynamic_partitions(PARTITIONS_NAME) if registered is None else registered
+    wanted: dict[str, int] = {}
     for order, key in enumerate(keys):
         if key == exclude:
             own_order = order
             continue
         if not drops.is_partition_key(key) or drops.scope_of(key) != scope or key in excluded:
             continue
-        try:
-            facts = orjson.loads((trace / key / store.KEYFACTS).read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            continue
-        if isinstance(facts, dict) and facts.get("schemaVersion") == store.FACTS_SCHEMA:
-            out.append(store.PayloadFacts(key, order, facts))
+        wanted[key] = order
+    facts = _storage_step(store.read_facts, trace, list(wanted))
+    out = [store.PayloadFacts(key, order, facts[key]) for key, order in wanted.items() if key in facts]
     return out, own_order
+
+
+R = TypeVar("R")
+
+
+def _storage_step(call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``call(...)`` on the reports location: a store that cannot be read or written fails the step as
+    storage (exit 2), a reports URL whose backend is not installed as unusable, never as a verdict."""
+    try:
+        return call(*args, **kwargs)
+    except OutputError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "storage"}, allow_retries=False) from None
+    except ConfigError as error:
+        raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
 
 
 drop_hooks = DropHooks()
@@ -308,13 +336,15 @@ def _scopes(registered: Sequence[str]) -> list[str]:
                 "itself is 'default'), folded in event-time order (kvonce-store/[<scope>/]kvonce-store.json, .md).",
 )
 def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, config: StoreConfig) -> dg.MaterializeResult:
-    trace = drop_trace_dir(kvonce)
+    """Every scope refolded from its payloads' key facts; see :func:`_publish_scope` for a reports URL."""
+    trace = kvonce.trace_location()
     reset = None
     if config.reset_scope is not None:
         if not drops.is_scope_name(config.reset_scope):
             raise dg.Failure(description=f"reset_scope {config.reset_scope!r} is not a scope name "
                                          "(letters, digits, '_' and '-', at most 40)")
-        reset = store.reset_scope(trace, config.reset_scope, max_retries=kvonce.max_retries, strict=kvonce.strict)
+        reset = _storage_step(store.reset_scope, trace, config.reset_scope, max_retries=kvonce.max_retries,
+                              strict=kvonce.strict)
         context.log.info(f"scope {config.reset_scope} reset: {len(reset['excluded'])} payload(s) no longer folded")
     registered = context.instance.get_dynamic_partitions(PARTITIONS_NAME)  # once, for every scope
     scopes = _scopes(registered)
@@ -325,16 +355,22 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
     shas: list[str] = []
     rows: list[str] = []
     for scope in scopes or [drops.DEFAULT_SCOPE]:
+        folder = store.store_dir(trace, scope)
+        # the version of the scope's report this fold replaces (a reports URL: its publish is conditional on it)
+        version = _storage_step(storage.version_of, folder + "/" + store.STORE_REPORT) \
+            if isinstance(folder, str) else None
         payloads, _ = prior_facts(context.instance, kvonce, scope, registered=registered)
         report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
-        store.attach_span_ids([ref for f in report["findings"] for ref in (f["first"], f["second"])],
-                              lambda partition: trace / partition)
-        folder = store.store_dir(trace, scope)
-        shas.append(store.write_store_files(folder, report, scope))
+        _storage_step(store.attach_span_ids, [ref for f in report["findings"] for ref in (f["first"], f["second"])],
+                      lambda partition: store.location(trace, partition))
+        if isinstance(folder, str):
+            shas.append(_publish_scope(context, folder, report, scope, version))
+        else:
+            shas.append(store.write_store_files(folder, report, scope))
         summary = report["summary"]
         per_scope[scope] = {"valid": report["valid"], "payloads": summary["payloads"], "keys": summary["keys"],
                             "errors": summary["errors"], "warnings": summary["warnings"],
-                            "path": str(folder / store.STORE_REPORT)}
+                            "path": str(store.location(folder, store.STORE_REPORT))}
         texts.append(f"### scope `{scope}`\n\n" + store.render_store_summary(report))
         rows += [f"- `{scope}` {f['severity']} `{f['type']}` key `{f['key']}`: {f['first']['partition']} "
                  f"#{f['first']['eventIndex']} then {f['second']['partition']} #{f['second']['eventIndex']}"
@@ -343,7 +379,8 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
     invalid = [scope for scope, s in per_scope.items() if not s["valid"]]
     combined = hashlib.sha256("".join(shas).encode()).hexdigest()
     metadata: dict[str, Any] = {
-        "path": dg.MetadataValue.path(str(store.store_dir(trace, drops.DEFAULT_SCOPE) / store.STORE_REPORT)),
+        "path": dg.MetadataValue.path(str(store.location(store.store_dir(trace, drops.DEFAULT_SCOPE),
+                                                         store.STORE_REPORT))),
         "sha256": combined, "scopes": dg.MetadataValue.json(per_scope),
         "payloads": sum(s["payloads"] for s in per_scope.values()),
         "dagster/row_count": sum(s["keys"] for s in per_scope.values()),
@@ -361,6 +398,28 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
             metadata={"errors": errors, "by_scope": dg.MetadataValue.json(per_scope),
                       "findings": dg.MetadataValue.md("\n".join(rows[:20]) or "none")})],
     )
+
+
+def _publish_scope(context: dg.AssetExecutionContext, folder: str, report: dict[str, Any], scope: str,
+                   version: str | None) -> str:
+    """The scope's store files published to ``folder`` (a URL), the report last and only over the version
+    this run read before it folded (a conditional write on S3): a store run that lost a race to another
+    run of the same scope fails naming the object, rather than replacing a fold it never saw.
+
+    The queue's ``kvonce/store-scope`` limit (deploy/dagster.yaml) is what keeps two runs of one scope
+    apart; this condition is the check that it did."""
+    try:
+        sha = store.publish_store_files(folder, report, scope, expect=version)
+    except storage.PublishConflict as error:
+        raise dg.Failure(description=f"scope {scope}: the store was not published: {error}. Another store run "
+                                     "of this scope wrote it meanwhile (the queue's kvonce/store-scope limit should "
+                                     "prevent that); materialize the store again to refold.",
+                         metadata={"verdict": "storage"}, allow_retries=False) from None
+    except OutputError as error:
+        raise dg.Failure(description=f"scope {scope}: the store was not published: {error}",
+                         metadata={"verdict": "storage"}, allow_retries=False) from None
+    context.log.info(f"published {store.STORE_SUMMARY} and {store.STORE_REPORT} to {folder}")
+    return sha
 
 
 kvonce_drop_job = dg.define_asset_job(

@@ -80,6 +80,7 @@ from ...engine.domain import Domain
 from ...engine.errors import ConfigError, InputError
 from ...engine.limits import Limits
 from ..domains import assets as domain_assets
+from ..conformance.assets import publish_after
 from ..domains.assets import (COLLECTED_FILE, Placement, build_domain_assets, build_trace_summary, collect_as_otlp,
                               mentioned_domains, unusable_failure)
 from ..resources import KvonceSettings
@@ -98,8 +99,9 @@ def _drop_folder(context: dg.AssetExecutionContext, settings: KvonceSettings) ->
     return drop_output(context, settings)
 
 
+#: publishes: for a reports URL each step's files go to ``<url>/trace/<partition>/`` (the report last)
 PLACEMENT = Placement(key_prefix=(PREFIX,), partitions_def=drop_partitions, group_suffix="_drops",
-                      folder_of=_drop_folder, publishes=False)
+                      folder_of=_drop_folder, publishes=True)
 DROP_COLLECTED_KEY = PLACEMENT.collected_key
 
 
@@ -171,6 +173,14 @@ def _source_of(context: dg.AssetExecutionContext, settings: KvonceSettings) -> d
 )
 def drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettings) -> dg.MaterializeResult:
     folder = drop_output(context, kvonce)
+    if kvonce.reports_url() is None:
+        return _drop_collected_otlp(context, kvonce, folder)
+    return publish_after(context, kvonce, lambda: folder, [COLLECTED_FILE],
+                         lambda: _drop_collected_otlp(context, kvonce, folder))
+
+
+def _drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettings,
+                         folder: Path) -> dg.MaterializeResult:
     copy = folder / PRIVATE_COPY
     found: drops.DropFile | None = None
     try:
@@ -189,7 +199,7 @@ def drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSetting
     context.log.info(f"{found.path} carries the spans of: {', '.join(carried) or 'no installed domain'}")
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(collected.path)),
+            "path": dg.MetadataValue.path(kvonce.published_name(collected.path)),
             "sha256": collected.sha256,
             "bytes": collected.size,
             "partition": context.partition_key,

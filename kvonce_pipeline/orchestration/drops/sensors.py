@@ -104,7 +104,6 @@ def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce:
                 "to the domains it carries; refolds the cross-payload store after new KvOnce results.",
 )
 def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettings) -> dg.SensorResult:
-    kvonce.local_reports_root("the drop sensor")  # a reports URL is a clear error on every tick, not runs that fail
     cursor = load_cursor(context.cursor)
     root = kvonce.drop_root()
     try:
