@@ -22,7 +22,6 @@ from kvonce_pipeline.orchestration.drops import assets as drop_assets_module
 from kvonce_pipeline.orchestration.drops.definitions import defs as drop_defs
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ..test_resources import s3, s3_env  # noqa: F401 - the module's moto server and the environment to reach it
 from ...engine.test_storage import BUCKET
 from .test_domains import drop_runs, key_for, launch, mixed, put, tick
 from .test_sensor import line
