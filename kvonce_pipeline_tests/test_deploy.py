@@ -40,9 +40,23 @@ def test_the_instance_on_postgres_loads_with_its_queue(postgres_url: str, tmp_pa
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == 8
         assert queue.tag_concurrency_limits == [
-            {"key": "kvonce/store-scope", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+            {"key": "kvonce/store-scope", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            {"key": "kvonce/store-fold", "limit": 1}]
     finally:
         instance.dispose()
+
+
+def test_the_queue_limits_name_tags_our_runs_carry() -> None:
+    """A limit on a tag no run carries limits nothing: the drop runs carry the scope, the store jobs the fold."""
+    from kvonce_pipeline.orchestration.drops.assets import (TAG_SCOPE, TAG_STORE_FOLD, kvonce_store_job,
+                                                            kvonce_store_reset_job)
+
+    limits = {entry["key"]: entry for entry in
+              yaml.safe_load(DEPLOY_CONFIG.read_text())["concurrency"]["runs"]["tag_concurrency_limits"]}
+    assert limits[TAG_SCOPE]["value"] == {"applyLimitPerUniqueValue": True} and limits[TAG_SCOPE]["limit"] == 1
+    assert limits[TAG_STORE_FOLD]["limit"] == 1
+    for job in (kvonce_store_job, kvonce_store_reset_job):
+        assert TAG_STORE_FOLD in job.tags, job.name
 
 
 def test_the_helm_values_parse_and_match_the_instance_file() -> None:

@@ -533,8 +533,8 @@ def publish_store_files(folder: str, report: dict[str, Any], scope: str, *, expe
 
     Each file is one ``PUT`` (whole, never half). The report is written only if it is still the
     version ``expect`` this run read before folding (None: there was none), on S3 by a conditional
-    write: a store run that lost a race to another (two runs of one scope, which the queue's
-    ``kvonce/store-scope`` limit should never let happen) fails with
+    write: a store run that lost a race to another (two store runs at once, which the queue's
+    ``kvonce/store-fold`` limit should never let happen) fails with
     :class:`~kvonce_pipeline.engine.storage.PublishConflict` instead of replacing the winner's report.
     Its ``kvonce-store.md`` may by then be its own, a view of the same payloads; the next store run
     rewrites both.

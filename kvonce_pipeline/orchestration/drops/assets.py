@@ -56,6 +56,9 @@ TAG_ARRIVED = "kvonce/source_arrived_at"
 #: The payload's store scope (its drop subfolder, or ``default``): a deployment's run coordinator
 #: can limit runs per value of this tag, so one scope's store is never judged by two runs at once.
 TAG_SCOPE = "kvonce/store-scope"
+#: Carried by every run of the store jobs (which refold every scope): a deployment limits it to one
+#: run at a time, so two folds never race to write one scope's store.
+TAG_STORE_FOLD = "kvonce/store-fold"
 
 _EXTRA_CODE = hashlib.sha256(b"".join(inspect.getsource(m).encode() for m in (drops, store, envelope)))
 _EXTRA_CODE.update(inspect.getsource(sys.modules[ConformanceHooks.__module__]).encode())
@@ -406,14 +409,15 @@ def _publish_scope(context: dg.AssetExecutionContext, folder: str, report: dict[
     this run read before it folded (a conditional write on S3): a store run that lost a race to another
     run of the same scope fails naming the object, rather than replacing a fold it never saw.
 
-    The queue's ``kvonce/store-scope`` limit (deploy/dagster.yaml) is what keeps two runs of one scope
-    apart; this condition is the check that it did."""
+    The queue's ``kvonce/store-fold`` limit (deploy/dagster.yaml: one store run at a time) is what
+    keeps two folds apart; this condition is the check that it did, and the guard where no such
+    limit is configured."""
     try:
         sha = store.publish_store_files(folder, report, scope, expect=version)
     except storage.PublishConflict as error:
         raise dg.Failure(description=f"scope {scope}: the store was not published: {error}. Another store run "
-                                     "of this scope wrote it meanwhile (the queue's kvonce/store-scope limit should "
-                                     "prevent that); materialize the store again to refold.",
+                                     "wrote it meanwhile (a deployment's queue limits the tag kvonce/store-fold to "
+                                     "one run to prevent that); materialize the store again to refold.",
                          metadata={"verdict": "storage"}, allow_retries=False) from None
     except OutputError as error:
         raise dg.Failure(description=f"scope {scope}: the store was not published: {error}",
@@ -433,6 +437,7 @@ kvonce_store_job = dg.define_asset_job(
     "kvonce_store_job",
     selection=dg.AssetSelection.assets(kvonce_store),
     executor_def=dg.in_process_executor,
+    tags={TAG_STORE_FOLD: "all"},
     description="Fold every processed payload into its scope's cross-payload store.",
 )
 #: Launch with run config ``ops: {drops__kvonce_store: {config: {reset_scope: <scope>}}}`` (the
@@ -442,6 +447,7 @@ kvonce_store_reset_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(kvonce_store),
     executor_def=dg.in_process_executor,
     config={"ops": {"drops__kvonce_store": {"config": {"reset_scope": "default"}}}},
+    tags={TAG_STORE_FOLD: "all"},
     description="Start one scope's cross-payload store afresh (run config reset_scope; default: 'default'), "
                 "then refold every scope. Earlier payloads keep their reports.",
 )
