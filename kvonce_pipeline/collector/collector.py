@@ -98,6 +98,7 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         max_body = limits.max_body_bytes
     else:
         max_body = limits.max_request_bytes
+    local_drop_dir(args.drop_dir or env.get("KVONCE_DROP_DIR", ""))
     return ReceiverConfig(
         drop_dir=Path(args.drop_dir) if args.drop_dir else drop_dir(),
         host=args.host,
@@ -109,6 +110,20 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         max_compression_ratio=limits.max_compression_ratio,
         token=bearer_token(env.get(TOKEN_ENV)),
     )
+
+
+def local_drop_dir(configured: str) -> None:
+    """Refuse a drop folder URL: the collector writes files (journals, batches renamed into place).
+
+    Without this, ``Path("s3://bucket/drops")`` would be the local folder ``s3:/bucket/drops`` and
+    payloads would pile up on this machine while the sensor watches the bucket.
+    """
+    from ..engine.storage import is_remote
+
+    if is_remote(configured.strip()):
+        raise ValueError(f"the drop folder {configured.strip()} is a URL: the collector writes payload files into "
+                         "a local (or shared POSIX) folder only; give --drop-dir a local folder and copy its "
+                         "finished files (never its dot or .tmp files) to the bucket the sensor reads")
 
 
 def bearer_token(raw: str | None) -> str | None:
