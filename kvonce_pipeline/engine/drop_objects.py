@@ -38,7 +38,7 @@ from .drops import (DEFAULT_SCOPE, DropFile, Fingerprint, Refusal, ScanResult, i
                     is_scope_name, printable_name, scope_label, scope_of, split_partition_key, stem_of)
 from .errors import InputError, OutputError
 from .limits import Limits
-from .storage import _filesystem, _why
+from .storage import _OBJECT_STORES, _filesystem, _protocol, _why
 
 _BLOCK = 4 * 1024 * 1024
 
@@ -108,6 +108,18 @@ def _listed(fs: Any, root: str, result: ScanResult) -> list[tuple[str, dict[str,
     return out
 
 
+def _bucket_exists(fs: Any, root: str, url: str) -> None:
+    """An empty listing of an object store: say so when its bucket does not exist (a typo in the URL
+    would otherwise look like an empty drop folder, tick after tick). Not created: a surprise otherwise."""
+    if _protocol(fs) not in _OBJECT_STORES:
+        return
+    bucket = root.split("/", 1)[0]
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise InputError(url, f"the bucket {bucket} does not exist") from None
+
+
 def _read(fs: Any, path: str, etag: str | None, sink: Any = None) -> str:
     """sha256 of the object, streamed once (``sink.write`` gets every block: a copy made in the same read).
 
@@ -161,6 +173,10 @@ def scan_objects(url: str, *, limits: Limits, known: Mapping[str, Fingerprint], 
     result = ScanResult()
     try:
         listed = _listed(fs, root, result)
+        if not listed and not result.refused and not result.ignored:
+            _bucket_exists(fs, root, url)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
         raise InputError(url, f"cannot list the drop folder: {_why(exc)}") from None
     hashed_files = hashed_bytes = 0
