@@ -209,3 +209,34 @@ def test_an_empty_prefix_waits_and_a_missing_bucket_is_said_on_the_tick(s3, pref
         missing = tick(instance, KvonceSettings(drop_dir="s3://no-such-bucket/drops"), empty.cursor)
     assert missing.skip_reason.skip_message == "drop folder s3://no-such-bucket/drops: the bucket no-such-bucket does not exist"
     assert missing.cursor == empty.cursor and not s3.exists("no-such-bucket")
+
+
+def test_an_ndjson_log_named_for_its_domain_gets_the_same_verdict_from_the_bucket(s3, prefix,  # noqa: F811
+                                                                                  tmp_path) -> None:
+    from .test_domains import INVENTORY_NDJSON, checks, launch
+
+    data = INVENTORY_NDJSON.read_bytes()
+    reports = {}
+    for label, drop_dir in (("remote", f"s3://{prefix}"), ("local", str(tmp_path / "local-drops"))):
+        if label == "remote":
+            put_objects(s3, prefix, {"stock.inventory.ndjson": data})
+        else:
+            put_files(Path(drop_dir), {"stock.inventory.ndjson": data})
+        settings = KvonceSettings(drop_dir=drop_dir, reports_dir=str(tmp_path / f"reports-{label}"))
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = tick(instance, settings)
+            apply(instance, result)
+            [request] = [r for r in result.run_requests if r.partition_key]
+            assert request.tags["kvonce/domains"] == "inventory"
+            run = launch(instance, settings, request)
+        assert not run.success and [c for c, ok in checks(run).items() if not ok] == [
+            ("drops/inventory_validation", "inventory_conformance")]
+        reports[label] = orjson.loads((tmp_path / f"reports-{label}" / "trace" / request.partition_key / "inventory"
+                                       / "inventory-validation.json").read_bytes())
+    assert reports["remote"]["summary"]["byRule"] == reports["local"]["summary"]["byRule"]
+    assert reports["remote"]["summary"]["input"]["source"] == f"s3://{prefix}/stock.inventory.ndjson"
+    # the documented difference: the log is not on this machine, so its domain's run reads the collected
+    # copy, and findings name that copy's spans rather than the log's lines (the same findings, in order)
+    remote, local = ([i["origin"] for i in reports[k]["issues"]] for k in ("remote", "local"))
+    assert len(remote) == len(local) and all(o.startswith("line 1 span ") for o in remote)
+    assert all(o.startswith("line ") and " span " not in o for o in local)
