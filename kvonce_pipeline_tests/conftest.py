@@ -48,3 +48,6 @@ from .postgres import postgres_server, postgres_url  # noqa: E402,F401
 
 # A third domain made from the template, installed per test (kvonce_pipeline_tests/toy_domain.py).
 from .toy_domain import toy, toy_project  # noqa: E402,F401
+
+# A real S3-compatible server (moto's) for the object-store tests (kvonce_pipeline_tests/s3_server.py).
+from .s3_server import s3, s3_env  # noqa: E402,F401

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .receiver import ReceiverConfig
 
 TOKEN_ENV = "KVONCE_COLLECTOR_TOKEN"
+SPOOL_ENV = "KVONCE_COLLECTOR_SPOOL_DIR"
 EXIT_OK = 0
 EXIT_FAILED = 2  # could not listen, bad settings, or the last batch could not be written
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -67,7 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="OTLP/gRPC port on the same address (default 4317; 0 picks a free one)")
     parser.add_argument("--no-grpc", action="store_true", help="serve OTLP/HTTP only")
     parser.add_argument("--drop-dir", default=None,
-                        help="where payload files go (default KVONCE_DROP_DIR, else drops/ in the project)")
+                        help="where payload files go (default KVONCE_DROP_DIR, else drops/ in the project); a "
+                             "URL (s3://bucket/drops) needs --spool-dir: files are written there, then uploaded")
+    parser.add_argument("--spool-dir", default=None,
+                        help=f"with a drop folder URL: the local folder batches and journals are written to "
+                             f"before each finished file is uploaded (default {SPOOL_ENV})")
     parser.add_argument("--flush-seconds", type=_non_negative_float, default=2.0,
                         help="write the open batch this often (default 2; 0 writes every request "
                              "before answering it)")
@@ -98,8 +103,15 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         max_body = limits.max_body_bytes
     else:
         max_body = limits.max_request_bytes
+    location = (args.drop_dir or env.get("KVONCE_DROP_DIR", "")).strip()
+    upload_url = drop_url(location, args.spool_dir or env.get(SPOOL_ENV, ""))
+    if upload_url is not None:
+        local = Path(args.spool_dir or env[SPOOL_ENV].strip())
+    else:
+        local = Path(args.drop_dir) if args.drop_dir else drop_dir()
     return ReceiverConfig(
-        drop_dir=Path(args.drop_dir) if args.drop_dir else drop_dir(),
+        drop_dir=local,
+        upload_url=upload_url,
         host=args.host,
         port=args.port,
         grpc_port=None if args.no_grpc else args.grpc_port,
@@ -109,6 +121,24 @@ def build_config(args: argparse.Namespace) -> "ReceiverConfig":
         max_compression_ratio=limits.max_compression_ratio,
         token=bearer_token(env.get(TOKEN_ENV)),
     )
+
+
+def drop_url(configured: str, spool: str) -> str | None:
+    """The drop folder URL files are uploaded to, or None for a local drop folder.
+
+    The collector writes files (journals fsynced before answering, batches renamed into place), so a
+    URL needs a local spool folder (``--spool-dir``) to write them first; without one it is refused, as
+    ``Path("s3://bucket/drops")`` would be the local folder ``s3:/bucket/drops``.
+    """
+    from ..engine.storage import is_remote
+
+    if not is_remote(configured):
+        return None
+    if not spool.strip():
+        raise ValueError(f"the drop folder {configured} is a URL: the collector writes payload files into a local "
+                         f"folder first and uploads each finished one; give that folder with --spool-dir (or "
+                         f"{SPOOL_ENV})")
+    return configured.rstrip("/")
 
 
 def bearer_token(raw: str | None) -> str | None:
@@ -153,7 +183,7 @@ def serve(config: "ReceiverConfig") -> int:
     import threading
 
     from ..engine.atomic import sweep_stale_temps
-    from ..engine.errors import OutputError
+    from ..engine.errors import ConfigError, OutputError
     from .receiver import Receiver
 
     try:  # fail now, not at the first flush, when the drop folder cannot exist
@@ -179,6 +209,9 @@ def serve(config: "ReceiverConfig") -> int:
         except OutputError as error:
             print(f"kvonce collector: cannot recover the journal of a stopped collector: {error}", file=sys.stderr)
             return EXIT_FAILED
+        except ConfigError as error:
+            print(f"kvonce collector: {error}", file=sys.stderr)
+            return EXIT_FAILED
         except OSError as exc:
             print(f"kvonce collector: cannot listen on {config.host}:{config.port}"
                   f"{'' if config.grpc_port is None else f' (gRPC {config.grpc_port})'}: {exc.strerror or exc}",
@@ -192,7 +225,9 @@ def serve(config: "ReceiverConfig") -> int:
         flush = (f"flush every {config.flush_seconds:g} s, journaled" if config.flush_seconds
                  else "each request written before it is answered")
         grpc_note = f", OTLP/gRPC on {receiver.grpc.endpoint}" if receiver.grpc is not None else ""
-        print(f"kvonce collector: listening on {receiver.endpoint}{grpc_note} (drop folder {config.drop_dir}, "
+        where = (f"drop folder {config.drop_dir}" if config.upload_url is None
+                 else f"drop folder {config.upload_url}, spool folder {config.drop_dir}")
+        print(f"kvonce collector: listening on {receiver.endpoint}{grpc_note} ({where}, "
               f"{flush}, {auth})", flush=True)
         if config.host not in _LOOPBACK and not config.token:
             print(f"kvonce collector: warning: listening on {config.host} without {TOKEN_ENV}: anyone who "
@@ -211,6 +246,10 @@ def serve(config: "ReceiverConfig") -> int:
         print(f"kvonce collector: stopped: {health['spansAccepted']} spans accepted, "
               f"{health['spansWritten']} written in {health['filesWritten']} files, "
               f"{health['spansDuplicate']} duplicates dropped", file=sys.stderr)
+        if config.upload_url is not None and health["filesToUpload"]:
+            print(f"kvonce collector: {health['filesToUpload']} payload file(s) not uploaded to {config.upload_url} "
+                  f"({health['lastUploadError']}): they stay in {config.drop_dir} and the next start uploads them",
+                  file=sys.stderr)
         return EXIT_OK
     finally:
         for sig, handler in previous.items():

@@ -36,6 +36,7 @@ from .drop_batch import (
 from .otlp_grpc import GrpcReceiver
 from .otlp_http import DecodedRequest, HttpError
 from .otlp_http_server import RETRY_AFTER_SECONDS, TRACES_PATH, HttpServer
+from .uploader import Uploader
 from .span_dedupe import DEFAULT_WINDOW_SECONDS, RecentSpanIds, span_keys, without_spans
 
 log = logging.getLogger("kvonce.collector")
@@ -64,6 +65,9 @@ class ReceiverConfig:
     drain_seconds: float = 15.0
     #: OTLP/gRPC on this port of ``host`` (0: a free one); ``None``: no gRPC listener.
     grpc_port: int | None = None
+    #: A drop folder URL (``s3://bucket/drops``): ``drop_dir`` is then the local spool folder, and each
+    #: finished payload file is uploaded there and removed (:mod:`kvonce_pipeline.collector.uploader`).
+    upload_url: str | None = None
 
 
 class Receiver:
@@ -74,6 +78,7 @@ class Receiver:
         self.batcher = DropBatcher(config.drop_dir, flush_seconds=config.flush_seconds,
                                    max_batch_bytes=config.max_batch_bytes)
         self._seen = RecentSpanIds(window_seconds=config.dedupe_window_seconds)
+        self.uploader = Uploader(config.drop_dir, config.upload_url) if config.upload_url else None
         self._intake = threading.Lock()  # dedupe check + batch append are one step
         self._cond = threading.Condition()
         self._inflight = 0
@@ -95,12 +100,22 @@ class Receiver:
         """Recover journals, bind and serve in a background thread. Raises ``OSError`` if the address
         is taken, :class:`~kvonce_pipeline.engine.errors.OutputError` if a journal cannot be recovered."""
         self.recover()
-        http = HttpServer(self, self.config.host, self.config.port)
+        if self.uploader is not None:
+            self.uploader.check()  # a URL without its backend is a ConfigError before anything is taken
+            self.uploader.start()  # the spool's leftovers (and what recovery just wrote) go first
+        try:
+            http = HttpServer(self, self.config.host, self.config.port)
+        except BaseException:
+            if self.uploader is not None:
+                self.uploader.stop()
+            raise
         if self.config.grpc_port is not None:
             try:
                 self.grpc = GrpcReceiver(self, self.config.host, self.config.grpc_port)
             except (OSError, RuntimeError) as exc:
                 http.stop()
+                if self.uploader is not None:
+                    self.uploader.stop()
                 raise OSError(f"OTLP/gRPC port {self.config.grpc_port}: {exc}") from None
         self.http = http
         self.batcher.start()
@@ -113,6 +128,8 @@ class Receiver:
                 self.grpc.begin_stop(0).wait(5)
             http.stop()
             self.batcher.close()
+            if self.uploader is not None:
+                self.uploader.stop()
             raise
         return self
 
@@ -192,7 +209,11 @@ class Receiver:
             self.http.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait(5)
-        self.batcher.close()
+        try:
+            self.batcher.close()
+        finally:
+            if self.uploader is not None:
+                self.uploader.stop()  # the last batch too; what fails stays in the spool for the next start
 
     def __enter__(self) -> "Receiver":
         return self.start()
@@ -259,11 +280,14 @@ class Receiver:
     def health(self) -> dict[str, Any]:
         if self._draining:
             status = "stopping"
-        elif not self.batcher.healthy:
+        elif not self.batcher.healthy or (self.uploader is not None and self.uploader.last_error is not None):
             status = "degraded"
         else:
             status = "ok"
         last = self.batcher.recent_files[-1].path.name if self.batcher.recent_files else None
+        upload = {} if self.uploader is None else {
+            "uploadUrl": self.uploader.url, "filesUploaded": self.uploader.uploaded,
+            "filesToUpload": len(self.uploader.pending()), "lastUploadError": self.uploader.last_error}
         return {
             "status": status,
             "uptimeSeconds": round(time.monotonic() - self._started, 3),
@@ -277,4 +301,5 @@ class Receiver:
             "lastFile": last,
             "refused": {str(k): v for k, v in sorted(self.refused.items())},
             "lastError": self.batcher.last_error,
+            **upload,
         }

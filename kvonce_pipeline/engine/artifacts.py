@@ -30,7 +30,23 @@ def cli_trace_dir() -> Path:
     return reports_dir() / "cli" / "trace"
 
 
+def drop_location() -> Path | str:
+    """The drop folder the sensor watches: ``KVONCE_DROP_DIR`` or ``drops/``; a URL (``s3://bucket/drops``)
+    is kept as text (a Path would fold its ``//``): the sensor and the drop runs read it through fsspec."""
+    from .drops import drop_root_of
+
+    configured = os.environ.get("KVONCE_DROP_DIR", "").strip()
+    return drop_root_of(configured) if configured else PROJECT_ROOT / "drops"
+
+
 def drop_dir() -> Path:
-    """The drop folder the collector writes and the sensor watches: ``KVONCE_DROP_DIR`` or ``drops/``."""
-    configured = os.environ.get("KVONCE_DROP_DIR")
-    return Path(configured) if configured else PROJECT_ROOT / "drops"
+    """The drop folder as a local (or shared POSIX) folder: ``KVONCE_DROP_DIR`` or ``drops/``, for what
+    writes into it (the collector, the mock service). A URL is a :class:`ConfigError` here: those
+    writers need a folder (see :func:`drop_location` for the readers)."""
+    location = drop_location()
+    if isinstance(location, str):
+        from .errors import ConfigError
+
+        raise ConfigError(f"KVONCE_DROP_DIR is {location}: writing payloads needs a local folder (the sensor "
+                          "and the drop runs read a URL, the collector and the mock service write files)")
+    return location

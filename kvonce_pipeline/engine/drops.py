@@ -17,6 +17,10 @@ assets call :func:`locate_payload` at run time. The rules, and why:
 * Symlinks that leave the drop folder, non-regular files and files above
   ``Limits.max_drop_file_bytes`` are refused with a reason (the sensor logs it once).
 * Nothing here writes, renames or deletes anything in the drop folder.
+* The drop folder may be a URL (``s3://bucket/drops``, any fsspec location): the same rules over
+  objects, with an object's ``(size, ETag)`` as its fingerprint and no settle time, as objects appear
+  whole (:mod:`kvonce_pipeline.engine.drop_objects`). The types below serve both, so the sensor and
+  the drop runs have one code path; :attr:`DropFile.location` names the file or the object.
 * An NDJSON event log names no domain, so its file name may: ``<stem>.<domain>.<extension>``
   (``orders.inventory.ndjson``, gzipped ``orders.inventory.ndjson.gz``) is that installed domain's log
   (:func:`domain_in_name`). A name, not a subfolder, because subfolders are store scopes
@@ -40,6 +44,7 @@ from typing import Any
 
 from .errors import InputError
 from .limits import Limits
+from .storage import is_remote, local_path
 
 #: Names that are some writer's work in progress (or an editor's), never a payload.
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp", ".swx", "~")
@@ -139,6 +144,10 @@ def iso_utc(ns: int) -> str:
         "+00:00", "Z")
 
 
+#: What the sensor's cursor remembers of a file: ``(size, mtime_ns)``, or ``(size, ETag)`` for an object.
+Fingerprint = tuple[int, "int | str"]
+
+
 @dataclass(frozen=True)
 class DropFile:
     """A settled payload in the drop folder, with what lineage needs."""
@@ -151,6 +160,10 @@ class DropFile:
     scope: str = DEFAULT_SCOPE
     #: A private copy of exactly these bytes, when :func:`locate_payload` was asked for one.
     copy: Path | None = None
+    #: The object's URL when the drop folder is a URL (``path`` is then the local copy, if any).
+    url: str | None = None
+    #: The object's ETag (a URL's drop folder): with the size, its fingerprint.
+    etag: str = ""
 
     @property
     def partition_key(self) -> str:
@@ -166,8 +179,14 @@ class DropFile:
         """When the file arrived: its mtime (the collector renames a finished file into place)."""
         return iso_utc(self.mtime_ns)
 
-    def fingerprint(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    @property
+    def location(self) -> str:
+        """What lineage and messages name: the object's URL, or the file's path."""
+        return self.url or str(self.path)
+
+    def fingerprint(self) -> Fingerprint:
+        """``(size, mtime_ns)`` of a file; ``(size, ETag)`` of an object (see :mod:`.drop_objects`)."""
+        return (self.size, self.etag) if self.url else (self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -178,9 +197,10 @@ class Refusal:
     reason: str
     size: int = 0
     mtime_ns: int = 0
+    etag: str = ""
 
-    def fingerprint(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    def fingerprint(self) -> Fingerprint:
+        return (self.size, self.etag) if self.etag else (self.size, self.mtime_ns)
 
 
 @dataclass
@@ -189,7 +209,7 @@ class ScanResult:
     unchanged: list[str] = field(default_factory=list)          # same size and mtime as ``known``
     refused: list[Refusal] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)            # not settled yet, or over this tick's budget
-    seen_waiting: dict[str, tuple[int, int]] = field(default_factory=dict)  # their (size, mtime_ns) now
+    seen_waiting: dict[str, Fingerprint] = field(default_factory=dict)  # their fingerprint now
     ignored: int = 0                                            # dot-files and temporary names
 
 
@@ -303,15 +323,16 @@ def _hash_settled(path: str, expected: os.stat_result, is_link: bool, sink: Any 
 
 
 def scan_drop_dir(
-    drop_dir: Path,
+    drop_dir: Path | str,
     *,
     limits: Limits | None = None,
-    known: Mapping[str, tuple[int, int]] | None = None,
-    waited: Mapping[str, tuple[int, int]] | None = None,
+    known: Mapping[str, Fingerprint] | None = None,
+    waited: Mapping[str, Fingerprint] | None = None,
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     now_ns: int | None = None,
     max_files: int = 100,
     max_bytes: int = 2 * 1024 * 1024 * 1024,
+    stage_dir: Path | None = None,
 ) -> ScanResult:
     """List the drop folder (not recursively) and hash files that are new since ``known``.
 
@@ -320,9 +341,18 @@ def scan_drop_dir(
     the previous call saw it waiting (``waited``, from :attr:`ScanResult.seen_waiting`): that covers
     an mtime in the future (a copy that kept a skewed clock's time). At most ``max_files`` files and ``max_bytes`` bytes are hashed per call, so one sensor
     tick stays well inside its 60 s budget; the rest wait for the next call (in name order).
+
+    A URL (``s3://bucket/drops``) is listed on its store (:func:`.drop_objects.scan_objects`:
+    ``(size, ETag)`` fingerprints, no settle time; ``stage_dir`` keeps a local copy of each object read).
     """
     limits = limits or Limits()
     known = known or {}
+    if is_drop_url(drop_dir):
+        from .drop_objects import scan_objects
+
+        return scan_objects(str(drop_dir), limits=limits, known=known, max_files=max_files, max_bytes=max_bytes,
+                            stage_dir=stage_dir)
+    drop_dir = Path(drop_dir)
     waited = waited or {}
     now_ns = time.time_ns() if now_ns is None else now_ns
     settle_ns = int(settle_seconds * 1e9)
@@ -403,7 +433,29 @@ def _hash_candidate(entry_path: str, info: os.stat_result, copy_to: Path | None,
     return digest
 
 
-def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = None,
+def is_drop_url(drop_dir: Path | str) -> bool:
+    """A drop folder given as a URL (``s3://...``; ``file://`` is a local path): read through fsspec."""
+    return isinstance(drop_dir, str) and is_remote(drop_dir)
+
+
+def drop_root_of(configured: str | None) -> Path | str:
+    """The drop folder as configured: a URL stays text (a Path would fold its ``//``), else a path."""
+    text = (configured or "").strip()
+    if is_remote(text):
+        return text.rstrip("/")
+    return local_path(text)
+
+
+def payload_location(drop_dir: Path | str, scope: str, name: str) -> str:
+    """How lineage names the payload ``name`` of ``scope``: its path, or its object's URL."""
+    if is_drop_url(drop_dir):
+        from .drop_objects import object_url
+
+        return object_url(str(drop_dir), scope, name)
+    return str(scope_folder(Path(drop_dir), scope) / name)
+
+
+def locate_payload(drop_dir: Path | str, partition_key: str, *, name: str | None = None,
                    sha256: str | None = None, size: int | None = None,
                    limits: Limits | None = None, copy_to: Path | None = None) -> DropFile:
     """Find the payload of ``partition_key`` in the drop folder, by content, never by a trusted path.
@@ -418,8 +470,17 @@ def locate_payload(drop_dir: Path, partition_key: str, *, name: str | None = Non
     there, so what is judged afterwards is exactly the bytes hashed, whatever happens to the file
     in the drop folder meanwhile (rewritten, or swapped for a FIFO). It costs a copy of the payload
     on disk for the length of the run, which is why only the drop runs ask for it.
+
+    A URL is read on its store (:func:`.drop_objects.locate_object`): the object is downloaded once
+    into ``copy_to`` and hashed in the same read; it is never written or deleted.
     """
     limits = limits or Limits()
+    if is_drop_url(drop_dir):
+        from .drop_objects import locate_object
+
+        return locate_object(str(drop_dir), partition_key, name=name, sha256=sha256, size=size, limits=limits,
+                             copy_to=copy_to)
+    drop_dir = Path(drop_dir)
     if not is_partition_key(partition_key):
         raise InputError(str(drop_dir), f"{partition_key!r} is not a drop partition key (<stem>-<12 hex>)")
     stem, prefix = split_partition_key(partition_key)

@@ -162,8 +162,11 @@ class KvonceSettings(dg.ConfigurableResource):
             self._staged_reports = self._stack().enter_context(storage.staged_reports(url))
         return self._staged_reports
 
-    def drop_root(self) -> Path:
-        return Path(self.drop_dir) if self.drop_dir else artifacts.drop_dir()
+    def drop_root(self) -> Path | str:
+        """The drop folder: a local path, or a URL (``s3://bucket/drops``) kept as text for fsspec."""
+        from ..engine.drops import drop_root_of
+
+        return drop_root_of(self.drop_dir) if self.drop_dir else artifacts.drop_location()
 
     def limits(self) -> Limits:
         return Limits.from_env()

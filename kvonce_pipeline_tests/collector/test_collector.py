@@ -552,6 +552,19 @@ def test_cli_refuses_a_bad_port_and_an_unusable_drop_folder(tmp_path: Path,
     assert "cannot use the drop folder" in capsys.readouterr().err
 
 
+def test_a_drop_folder_url_without_a_spool_folder_is_refused_clearly_not_made_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The collector writes files before it uploads them: ``s3://b/d`` must not become ``./s3:/b/d``."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["collector", "--port", "0", "--drop-dir", "s3://bucket/drops"]) == 2
+    assert "the drop folder s3://bucket/drops is a URL: the collector writes payload files into a local folder " \
+        "first and uploads each finished one; give that folder with --spool-dir" in capsys.readouterr().err
+    monkeypatch.setenv("KVONCE_DROP_DIR", "s3://bucket/drops/")
+    assert cli.main(["collector", "--port", "0"]) == 2
+    assert "is a URL" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- units the statuses rest on ----------------------------------------------------------------
 def test_decompress_reads_concatenated_gzip_members_and_deflate() -> None:
     assert decompress(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 100) == b"abcd"

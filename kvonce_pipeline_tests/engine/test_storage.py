@@ -5,63 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
 from kvonce_pipeline.engine.storage import StagedInput, is_remote, local_path
 
 from ..conftest import VENV_BIN
+from ..s3_server import BUCKET, free_port, s3_client
 
 SAMPLE = artifacts.BUNDLED_SAMPLE
-BUCKET = "kvonce-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """A real moto S3 server on 127.0.0.1 and the environment a user would set to reach it."""
-    port = _free_port()
-    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("the moto S3 server did not start") from None
-                time.sleep(0.2)
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-        s3 = _s3(env)
-        s3.mkdir(BUCKET)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _s3(env: dict[str, str]):  # noqa: ANN202 - s3fs.S3FileSystem
-    import s3fs
-
-    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                             endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], skip_instance_cache=True)
-
-
 def _kvonce(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(VENV_BIN / "kvonce"), "conformance", "--no-progress", *args], env=env,
                           capture_output=True, text=True, timeout=120)
@@ -69,7 +24,7 @@ def _kvonce(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_a_trace_in_a_bucket_gives_the_same_reports_in_a_bucket_as_on_disk(s3_env: dict[str, str],
                                                                          tmp_path: Path) -> None:
-    s3 = _s3(s3_env)
+    s3 = s3_client(s3_env)
     trace = tmp_path / "violating.ndjson"
     generate(trace, GenerateOptions(events=3000, keys=400, format="ndjson", violations=0.05, seed=7))
     s3.put_file(str(trace), f"{BUCKET}/in/violating.ndjson")
@@ -92,7 +47,7 @@ def test_a_trace_in_a_bucket_gives_the_same_reports_in_a_bucket_as_on_disk(s3_en
 
 
 def test_a_missing_object_is_exit_2_and_its_report_replaces_the_earlier_run(s3_env: dict[str, str]) -> None:
-    s3 = _s3(s3_env)
+    s3 = s3_client(s3_env)
     s3.put_file(str(SAMPLE), f"{BUCKET}/in/sample.json")
     out = f"s3://{BUCKET}/reports/again"
     assert _kvonce(s3_env, "--input", f"s3://{BUCKET}/in/sample.json", "--output-dir", out).returncode == 0
@@ -127,14 +82,14 @@ def test_file_urls_and_paths_are_local() -> None:
 def test_a_bucket_that_does_not_exist_is_exit_2_and_is_not_created(s3_env: dict[str, str]) -> None:
     result = _kvonce(s3_env, "--input", str(SAMPLE), "--output-dir", "s3://no-such-bucket-typo/reports")
     assert result.returncode == 2 and "the bucket no-such-bucket-typo does not exist" in result.stderr
-    s3 = _s3(s3_env)
+    s3 = s3_client(s3_env)
     s3.invalidate_cache()
     assert not s3.exists("no-such-bucket-typo")
 
 
 def test_a_store_that_cannot_be_reached_is_exit_2_not_a_violation(s3_env: dict[str, str]) -> None:
     """botocore's errors are not OSErrors: each is mapped to an unusable input or output (exit 2)."""
-    unreachable = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
+    unreachable = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     result = _kvonce(unreachable, "--input", f"s3://{BUCKET}/in/sample.json", "--output-dir", "/dev/null/x")
     assert result.returncode == 2 and f"s3://{BUCKET}/in/sample.json: cannot read:" in result.stderr
     assert "Traceback" not in result.stderr
@@ -146,7 +101,7 @@ def test_a_store_that_cannot_be_reached_is_exit_2_not_a_violation(s3_env: dict[s
 
 
 def test_key_shards_read_and_publish_through_the_store_too(s3_env: dict[str, str], tmp_path: Path) -> None:
-    s3 = _s3(s3_env)
+    s3 = s3_client(s3_env)
     trace = tmp_path / "t.ndjson"
     generate(trace, GenerateOptions(events=2000, keys=300, format="ndjson", violations=0.05, seed=3))
     s3.put_file(str(trace), f"{BUCKET}/in/t.ndjson")

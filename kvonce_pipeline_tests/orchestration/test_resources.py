@@ -24,7 +24,7 @@ from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 from kvonce_pipeline.orchestration.run_verdict import run_verdict
 
-from ..engine.test_storage import BUCKET  # the s3 fixture (a moto server per module): ./conftest.py
+from ..s3_server import BUCKET  # the s3 fixture (a moto server per module): ../s3_server.py
 
 INVENTORY_SAMPLE = Path(__file__).resolve().parents[2] / "kvonce_pipeline/domains/inventory/samples/inventory-otlp.json"
 #: The KvOnce step's files, as the local job leaves them in <reports>/trace/.

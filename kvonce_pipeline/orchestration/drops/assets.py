@@ -146,8 +146,8 @@ class DropHooks(ConformanceHooks):
         """Source facts from the run tags (set by the sensor) or, for a run launched by hand, the file."""
         tags = context.run.tags
         if TAG_SHA in tags and TAG_NAME in tags:
-            folder = drops.scope_folder(settings.drop_root(), drops.scope_of(_key(context)))
-            return {"name": tags[TAG_NAME], "path": str(folder / tags[TAG_NAME])
+            scope = drops.scope_of(_key(context))
+            return {"name": tags[TAG_NAME], "path": drops.payload_location(settings.drop_root(), scope, tags[TAG_NAME])
                     if drops.is_bare_name(tags[TAG_NAME]) else None,
                     "sha256": tags[TAG_SHA], "bytes": int(tags.get(TAG_BYTES, "0") or 0),
                     "arrivedAt": tags.get(TAG_ARRIVED)}
@@ -155,7 +155,7 @@ class DropHooks(ConformanceHooks):
             found = self.source(context, settings)
         except InputError:
             return {"name": None, "path": None, "sha256": None, "bytes": None, "arrivedAt": None}
-        return {"name": found.name, "path": str(found.path), "sha256": found.sha256, "bytes": found.size,
+        return {"name": found.name, "path": found.location, "sha256": found.sha256, "bytes": found.size,
                 "arrivedAt": found.arrived_at}
 
     def payload_name(self, context: dg.AssetExecutionContext, settings: KvonceSettings, source: Path) -> str:

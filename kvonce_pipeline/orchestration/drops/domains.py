@@ -190,13 +190,13 @@ def _drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettin
         carried = mentioned_domains(collected.path, kvonce.limits())
     except InputError as error:
         if found is not None and error.source == str(copy):  # the user knows their file, not our copy
-            error = InputError(str(found.path), error.message, where=error.where)
+            error = InputError(found.location, error.message, where=error.where)
         raise unusable_failure(error) from None
     except ConfigError as error:
         raise dg.Failure(description=str(error), metadata={"verdict": "unusable"}, allow_retries=False) from None
     finally:
         copy.unlink(missing_ok=True)
-    context.log.info(f"{found.path} carries the spans of: {', '.join(carried) or 'no installed domain'}")
+    context.log.info(f"{found.location} carries the spans of: {', '.join(carried) or 'no installed domain'}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(kvonce.published_name(collected.path)),
@@ -204,7 +204,7 @@ def _drop_collected_otlp(context: dg.AssetExecutionContext, kvonce: KvonceSettin
             "bytes": collected.size,
             "partition": context.partition_key,
             "source_file": found.label,
-            "source_path": dg.MetadataValue.path(str(found.path)),
+            "source_path": dg.MetadataValue.path(found.location),
             "source_sha256": found.sha256,
             "source_bytes": found.size,
             "source_arrived_at": found.arrived_at,

@@ -4,7 +4,7 @@ Exactly once, by three independent guards:
 
 1. the **run key** is the partition key (content-addressed), and Dagster never launches a second
    run for a run key this sensor already used, whatever the cursor says;
-2. the **cursor** remembers each file's ``(size, mtime)`` and partition, so a file is hashed and
+2. the **cursor** remembers each file's ``(size, mtime)`` (an object's ``(size, ETag)``) and partition, so a file is hashed and
    considered once, across ticks and daemon restarts (Dagster stores the cursor with the tick);
 3. content that is **already registered** as a partition (same sha256 prefix, under any name) is
    not requested again: a copy under another name, a file put back after removal, a cursor reset.
@@ -24,10 +24,19 @@ of the domains it carries, KvOnce's drop graph included only if it carries KvOnc
 :mod:`kvonce_pipeline.orchestration.drops.domains`). Same partition, run key and tags either way,
 plus ``kvonce/domains``. An NDJSON event log names no domain: one named ``<stem>.<domain>.ndjson`` is that
 domain's (:func:`~kvonce_pipeline.orchestration.drops.domains.ndjson_drop_domain`), any other is KvOnce's.
+
+The drop folder may be a URL (``KVONCE_DROP_DIR=s3://bucket/drops``): the same tick over its objects
+(:mod:`kvonce_pipeline.engine.drop_objects`). Each new object is downloaded once, into a folder private to
+the tick, in the read that hashes it; the domain scan reads that copy, and the folder is removed when the
+tick ends. So the tick's hashing budget (``MAX_BYTES_PER_TICK``) also bounds what it downloads and keeps on
+local disk, and the scan budget holds as for a file. An object the cursor knows by size and ETag is not
+downloaded again.
 """
 
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -61,7 +70,7 @@ MAX_SCANNED_BYTES_PER_TICK = 2 * 1024 * 1024 * 1024
 
 def load_cursor(raw: str | None) -> dict[str, Any]:
     """The sensor's memory: ``files`` (name -> [size, mtime_ns, key]), ``refused`` and ``waiting``
-    (name -> [size, mtime_ns]), and ``store_seen`` (the last validation result the store was asked to fold)."""
+    (name -> [size, mtime_ns]; an object's ETag in place of its mtime), and ``store_seen`` (the last validation result the store was asked to fold)."""
     empty: dict[str, Any] = {"v": CURSOR_VERSION, "files": {}, "refused": {}, "waiting": {}, "store_seen": 0}
     if not raw:
         return empty
@@ -91,7 +100,8 @@ def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce:
             return [named]
         return mentioned_within(found.path, kvonce.limits(), budget)
     except (InputError, OSError) as exc:
-        context.log.warning(f"{found.label}: cannot scan for its domains ({exc}); routed as a KvOnce payload")
+        why = str(exc).replace(str(found.path), found.location)  # an object's local copy: name the object
+        context.log.warning(f"{found.label}: cannot scan for its domains ({why}); routed as a KvOnce payload")
         return []
 
 
@@ -106,16 +116,27 @@ def _carried(context: dg.SensorEvaluationContext, found: drops.DropFile, kvonce:
 def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettings) -> dg.SensorResult:
     cursor = load_cursor(context.cursor)
     root = kvonce.drop_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return dg.SensorResult(skip_reason=f"drop folder {root} cannot be created: {exc.strerror or exc}",
-                               cursor=orjson.dumps(cursor).decode())
+    if not isinstance(root, str):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return dg.SensorResult(skip_reason=f"drop folder {root} cannot be created: {exc.strerror or exc}",
+                                   cursor=orjson.dumps(cursor).decode())
+    with tempfile.TemporaryDirectory(prefix="kvonce-drop-tick-") as staging:
+        try:
+            return _tick(context, kvonce, cursor, root, Path(staging))
+        except InputError as error:  # a drop folder URL that cannot be listed: said on the tick, retried next one
+            return dg.SensorResult(skip_reason=f"drop folder {error}", cursor=orjson.dumps(cursor).decode())
+
+
+def _tick(context: dg.SensorEvaluationContext, kvonce: KvonceSettings, cursor: dict[str, Any],
+          root: Path | str, staging: Path) -> dg.SensorResult:
+    """One tick over ``root``; a URL's new objects are copied into ``staging`` (removed after the tick)."""
     known = {name: (entry[0], entry[1]) for name, entry in cursor["files"].items()}
     waited = {name: (entry[0], entry[1]) for name, entry in cursor["waiting"].items()}
     scan = drops.scan_drop_dir(root, limits=kvonce.limits(), known=known, waited=waited,
                                settle_seconds=kvonce.drop_settle_seconds, max_files=MAX_FILES_PER_TICK,
-                               max_bytes=MAX_BYTES_PER_TICK)
+                               max_bytes=MAX_BYTES_PER_TICK, stage_dir=staging)
     files = {name: cursor["files"][name] for name in scan.unchanged}
     # Content is the identity: the sha256 prefix that ends every key built by drops.partition_key_for.
     # Per scope: the same bytes dropped into two scopes are two systems' payloads.
@@ -126,13 +147,13 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
     budget = ScanBudget(MAX_SCANNED_BYTES_PER_TICK)
     #: new files left for the next tick once the scan budget ran out (name -> [size, mtime_ns]): not
     #: registered, not in ``files``, so the next tick takes them again (as settled: ``waiting``)
-    deferred: dict[str, list[int]] = {}
+    deferred: dict[str, list[int | str]] = {}
     for found in scan.ready:
         key = found.partition_key
         content = (found.scope, found.sha256[:drops.SHA_PREFIX])
         seen_as = by_content.get(content)
         if seen_as is not None:
-            files[found.label] = [found.size, found.mtime_ns, seen_as]
+            files[found.label] = [*found.fingerprint(), seen_as]
             context.log.info(f"{found.label}: same content as partition {seen_as}, already processed; no new run")
             continue
         if deferred:  # in name order: once one waits, the rest wait with it
@@ -143,7 +164,7 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
         except OverBudget:
             deferred[found.label] = list(found.fingerprint())
             continue
-        files[found.label] = [found.size, found.mtime_ns, key]
+        files[found.label] = [*found.fingerprint(), key]
         by_content[content] = key
         new_keys.append(key)
         tags = {TAG_NAME: found.name, TAG_SHA: found.sha256, TAG_BYTES: str(found.size),
@@ -158,7 +179,7 @@ def kvonce_drop_sensor(context: dg.SensorEvaluationContext, kvonce: KvonceSettin
         context.log.info(f"{found.label}: new payload -> partition {key} (scope {found.scope}, {found.size} bytes; "
                          f"domains: {', '.join(carried) or 'none found, read as kvonce'})"
                          + ("" if carried else "; an NDJSON log of another domain is named <stem>.<domain>.ndjson"))
-    refused: dict[str, list[int]] = {}
+    refused: dict[str, list[int | str]] = {}
     for refusal in scan.refused:
         fingerprint = list(refusal.fingerprint())
         if cursor["refused"].get(refusal.name) != fingerprint:

@@ -22,7 +22,7 @@ from kvonce_pipeline.orchestration.drops import assets as drop_assets_module
 from kvonce_pipeline.orchestration.drops.definitions import defs as drop_defs
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ...engine.test_storage import BUCKET
+from ...s3_server import BUCKET
 from .test_domains import drop_runs, key_for, launch, mixed, put, tick
 from .test_sensor import line
 

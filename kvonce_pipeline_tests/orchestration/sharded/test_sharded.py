@@ -110,7 +110,7 @@ def test_dagster_job_execute_on_a_local_dask_cluster(tmp_path: Path) -> None:
 # --- URLs: a payload object and a reports prefix on a real S3-compatible server (moto on loopback,
 # started for this module: the ``s3`` fixture of ../conftest.py) ---
 
-from ...engine.test_storage import BUCKET  # noqa: E402
+from ...s3_server import BUCKET  # noqa: E402
 from ..test_resources import _job as _one_pass_job  # noqa: E402
 
 

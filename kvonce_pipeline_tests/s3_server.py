@@ -1,0 +1,67 @@
+"""A real S3-compatible server for the tests: moto's, from PyPI, started on loopback once per test
+module that asks for it and stopped after it (fixtures registered by the top-level conftest)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pytest
+
+from .conftest import VENV_BIN
+
+BUCKET = "kvonce-test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A real moto S3 server on 127.0.0.1 and the environment a user would set to reach it."""
+    port = free_port()
+    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("the moto S3 server did not start") from None
+                time.sleep(0.2)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        s3 = s3_client(env)
+        s3.mkdir(BUCKET)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def s3_client(env: dict[str, str]):  # noqa: ANN202 - s3fs.S3FileSystem
+    import s3fs
+
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], skip_instance_cache=True)
+
+
+@pytest.fixture
+def s3(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The jobs run in this process: reach the server as a user would (AWS_* and fsspec's S3 settings)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, s3_env[name])
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"]})
+    store = s3_client(s3_env)
+    yield store
