@@ -278,3 +278,41 @@ def test_an_unusable_drop_publishes_its_report_and_envelope_naming_the_dropped_f
     assert doc["status"] == "unusable" and doc["inputError"]["source"] == str(path)
     assert not s3.exists(f"{folder}/{artifacts.EVENTS}")
     assert not [name for name in s3.ls(folder) if name.rsplit("/", 1)[-1].startswith(".")]
+
+
+def test_with_the_drop_folder_and_the_reports_in_the_bucket_no_local_folder_is_needed(
+        s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The deployment without a shared volume: payloads dropped as objects, the sensor ticking over the
+    prefix, the runs and the store publishing to another prefix. The cross-payload finding is found
+    across two objects, and nothing is written to a local folder but the runs' private, removed ones."""
+    drops_url, url = f"s3://{BUCKET}/bucket-only/drops", f"s3://{BUCKET}/bucket-only/reports"
+    monkeypatch.chdir(tmp_path)  # a relative default folder, if any were used, would appear here
+    settings = KvonceSettings(drop_dir=drops_url, reports_dir=url)
+    cursor: str | None = None
+    runs = []
+    etags: dict[str, str] = {}
+    with dg.DagsterInstance.ephemeral() as instance:
+        for name, data in (("a.ndjson", FIRST), ("b.ndjson", SECOND)):
+            path = f"{drops_url.removeprefix('s3://')}/{name}"
+            s3.pipe_file(path, data)
+            etags[path] = s3.info(path)["ETag"]
+            result = tick(instance, settings, cursor)
+            cursor = result.cursor
+            [request] = drop_runs(result)
+            runs.append(launch(instance, settings, request))
+        assert [r.success for r in runs] == [True, False]  # the later payload writes alpha again
+        assert _store_job(instance, settings).success
+    remote = _remote_files(s3, f"{url}/trace")
+    first, second = key_for("a.ndjson", FIRST), key_for("b.ndjson", SECOND)
+    for partition in (first, second):
+        assert f"{partition}/{artifacts.VALIDATION}" in remote and f"{partition}/{store.KEYFACTS}" in remote
+    report = orjson.loads(remote[f"{second}/{artifacts.VALIDATION}"])
+    assert report["summary"]["input"]["source"] == f"{drops_url}/b.ndjson"
+    [issue] = report["issues"]
+    assert issue["crossPayload"]["otherPartition"] == first and issue["crossPayload"]["otherSpanId"] == "1" * 16
+    [finding] = orjson.loads(remote[f"{store.STORE_DIR}/{store.STORE_REPORT}"])["findings"]
+    assert (finding["first"]["partition"], finding["second"]["partition"]) == (first, second)
+    assert [p for p in tmp_path.rglob("*")] == [], "no local folder was written"
+    s3.invalidate_cache()
+    assert {path: s3.info(path)["ETag"] for path in s3.find(drops_url.removeprefix("s3://"))} == etags, \
+        "the dropped objects are only read"
