@@ -246,7 +246,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "printed; with --endpoint the spans go to a running 'kvonce collector'.",
     )
     parser.add_argument("--drop-dir", default=None,
-                        help="where the payload goes (default KVONCE_DROP_DIR, else drops/ in the project)")
+                        help="where the payload goes: a folder or a bucket prefix (s3://bucket/drops, uploaded as one "
+                             "object) (default KVONCE_DROP_DIR, else drops/ in the project)")
     parser.add_argument("--endpoint", default=None,
                         help="send to a running receiver instead, e.g. http://127.0.0.1:4318/v1/traces "
                              "(uses KVONCE_COLLECTOR_TOKEN as the bearer token when set)")
@@ -260,8 +261,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import os
+    import tempfile
 
+    from ..engine import storage
     from ..engine.artifacts import drop_dir
+    from ..engine.storage import is_remote
     from ..engine.registry import get
 
     domain = None if args.domain == "kvonce" else get(args.domain)
@@ -270,6 +274,16 @@ def _run(args: argparse.Namespace) -> int:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         result = run_scenario(args.endpoint, gzip=args.gzip, headers=headers, domain=domain, events=args.events)
         print(f"kvonce mock: {result.spans_exported} spans delivered to {args.endpoint}", file=sys.stderr)
+        return 0
+    location = (args.drop_dir or os.environ.get("KVONCE_DROP_DIR", "")).strip()
+    if is_remote(location):
+        # A bucket prefix: the payload is written in a private folder, then uploaded as one object (a
+        # sensor never lists half of it), as the collector uploads its finished batches.
+        with tempfile.TemporaryDirectory(prefix="kvonce-mock-") as spool:
+            path = generate_payload(Path(spool), gzip=args.gzip, domain=domain, events=args.events)
+            url = storage.join(location, path.name)
+            storage.put_bytes(url, path.read_bytes())
+        print(url)
         return 0
     path = generate_payload(Path(args.drop_dir) if args.drop_dir else drop_dir(), gzip=args.gzip, domain=domain,
                             events=args.events)

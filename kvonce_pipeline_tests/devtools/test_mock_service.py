@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,6 +17,7 @@ from kvonce_pipeline.engine.errors import KvonceError
 from kvonce_pipeline.devtools.mock_service import EXPECTED_EVENTS, MockKvOnceStore, Put, generate_payload, run_scenario
 from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
 
+from ..s3_server import BUCKET
 from ..collector.test_collector import PAYLOAD_NAME, conformance_events, payload_files, spans_in
 
 
@@ -41,6 +43,21 @@ def test_kvonce_mock_prints_the_payload_path(tmp_path: Path, capsys: pytest.Capt
     assert cli.main(["mock", "--drop-dir", str(tmp_path / "drops")]) == 0
     printed = Path(capsys.readouterr().out.strip())
     assert printed.is_file() and payload_files(tmp_path / "drops") == [printed]
+
+
+def test_kvonce_mock_uploads_the_payload_to_a_bucket_prefix(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A drop folder in a bucket: one object, named as a local run names its file, the scenario's
+    events in it; no local ``s3:`` folder appears."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["mock", "--drop-dir", f"s3://{BUCKET}/mock-drops/"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith(f"s3://{BUCKET}/mock-drops/") and PAYLOAD_NAME.fullmatch(url.rsplit("/", 1)[1])
+    local = tmp_path / "payload.pb"
+    local.write_bytes(s3.cat_file(url.removeprefix("s3://")))
+    code, events = conformance_events(local, tmp_path / "out")
+    assert code == 0 and _event_tuples(events) == [tuple(expected) for expected in EXPECTED_EVENTS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "payload.pb"], "no local s3: folder"
 
 
 def test_kvonce_mock_sends_to_a_running_collector_with_the_token(
