@@ -34,8 +34,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .drops import (DEFAULT_SCOPE, DropFile, Fingerprint, Refusal, ScanResult, is_bare_name, is_ignored_name, is_partition_key,
-                    is_scope_name, printable_name, scope_label, scope_of, split_partition_key, stem_of)
+from .drops import (DEFAULT_SCOPE, DropFile, candidate_order, Fingerprint, Refusal, ScanResult, is_bare_name, is_ignored_name, is_partition_key,
+                    is_scope_name, printable_name, scope_label, scope_of, split_partition_key)
 from .errors import InputError, OutputError
 from .limits import Limits
 from .storage import _OBJECT_STORES, _filesystem, _protocol, _why
@@ -252,11 +252,7 @@ def locate_object(url: str, partition_key: str, *, name: str | None = None, sha2
     def wanted(digest: str) -> bool:
         return digest == sha256 if sha256 else digest.startswith(prefix)
 
-    candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
-    if name is not None and is_bare_name(name) and name in candidates:
-        candidates.remove(name)
-        candidates.insert(0, name)
-    for candidate in candidates:
+    for candidate in candidate_order(eligible, stem, name):
         entry = entries[candidate]
         length = int(entry.get("size") or 0)
         if length > limits.max_drop_file_bytes or (size is not None and length != size):

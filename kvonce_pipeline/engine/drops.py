@@ -455,6 +455,18 @@ def payload_location(drop_dir: Path | str, scope: str, name: str) -> str:
     return str(scope_folder(Path(drop_dir), scope) / name)
 
 
+def candidate_order(eligible: list[str], stem: str, name: str | None) -> list[str]:
+    """The order in which a run tries a scope's payloads for its partition's content: the name its
+    tag gives first (the file it was made from, usually still there), then the names of its stem
+    (the same file rewritten), then the rest (the same bytes under another name). Each is hashed
+    until one matches, so the usual case reads one payload."""
+    candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
+    if name is not None and is_bare_name(name) and name in candidates:
+        candidates.remove(name)
+        candidates.insert(0, name)
+    return candidates
+
+
 def locate_payload(drop_dir: Path | str, partition_key: str, *, name: str | None = None,
                    sha256: str | None = None, size: int | None = None,
                    limits: Limits | None = None, copy_to: Path | None = None) -> DropFile:
@@ -503,11 +515,7 @@ def locate_payload(drop_dir: Path | str, partition_key: str, *, name: str | None
     def wanted(digest: str) -> bool:
         return digest == sha256 if sha256 else digest.startswith(prefix)
 
-    candidates = [n for n in eligible if stem_of(n) == stem] + [n for n in eligible if stem_of(n) != stem]
-    if name is not None and is_bare_name(name) and name in candidates:
-        candidates.remove(name)
-        candidates.insert(0, name)
-    for candidate in candidates:
+    for candidate in candidate_order(eligible, stem, name):
         entry_path = os.path.join(drop_dir, candidate)
         info = _inspect(root_real, entry_path, candidate, limits)
         if isinstance(info, Refusal) or (size is not None and info.st_size != size):
