@@ -26,7 +26,7 @@ plus ``kvonce/domains``. An NDJSON event log names no domain: one named ``<stem>
 domain's (:func:`~kvonce_pipeline.orchestration.drops.domains.ndjson_drop_domain`), any other is KvOnce's.
 
 The drop folder may be a URL (``KVONCE_DROP_DIR=s3://bucket/drops``): the same tick over its objects
-(:mod:`kvonce_pipeline.engine.drop_objects`). Each new object is downloaded once, into a folder private to
+(:mod:`kvonce_pipeline.engine.drops.objects`). Each new object is downloaded once, into a folder private to
 the tick, in the read that hashes it; the domain scan reads that copy, and the folder is removed when the
 tick ends. So the tick's hashing budget (``MAX_BYTES_PER_TICK``) also bounds what it downloads and keeps on
 local disk, and the scan budget holds as for a file. An object the cursor knows by size and ETag is not

@@ -2,8 +2,8 @@
 
 Plain Python (no Dagster), reached through fsspec like every other URL (:mod:`kvonce_pipeline.engine.storage`).
 :func:`kvonce_pipeline.engine.drops.scan_drop_dir` and :func:`~kvonce_pipeline.engine.drops.locate_payload`
-hand a URL here and return the same :class:`~kvonce_pipeline.engine.drops.DropFile` and
-:class:`~kvonce_pipeline.engine.drops.ScanResult`, so the sensor and the drop runs have one code path.
+hand a URL here and return the same :class:`~.names.DropFile` and :class:`~.names.ScanResult` as for a
+folder (:mod:`.folder`), so the sensor and the drop runs have one code path.
 
 What changes from a local folder, and why:
 
@@ -34,11 +34,11 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .drops import (DEFAULT_SCOPE, DropFile, candidate_order, Fingerprint, Refusal, ScanResult, is_bare_name, is_ignored_name, is_partition_key,
+from .names import (DEFAULT_SCOPE, DropFile, candidate_order, Fingerprint, Refusal, ScanResult, is_bare_name, is_ignored_name, is_partition_key,
                     is_scope_name, printable_name, scope_label, scope_of, split_partition_key)
-from .errors import InputError, OutputError
-from .limits import Limits
-from .storage import _OBJECT_STORES, _filesystem, _protocol, _why
+from ..errors import InputError, OutputError
+from ..limits import Limits
+from ..storage import _OBJECT_STORES, _filesystem, _protocol, _why
 
 _BLOCK = 4 * 1024 * 1024
 
@@ -83,7 +83,7 @@ def object_url(url: str, scope: str, name: str) -> str:
 
 def _listed(fs: Any, root: str, result: ScanResult) -> list[tuple[str, dict[str, Any]]]:
     """``(scope, entry)`` of every object to consider: the prefix's own objects and those of each
-    "subfolder" whose name is a scope (one level, never deeper), as :func:`drops._listed` does."""
+    "subfolder" whose name is a scope (one level, never deeper), as :func:`.folder._listed` does."""
     out: list[tuple[str, dict[str, Any]]] = []
     for entry in _listing(fs, root):
         name = _base(entry)
@@ -166,7 +166,7 @@ def scan_objects(url: str, *, limits: Limits, known: Mapping[str, Fingerprint], 
     domain scan; its :attr:`DropFile.url` names the object. Raises :class:`InputError` naming the URL
     when the store cannot be listed.
     """
-    from .atomic import atomic_writer
+    from ..atomic import atomic_writer
 
     fs, root = _filesystem(url)
     root = root.rstrip("/")
@@ -232,7 +232,7 @@ def locate_object(url: str, partition_key: str, *, name: str | None = None, sha2
     Raises :class:`InputError` naming the scope's URL and the key when no object holds that content
     any more (removed, or replaced with other bytes), or when the store cannot be listed.
     """
-    from .atomic import atomic_writer
+    from ..atomic import atomic_writer
 
     if not is_partition_key(partition_key):
         raise InputError(url, f"{partition_key!r} is not a drop partition key (<stem>-<12 hex>)")
