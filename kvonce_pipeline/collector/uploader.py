@@ -48,17 +48,17 @@ class Uploader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _filesystem(self) -> tuple[Any, str]:
+    def filesystem_of(self) -> tuple[Any, str]:
         if self._fs is None:
-            from ..engine.storage import _filesystem
+            from ..engine.storage import filesystem_of
 
-            self._fs, root = _filesystem(self.url)
+            self._fs, root = filesystem_of(self.url)
             self._root = root.rstrip("/")
         return self._fs, self._root
 
     def check(self) -> None:
         """Fail now, not at the first upload, when the URL has no backend or bad settings (ConfigError)."""
-        self._filesystem()
+        self.filesystem_of()
 
     def pending(self) -> list[Path]:
         """The finished payload files waiting in the spool, in name (arrival) order."""
@@ -69,17 +69,17 @@ class Uploader:
 
     def upload_pending(self) -> int:
         """Upload what waits, in order; stops at the first failure (kept, retried). Returns how many moved."""
-        from ..engine.storage import _why
+        from ..engine.storage import store_error
 
         moved = 0
         with self._lock:
-            fs, root = self._filesystem()
+            fs, root = self.filesystem_of()
             for path in self.pending():
                 target = f"{root}/{path.name}"
                 try:
                     fs.put_file(str(path), target)
                 except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-                    error = f"cannot upload {path.name} to {self.url}: {_why(exc)}"
+                    error = f"cannot upload {path.name} to {self.url}: {store_error(exc)}"
                     if self.last_error is None:
                         log.error("kvonce collector: %s; the file stays in %s and is retried", error, self.spool)
                     self.last_error = error

@@ -42,7 +42,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _COPY_BLOCK = 4 * 1024 * 1024
 #: Object stores: a "folder" is a key prefix that needs no creating, and the first part of the path is
 #: a bucket that must exist (creating one because of a typo in a URL would be a surprise).
-_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -80,7 +80,7 @@ class StagedInput(os.PathLike[str]):
         return f"StagedInput({self.url!r} at {str(self.local)!r})"
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
+def filesystem_of(url: str) -> tuple[Any, str]:
     """fsspec's filesystem and path for ``url``; a clear message when its backend is missing."""
     import fsspec
 
@@ -91,15 +91,16 @@ def _filesystem(url: str) -> tuple[Any, str]:
         hint = " (install the [s3] extra: .venv/bin/pip install -e '.[s3]')" if scheme in ("s3", "s3a") else ""
         raise ConfigError(f"{url}: no storage backend for {scheme}:// is installed{hint}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a backend's own errors (bad options, credentials) are settings
-        raise ConfigError(f"{url}: {_why(exc)}") from None
+        raise ConfigError(f"{url}: {store_error(exc)}") from None
 
 
-def _why(exc: BaseException) -> str:
+def store_error(exc: BaseException) -> str:
     """A backend error in one line: its type (botocore's are not OSErrors) and message."""
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
-def _protocol(fs: Any) -> str:
+def protocol_of(fs: Any) -> str:
+    """The filesystem's protocol (``s3``, ``file``, ...): fsspec gives one name or several."""
     protocol = fs.protocol
     return str(protocol[0] if isinstance(protocol, (tuple, list)) else protocol)
 
@@ -113,13 +114,13 @@ def staged_input(url: str, limits: Limits | None = None) -> Iterator[StagedInput
     :class:`OutputError` when the local copy cannot be written (a full disk is not the input's fault).
     """
     limits = limits or Limits()
-    fs, path = _filesystem(url)
+    fs, path = filesystem_of(url)
     try:
         size = fs.size(path)
     except FileNotFoundError:
         raise InputError(url, "no such object") from None
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-        raise InputError(url, f"cannot read: {_why(exc)}") from None
+        raise InputError(url, f"cannot read: {store_error(exc)}") from None
     if size is not None and size > limits.max_decompressed_bytes:
         raise InputError(url, f"{size} bytes is more than KVONCE_MAX_DECOMPRESSED_BYTES "
                               f"({limits.max_decompressed_bytes})")
@@ -132,13 +133,13 @@ def staged_input(url: str, limits: Limits | None = None) -> Iterator[StagedInput
             except IsADirectoryError:
                 raise InputError(url, "is a folder, not a trace file") from None
             except Exception as exc:  # noqa: BLE001
-                raise InputError(url, f"cannot read: {_why(exc)}") from None
+                raise InputError(url, f"cannot read: {store_error(exc)}") from None
             with source:
                 while True:
                     try:
                         block = source.read(_COPY_BLOCK)
                     except Exception as exc:  # noqa: BLE001
-                        raise InputError(url, f"cannot read: {_why(exc)}") from None
+                        raise InputError(url, f"cannot read: {store_error(exc)}") from None
                     if not block:
                         break
                     try:
@@ -153,7 +154,7 @@ def staged_input(url: str, limits: Limits | None = None) -> Iterator[StagedInput
 @contextmanager
 def staged_reports(url: str) -> Iterator[Path]:
     """A private local folder for a run whose reports go to ``url`` (publish them with :func:`publish`)."""
-    _filesystem(url)  # a missing backend is a configuration error before the run, not after it
+    filesystem_of(url)  # a missing backend is a configuration error before the run, not after it
     folder = Path(tempfile.mkdtemp(prefix="kvonce-reports-"))
     try:
         yield folder
@@ -170,13 +171,13 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
     the payload) thus removes an earlier run's files and publishes no report. Raises :class:`OutputError` naming the object when the
     store refuses a write, and for a bucket that does not exist (it is not created).
     """
-    fs, root = _filesystem(url)
+    fs, root = filesystem_of(url)
     root = root.rstrip("/")
     *data_files, report_name = names
     report = f"{root}/{report_name}"
     target = root
     try:
-        if _protocol(fs) in _OBJECT_STORES:
+        if protocol_of(fs) in OBJECT_STORES:
             bucket = target = root.split("/", 1)[0]
             try:
                 fs.info(bucket)  # raises what went wrong; exists() would say False for a store it cannot reach
@@ -199,7 +200,7 @@ def publish(folder: Path, url: str, names: Sequence[str]) -> None:
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-        raise OutputError(f"cannot write {target} in {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot write {target} in {url}: {store_error(exc)}") from None
 
 
 def restore(folder: Path, url: str, names: Sequence[str]) -> list[str]:
@@ -209,7 +210,7 @@ def restore(folder: Path, url: str, names: Sequence[str]) -> list[str]:
     reads what was published, never a half-written file (each object is whole). A name not published
     is left out. Raises :class:`OutputError` naming the object when the store cannot be read.
     """
-    fs, root = _filesystem(url)
+    fs, root = filesystem_of(url)
     root = root.rstrip("/")
     fetched = []
     for name in names:
@@ -223,7 +224,7 @@ def restore(folder: Path, url: str, names: Sequence[str]) -> list[str]:
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(target, str(local))
         except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-            raise OutputError(f"cannot read {target} in {url}: {_why(exc)}") from None
+            raise OutputError(f"cannot read {target} in {url}: {store_error(exc)}") from None
         fetched.append(name)
     return fetched
 
@@ -282,13 +283,13 @@ def join(location: str, *parts: str) -> str:
 
 def read_bytes(url: str) -> bytes | None:
     """The whole object at ``url`` (one ``GET``), or None when there is none."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem_of(url)
     try:
         return bytes(fs.cat_file(path))
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot read {url}: {store_error(exc)}") from None
 
 
 def read_many(urls: Sequence[str]) -> dict[str, bytes | None]:
@@ -297,12 +298,12 @@ def read_many(urls: Sequence[str]) -> dict[str, bytes | None]:
     settings are used). Raises :class:`OutputError` naming the first object that could not be read."""
     if not urls:
         return {}
-    fs, _ = _filesystem(urls[0])
+    fs, _ = filesystem_of(urls[0])
     paths = [fs._strip_protocol(url) for url in urls]
     try:
         found = fs.cat(paths, on_error="return")
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"cannot read {urls[0]}: {_why(exc)}") from None
+        raise OutputError(f"cannot read {urls[0]}: {store_error(exc)}") from None
     if not isinstance(found, dict):  # one path: fsspec gives the bytes themselves
         found = {paths[0]: found}
     out: dict[str, bytes | None] = {}
@@ -311,7 +312,7 @@ def read_many(urls: Sequence[str]) -> dict[str, bytes | None]:
         if isinstance(value, FileNotFoundError):
             out[url] = None
         elif isinstance(value, BaseException):
-            raise OutputError(f"cannot read {url}: {_why(value)}")
+            raise OutputError(f"cannot read {url}: {store_error(value)}")
         else:
             out[url] = None if value is None else bytes(value)
     return out
@@ -321,14 +322,14 @@ def version_of(url: str) -> str | None:
     """The object's ETag (its version, for :func:`put_bytes`'s condition), or None when there is none.
 
     Asked of the store itself (one ``HEAD``), not of fsspec's listing cache, which may be older."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem_of(url)
     try:
         fs.invalidate_cache(path)
         info = fs.info(path)
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot read {url}: {store_error(exc)}") from None
     if info.get("type") == "directory":
         return None
     etag = info.get("ETag") or info.get("etag")
@@ -338,8 +339,8 @@ def version_of(url: str) -> str | None:
 def supports_conditional_put(url: str) -> bool:
     """Whether :func:`put_bytes` can make its write conditional at ``url``: S3 (``If-Match`` and
     ``If-None-Match`` on ``PutObject``, on AWS since 2024 and in moto). Other backends write unconditionally."""
-    fs, _ = _filesystem(url)
-    return _protocol(fs) in ("s3", "s3a")
+    fs, _ = filesystem_of(url)
+    return protocol_of(fs) in ("s3", "s3a")
 
 
 _ABSENT = object()
@@ -354,7 +355,7 @@ def put_bytes(url: str, data: bytes, *, expect: str | None | object = _ABSENT) -
     object. On a backend without conditional writes (:func:`supports_conditional_put`) ``expect`` is
     ignored. Raises :class:`OutputError` naming the object when the store refuses.
     """
-    fs, path = _filesystem(url)
+    fs, path = filesystem_of(url)
     condition: dict[str, Any] = {}
     if expect is not _ABSENT and supports_conditional_put(url):
         condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": str(expect)}
@@ -367,7 +368,7 @@ def put_bytes(url: str, data: bytes, *, expect: str | None | object = _ABSENT) -
             state = "was created" if expect is None else "was replaced"
             raise PublishConflict(f"cannot write {url}: it {state} by another writer since this run read it "
                                   f"(a conditional write, {next(iter(condition))}); nothing was overwritten") from None
-        raise OutputError(f"cannot write {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot write {url}: {store_error(exc)}") from None
     finally:
         fs.invalidate_cache(path)
 
@@ -394,20 +395,20 @@ def open_read(url: str, block_size: int = _COPY_BLOCK) -> Iterator[Any]:
     """The object at ``url`` as a binary file streamed in ``block_size`` range reads (``GET`` with
     ``Range``), so a reader that stops early fetches only the blocks it read. FileNotFoundError when
     there is none; :class:`OutputError` naming the object for other store errors."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem_of(url)
     try:
         handle = fs.open(path, "rb", block_size=block_size)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"cannot read {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot read {url}: {store_error(exc)}") from None
     with handle:
         yield handle
 
 
 def list_files(url: str) -> list[str]:
     """Every object under ``url``, as paths relative to it (one listing: a request per 1,000 objects)."""
-    fs, root = _filesystem(url)
+    fs, root = filesystem_of(url)
     root = root.rstrip("/")
     try:
         fs.invalidate_cache(root)
@@ -415,5 +416,5 @@ def list_files(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"cannot list {url}: {_why(exc)}") from None
+        raise OutputError(f"cannot list {url}: {store_error(exc)}") from None
     return sorted(str(path)[len(root) + 1:] for path in found if str(path).startswith(root + "/"))

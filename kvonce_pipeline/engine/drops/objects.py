@@ -38,7 +38,7 @@ from .names import (DEFAULT_SCOPE, DropFile, candidate_order, Fingerprint, Refus
                     is_scope_name, printable_name, scope_label, scope_of, split_partition_key)
 from ..errors import InputError, OutputError
 from ..limits import Limits
-from ..storage import _OBJECT_STORES, _filesystem, _protocol, _why
+from ..storage import OBJECT_STORES, filesystem_of, protocol_of, store_error
 
 _BLOCK = 4 * 1024 * 1024
 
@@ -111,7 +111,7 @@ def _listed(fs: Any, root: str, result: ScanResult) -> list[tuple[str, dict[str,
 def _bucket_exists(fs: Any, root: str, url: str) -> None:
     """An empty listing of an object store: say so when its bucket does not exist (a typo in the URL
     would otherwise look like an empty drop folder, tick after tick). Not created: a surprise otherwise."""
-    if _protocol(fs) not in _OBJECT_STORES:
+    if protocol_of(fs) not in OBJECT_STORES:
         return
     bucket = root.split("/", 1)[0]
     try:
@@ -168,7 +168,7 @@ def scan_objects(url: str, *, limits: Limits, known: Mapping[str, Fingerprint], 
     """
     from ..atomic import atomic_writer
 
-    fs, root = _filesystem(url)
+    fs, root = filesystem_of(url)
     root = root.rstrip("/")
     result = ScanResult()
     try:
@@ -178,7 +178,7 @@ def scan_objects(url: str, *, limits: Limits, known: Mapping[str, Fingerprint], 
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-        raise InputError(url, f"cannot list the drop folder: {_why(exc)}") from None
+        raise InputError(url, f"cannot list the drop folder: {store_error(exc)}") from None
     hashed_files = hashed_bytes = 0
     for scope, entry in listed:
         bare = _base(entry)
@@ -214,7 +214,7 @@ def scan_objects(url: str, *, limits: Limits, known: Mapping[str, Fingerprint], 
         except OutputError:
             raise  # the local copy cannot be written: not the object's fault
         except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-            result.refused.append(Refusal(name, f"cannot read: {_why(exc)}", size, mtime_ns, etag))
+            result.refused.append(Refusal(name, f"cannot read: {store_error(exc)}", size, mtime_ns, etag))
             continue
         hashed_files += 1
         hashed_bytes += size
@@ -241,12 +241,12 @@ def locate_object(url: str, partition_key: str, *, name: str | None = None, sha2
         raise InputError(url, f"sha256 {sha256} does not belong to partition {partition_key}")
     scope = scope_of(partition_key)
     folder_url = url.rstrip("/") if scope == DEFAULT_SCOPE else f"{url.rstrip('/')}/{scope}"
-    fs, root = _filesystem(url)
+    fs, root = filesystem_of(url)
     folder = root.rstrip("/") if scope == DEFAULT_SCOPE else f"{root.rstrip('/')}/{scope}"
     try:
         entries = {_base(e): e for e in _listing(fs, folder) if e.get("type") != "directory"}
     except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-        raise InputError(folder_url, f"cannot list the drop folder: {_why(exc)}") from None
+        raise InputError(folder_url, f"cannot list the drop folder: {store_error(exc)}") from None
     eligible = sorted(n for n in entries if not is_ignored_name(n) and is_bare_name(n))
 
     def wanted(digest: str) -> bool:
@@ -276,7 +276,7 @@ def locate_object(url: str, partition_key: str, *, name: str | None = None, sha2
         except OutputError:
             raise
         except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-            raise InputError(object_url(url, scope, candidate), f"cannot read: {_why(exc)}") from None
+            raise InputError(object_url(url, scope, candidate), f"cannot read: {store_error(exc)}") from None
         if wanted(digest):
             return DropFile(candidate, copy_to or Path(candidate), length, _mtime_ns(entry), digest, scope, copy_to,
                             url=object_url(url, scope, candidate), etag=_etag(entry))
