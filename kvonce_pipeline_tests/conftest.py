@@ -50,4 +50,4 @@ from .postgres import postgres_server, postgres_url  # noqa: E402,F401
 from .toy_domain import toy, toy_project  # noqa: E402,F401
 
 # A real S3-compatible server (moto's) for the object-store tests (kvonce_pipeline_tests/s3_server.py).
-from .s3_server import s3, s3_env  # noqa: E402,F401
+from .s3_server import s3, s3_env, s3_prefix  # noqa: E402,F401

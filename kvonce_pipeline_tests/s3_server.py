@@ -65,3 +65,12 @@ def s3(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"]})
     store = s3_client(s3_env)
     yield store
+
+
+@pytest.fixture
+def s3_prefix(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh prefix in the bucket for one test (``bucket/<module>-<test>``), removed afterwards."""
+    path = f"{BUCKET}/{request.module.__name__.rsplit('.', 1)[-1]}-{request.node.name[:40]}"
+    yield path
+    if s3.exists(path):
+        s3.rm(path, recursive=True)

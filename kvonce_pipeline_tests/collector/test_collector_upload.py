@@ -22,7 +22,6 @@ from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
 from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ..s3_server import BUCKET
 from .test_collector import KV_SPANS, payload_files, post, sdk_spans
 
 PROTO = {"Content-Type": "application/x-protobuf"}
@@ -40,11 +39,8 @@ def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 @pytest.fixture
-def prefix(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:  # noqa: F811
-    path = f"{BUCKET}/collector-{request.node.name[:40]}"
-    yield path
-    if s3.exists(path):
-        s3.rm(path, recursive=True)
+def prefix(s3_prefix: str) -> str:
+    return s3_prefix
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ S3-compatible server (moto's, on loopback: the fixtures of ``engine/test_storage
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from kvonce_pipeline.engine import drops
 from kvonce_pipeline.orchestration.drops.assets import TAG_ARRIVED
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ...s3_server import BUCKET
 from .test_sensor import VALID, apply, drop_requests, key_for, line, materialize, put, tick
 
 SCOPED = line(5, "success", "gamma", value="1") + line(6, "retry", "delta")
@@ -27,12 +25,9 @@ IGNORED = {".hidden.ndjson": VALID, "c.ndjson.tmp": SCOPED, "orders/.x.ndjson.ab
 
 
 @pytest.fixture
-def prefix(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:  # noqa: F811
-    """A fresh drop folder in the bucket (``bucket/<test>``), removed afterwards."""
-    path = f"{BUCKET}/{request.node.name[:40]}"
-    yield path
-    if s3.exists(path):
-        s3.rm(path, recursive=True)
+def prefix(s3_prefix: str) -> str:
+    """A fresh drop folder in the bucket, removed afterwards."""
+    return s3_prefix
 
 
 def put_objects(s3: Any, prefix: str, files: dict[str, bytes]) -> None:  # noqa: F811
