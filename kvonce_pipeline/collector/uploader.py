@@ -17,20 +17,34 @@ uploader moves each finished payload file to the URL:
 * an upload that fails is kept and retried every ``interval`` seconds, in name order (arrival order),
   and the error is logged once until an upload succeeds again. The spool folder is the buffer.
 
-One collector per prefix (or per scope, ``<url>/<scope>``): names are the collector's own
-``otlp-<UTC time>-<seq>.pb``, and an object store has no "create if absent" that every backend keeps.
+Several collectors on one prefix (replicas behind one load balancer): on S3 every upload is a
+conditional create (``If-None-Match: *``), so a name another collector took first is never
+overwritten: the file goes up under a later ``otlp-<UTC time>-<seq>.pb`` instead (the sensor goes by
+content, so the name only has to be free), and an object that already holds these very bytes (this
+collector's own upload, before a crash kept the file) counts as uploaded. Other backends have no
+"create if absent" this code uses: there, run one collector per prefix (or per scope,
+``<url>/<scope>``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from ..engine import storage
 from ..engine.drops import is_ignored_name
+from ..engine.errors import OutputError
+from .drop_batch import payload_name
 
 log = logging.getLogger("kvonce.collector")
+
+#: How many later names a file tries when others were taken first (each try is one conditional PUT).
+MAX_RENAMES = 8
+_SEQ = re.compile(r"-(\d{6})\.pb$")
 
 
 class Uploader:
@@ -69,17 +83,20 @@ class Uploader:
 
     def upload_pending(self) -> int:
         """Upload what waits, in order; stops at the first failure (kept, retried). Returns how many moved."""
-        from ..engine.storage import store_error
-
         moved = 0
         with self._lock:
             fs, root = self.filesystem_of()
+            conditional = storage.supports_conditional_put(self.url)
             for path in self.pending():
-                target = f"{root}/{path.name}"
                 try:
-                    fs.put_file(str(path), target)
+                    if conditional:
+                        name = self._create(path)
+                    else:
+                        name = path.name
+                        fs.put_file(str(path), f"{root}/{name}")
                 except Exception as exc:  # noqa: BLE001 - botocore and friends raise their own types
-                    error = f"cannot upload {path.name} to {self.url}: {store_error(exc)}"
+                    error = str(exc) if isinstance(exc, OutputError) else \
+                        f"cannot upload {path.name} to {self.url}: {storage.store_error(exc)}"
                     if self.last_error is None:
                         log.error("kvonce collector: %s; the file stays in %s and is retried", error, self.spool)
                     self.last_error = error
@@ -87,11 +104,36 @@ class Uploader:
                 path.unlink()  # only now: the object is complete in the store
                 moved += 1
                 self.uploaded += 1
-                log.info("kvonce collector: uploaded %s to %s/%s", path.name, self.url, path.name)
+                log.info("kvonce collector: uploaded %s to %s/%s", path.name, self.url, name)
         if moved and self.last_error is not None:
             log.warning("kvonce collector: uploading payload files again")
             self.last_error = None
         return moved
+
+    def _create(self, path: Path) -> str:
+        """Upload ``path`` as a new object, never over another's (a conditional create); returns its name.
+
+        A name taken by other bytes (another collector's file) moves the file to a later name; a name
+        holding these very bytes (this collector's upload, before a crash kept the file) is done. The
+        file is read whole: one ``PUT`` carries the condition (a multipart upload would not), and a
+        payload file is one batch, far below a ``PUT``'s 5 GB."""
+        data = path.read_bytes()
+        found = _SEQ.search(path.name)
+        seq = int(found.group(1)) if found else 0
+        name = path.name
+        for _ in range(MAX_RENAMES + 1):
+            url = f"{self.url}/{name}"
+            try:
+                storage.put_bytes(url, data, expect=None)
+                return name
+            except storage.PublishConflict:
+                if storage.read_bytes(url) == data:
+                    return name
+                log.warning("kvonce collector: %s is another writer's; %s goes up under a later name", url, path.name)
+                time.sleep(0.002)  # a later millisecond: a new name
+                name = payload_name(time.time_ns(), seq)
+        raise OutputError(f"cannot upload {path.name} to {self.url}: {MAX_RENAMES + 1} names in a row were "
+                          "taken by other writers")
 
     def start(self) -> "Uploader":
         """Upload the spool's leftovers now, then keep uploading in a background thread."""

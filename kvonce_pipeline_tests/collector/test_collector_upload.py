@@ -19,10 +19,11 @@ from kvonce_pipeline import cli
 from kvonce_pipeline.collector.collector import build_config
 from kvonce_pipeline.collector.drop_batch import DropBatcher, find_journals
 from kvonce_pipeline.collector.receiver import Receiver, ReceiverConfig
+from kvonce_pipeline.collector.uploader import Uploader
 from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from .test_collector import KV_SPANS, payload_files, post, sdk_spans
+from .test_collector import KV_SPANS, PAYLOAD_NAME, payload_files, post, sdk_spans
 
 PROTO = {"Content-Type": "application/x-protobuf"}
 
@@ -98,6 +99,29 @@ def test_leftovers_and_a_killed_collectors_journal_are_uploaded_at_start(s3, pre
     [(recovered, spans)] = receiver.recovered
     assert spans == len(KV_SPANS) and recovered.name in uploaded
     assert payload_files(spool) == [] and find_journals(spool) == []
+
+
+def test_a_name_another_collector_took_is_never_overwritten(s3, prefix, tmp_path) -> None:  # noqa: F811
+    """Two collectors on one prefix: a file whose name holds other bytes goes up under a later name (the
+    other's object untouched); a name holding these very bytes (our upload before a crash) is done."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    theirs, ours, again = body("theirs-"), body("ours-"), body("again-")
+    taken = "otlp-20261204T100000.000Z-000001.pb"
+    s3.pipe_file(f"{prefix}/{taken}", theirs)
+    their_etag = s3.info(f"{prefix}/{taken}")["ETag"]
+    (spool / taken).write_bytes(ours)
+    done = "otlp-20261204T100000.000Z-000002.pb"
+    s3.pipe_file(f"{prefix}/{done}", again)  # uploaded, then the collector died before removing the file
+    (spool / done).write_bytes(again)
+    uploader = Uploader(spool, f"s3://{prefix}")
+    assert uploader.upload_pending() == 2 and uploader.last_error is None
+    stored = objects(s3, prefix)
+    assert stored[taken] == theirs and s3.info(f"{prefix}/{taken}")["ETag"] == their_etag
+    [renamed] = [name for name, data in stored.items() if data == ours]
+    assert renamed != taken and PAYLOAD_NAME.fullmatch(renamed) and renamed.endswith("-000001.pb")
+    assert stored[done] == again and len(stored) == 3, "no second copy of the file uploaded before the crash"
+    assert payload_files(spool) == []
 
 
 def test_a_failed_upload_keeps_the_file_and_is_retried(s3, tmp_path, receivers) -> None:  # noqa: F811
