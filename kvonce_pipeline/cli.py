@@ -200,7 +200,7 @@ def _run_sharded(args: argparse.Namespace, out_dir: str | Path, options: "Confor
     # KVONCE_DASK_SCHEDULER counts only where dask runs the shards: a local run ignores it
     engine_name = args.engine or ("dask" if args.shards > 1 or args.scheduler else "local")
     scheduler = args.scheduler or (os.environ.get(SCHEDULER_ENV) if engine_name == "dask" else None) or None
-    remote_out = isinstance(out_dir, str) and is_remote(out_dir)
+    remote_out = is_remote(out_dir)
     if scheduler and remote_out:
         raise KvonceError("--output-dir must be a folder every dask worker sees when the shards run on a "
                           f"scheduler ({scheduler}): the shard files are written beside the reports")

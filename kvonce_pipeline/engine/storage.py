@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from .errors import ConfigError, InputError, OutputError
 from .limits import Limits
@@ -45,8 +45,9 @@ _COPY_BLOCK = 4 * 1024 * 1024
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 
 
-def is_remote(location: str | os.PathLike[str]) -> bool:
-    """A URL with a scheme other than ``file``: staged through fsspec."""
+def is_remote(location: str | os.PathLike[str]) -> TypeGuard[str]:
+    """A URL with a scheme other than ``file``: staged through fsspec. Only text can be one (a Path
+    would have folded the ``//``), so a caller may treat a location it says yes to as ``str``."""
     if not isinstance(location, str):
         return False
     match = _SCHEME.match(location)
@@ -243,7 +244,7 @@ def run_staged(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
         out = stack.enter_context(staged_reports(remote_out)) if remote_out else local_path(output_dir)
         source: str | os.PathLike[str] = input_path
         try:
-            if isinstance(input_path, str) and is_remote(input_path):
+            if is_remote(input_path):
                 try:
                     source = stack.enter_context(staged_input(input_path, limits))
                 except InputError as error:

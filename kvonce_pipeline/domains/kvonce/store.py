@@ -61,14 +61,14 @@ Location = Path | str
 
 def location(base: Location, *parts: str) -> Location:
     """``base/part/...``: a path for a local ``base``, a URL for a URL."""
-    if isinstance(base, str) and storage.is_remote(base):
+    if storage.is_remote(base):
         return storage.join(base, *parts)
     return storage.local_path(base).joinpath(*parts)
 
 
 def read_location(where: Location) -> bytes | None:
     """The file's bytes (one ``GET`` for a URL), or None when there is none."""
-    if isinstance(where, str) and storage.is_remote(where):
+    if storage.is_remote(where):
         return storage.read_bytes(where)
     try:
         return storage.local_path(where).read_bytes()
@@ -82,7 +82,7 @@ def read_facts(trace_dir: Location, partitions: Sequence[str]) -> dict[str, dict
 
     For a URL: one ``GET`` per partition, sent concurrently (:func:`storage.read_many`), nothing listed."""
     wanted = {partition: location(trace_dir, partition, KEYFACTS) for partition in partitions}
-    if isinstance(trace_dir, str) and storage.is_remote(trace_dir):
+    if storage.is_remote(trace_dir):
         fetched = storage.read_many([str(where) for where in wanted.values()])
         raws = {partition: fetched[str(where)] for partition, where in wanted.items()}
     else:
@@ -295,7 +295,7 @@ def span_ids_at(events_file: Location, indices: Iterable[int]) -> dict[int, dict
     if not wanted:
         return found
     last = max(wanted)
-    remote = isinstance(events_file, str) and storage.is_remote(events_file)
+    remote = storage.is_remote(events_file)
     try:
         with (storage.open_read(str(events_file), block_size=_SPAN_READ_BLOCK) if remote
               else open(events_file, "rb")) as handle:
@@ -471,7 +471,7 @@ def judged_partitions(trace_dir: Location) -> dict[str, list[str]]:
 
     For a URL: one listing of ``<trace>/`` (a request per 1,000 objects)."""
     out: dict[str, list[str]] = {}
-    if isinstance(trace_dir, str) and storage.is_remote(trace_dir):
+    if storage.is_remote(trace_dir):
         names = sorted({relative.split("/", 1)[0] for relative in storage.list_files(trace_dir)
                         if relative.count("/") == 1 and relative.endswith("/" + KEYFACTS)})
         judged = [name for name in names if is_partition_key(name)]
@@ -495,7 +495,7 @@ def reset_scope(trace_dir: Location, scope: str, *, max_retries: int = DEFAULT_M
     two resets of one scope at once cannot lose each other's exclusions: the later fails
     (:class:`~kvonce_pipeline.engine.storage.PublishConflict`) and is run again."""
     folder = store_dir(trace_dir, scope)
-    remote = isinstance(folder, str)
+    remote = storage.is_remote(folder)
     record_at = location(folder, RESET_FILE)
     version = storage.version_of(str(record_at)) if remote else None
     store_version = storage.version_of(str(location(folder, STORE_REPORT))) if remote else None
@@ -504,7 +504,7 @@ def reset_scope(trace_dir: Location, scope: str, *, max_retries: int = DEFAULT_M
               "excluded": excluded}
     blob = orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n"
     empty = fold([], max_retries=max_retries, strict=strict).report()
-    if isinstance(folder, str) and isinstance(record_at, str):
+    if storage.is_remote(folder) and storage.is_remote(record_at):
         storage.put_bytes(record_at, blob, expect=version)
         publish_store_files(folder, empty, scope, expect=store_version)
     else:

@@ -38,10 +38,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..limits import Limits
+from ..storage import is_remote
 from .folder import locate_in_folder, scan_folder
 from .names import (DEFAULT_SCOPE, DEFAULT_SETTLE_SECONDS, KEY_PATTERN, MAX_STEM, SCOPE_PATTERN, SCOPE_SEPARATOR,
                     SHA_PREFIX, TEMP_SUFFIXES, DropFile, Fingerprint, Refusal, ScanResult, candidate_order,
-                    domain_in_name, drop_root_of, is_bare_name, is_drop_url, is_ignored_name, is_partition_key,
+                    domain_in_name, drop_root_of, is_bare_name, is_ignored_name, is_partition_key,
                     is_scope_name, iso_utc, partition_key_for, printable_name, scope_folder, scope_label, scope_of,
                     split_partition_key, stem_of)
 from .objects import locate_object, object_url, scan_objects
@@ -49,7 +50,7 @@ from .objects import locate_object, object_url, scan_objects
 __all__ = [
     "DEFAULT_SCOPE", "DEFAULT_SETTLE_SECONDS", "KEY_PATTERN", "MAX_STEM", "SCOPE_PATTERN", "SCOPE_SEPARATOR",
     "SHA_PREFIX", "TEMP_SUFFIXES", "DropFile", "Fingerprint", "Refusal", "ScanResult", "candidate_order",
-    "domain_in_name", "drop_root_of", "is_bare_name", "is_drop_url", "is_ignored_name", "is_partition_key",
+    "domain_in_name", "drop_root_of", "is_bare_name", "is_ignored_name", "is_partition_key",
     "is_scope_name", "iso_utc", "locate_payload", "partition_key_for", "payload_location", "printable_name",
     "scan_drop_dir", "scope_folder", "scope_label", "scope_of", "split_partition_key", "stem_of",
 ]
@@ -75,8 +76,8 @@ def scan_drop_dir(
     time; ``stage_dir`` keeps a local copy of each object read).
     """
     limits = limits or Limits()
-    if is_drop_url(drop_dir):
-        return scan_objects(str(drop_dir), limits=limits, known=known or {}, max_files=max_files,
+    if is_remote(drop_dir):
+        return scan_objects(drop_dir, limits=limits, known=known or {}, max_files=max_files,
                             max_bytes=max_bytes, stage_dir=stage_dir)
     return scan_folder(Path(drop_dir), limits=limits, known=known, waited=waited, settle_seconds=settle_seconds,
                        now_ns=now_ns, max_files=max_files, max_bytes=max_bytes)
@@ -94,8 +95,8 @@ def locate_payload(drop_dir: Path | str, partition_key: str, *, name: str | None
     downloaded once, never written or deleted).
     """
     limits = limits or Limits()
-    if is_drop_url(drop_dir):
-        return locate_object(str(drop_dir), partition_key, name=name, sha256=sha256, size=size, limits=limits,
+    if is_remote(drop_dir):
+        return locate_object(drop_dir, partition_key, name=name, sha256=sha256, size=size, limits=limits,
                              copy_to=copy_to)
     return locate_in_folder(Path(drop_dir), partition_key, name=name, sha256=sha256, size=size, limits=limits,
                             copy_to=copy_to)
@@ -103,6 +104,6 @@ def locate_payload(drop_dir: Path | str, partition_key: str, *, name: str | None
 
 def payload_location(drop_dir: Path | str, scope: str, name: str) -> str:
     """How lineage names the payload ``name`` of ``scope``: its path, or its object's URL."""
-    if is_drop_url(drop_dir):
-        return object_url(str(drop_dir), scope, name)
+    if is_remote(drop_dir):
+        return object_url(drop_dir, scope, name)
     return str(scope_folder(Path(drop_dir), scope) / name)

@@ -199,11 +199,6 @@ def scope_label(scope: str, name: str) -> str:
     return name if scope == DEFAULT_SCOPE else f"{scope}/{name}"
 
 
-def is_drop_url(drop_dir: Path | str) -> bool:
-    """A drop folder given as a URL (``s3://...``; ``file://`` is a local path): read through fsspec."""
-    return isinstance(drop_dir, str) and is_remote(drop_dir)
-
-
 def drop_root_of(configured: str | None) -> Path | str:
     """The drop folder as configured: a URL stays text (a Path would fold its ``//``), else a path."""
     text = (configured or "").strip()
