@@ -19,9 +19,6 @@ import gzip
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import fsspec
 import s3fs
 
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.local_s3 import local_s3_server
 from kvonce_pipeline.orchestration.drops import sensors
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
@@ -50,65 +48,54 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = Path(tempfile.mkdtemp(prefix="drop-bucket-tick-"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("moto's server did not start") from None
-                time.sleep(0.2)
-        for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
-            os.environ[name] = value
-        fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
-        fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{port}")
-        fs.mkdir("bench")
-        trace = work / "trace.json"
-        generate(trace, GenerateOptions(events=args.events, keys=max(args.events // 10, 1)))
-        member = gzip.compress(trace.read_bytes(), 6)
-        local = work / "drops"
-        local.mkdir()
-        for index in range(args.files):  # distinct content: one more gzip member of `index` spaces
-            data = member + gzip.compress(b" " * (index + 1))
-            (local / f"p{index:03d}.json.gz").write_bytes(data)
-            fs.pipe_file(f"bench/drops/p{index:03d}.json.gz", data)
-        old = time.time() - 3600
-        for path in local.iterdir():
-            os.utime(path, (old, old))
-        total = sum(p.stat().st_size for p in local.iterdir())
-        print(f"{args.files} files of {len(member) / 2**20:.1f} MiB gzip ({total / 2**20:.0f} MiB), "
-              f"{trace.stat().st_size / 2**20:.1f} MiB inflated each\n")
-        gets = {"n": 0}
-        real = s3fs.S3FileSystem._call_s3
-
-        async def counting(self: Any, method: str, *a: Any, **kw: Any) -> Any:
-            gets["n"] += method == "get_object"
-            return await real(self, method, *a, **kw)
-
-        s3fs.S3FileSystem._call_s3 = counting  # type: ignore[method-assign]
-        print("| drop folder | first tick s | runs requested | second tick s | GetObject in second |")
-        print("|---|---|---|---|---|")
-        for label, location in (("local folder", str(local)), ("s3://bench/drops (moto)", "s3://bench/drops")):
-            settings = KvonceSettings(drop_dir=location, reports_dir=str(work / "reports"))
-            with dg.DagsterInstance.ephemeral() as instance:
-                first, result = _tick(settings, instance, None)
-                for request in result.dynamic_partitions_requests or []:
-                    instance.add_dynamic_partitions(sensors.PARTITIONS_NAME, list(request.partition_keys))
-                gets["n"] = 0
-                second, _ = _tick(settings, instance, result.cursor)
-            print(f"| {label} | {first:.2f} | {len(result.run_requests or [])} | {second:.3f} | {gets['n']} |")
+        with local_s3_server() as endpoint:
+            bench(args, work, endpoint)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path, endpoint: str) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ[name] = value
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    fs.mkdir("bench")
+    trace = work / "trace.json"
+    generate(trace, GenerateOptions(events=args.events, keys=max(args.events // 10, 1)))
+    member = gzip.compress(trace.read_bytes(), 6)
+    local = work / "drops"
+    local.mkdir()
+    for index in range(args.files):  # distinct content: one more gzip member of `index` spaces
+        data = member + gzip.compress(b" " * (index + 1))
+        (local / f"p{index:03d}.json.gz").write_bytes(data)
+        fs.pipe_file(f"bench/drops/p{index:03d}.json.gz", data)
+    old = time.time() - 3600
+    for path in local.iterdir():
+        os.utime(path, (old, old))
+    total = sum(p.stat().st_size for p in local.iterdir())
+    print(f"{args.files} files of {len(member) / 2**20:.1f} MiB gzip ({total / 2**20:.0f} MiB), "
+          f"{trace.stat().st_size / 2**20:.1f} MiB inflated each\n")
+    gets = {"n": 0}
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counting(self: Any, method: str, *a: Any, **kw: Any) -> Any:
+        gets["n"] += method == "get_object"
+        return await real(self, method, *a, **kw)
+
+    s3fs.S3FileSystem._call_s3 = counting  # type: ignore[method-assign]
+    print("| drop folder | first tick s | runs requested | second tick s | GetObject in second |")
+    print("|---|---|---|---|---|")
+    for label, location in (("local folder", str(local)), ("s3://bench/drops (moto)", "s3://bench/drops")):
+        settings = KvonceSettings(drop_dir=location, reports_dir=str(work / "reports"))
+        with dg.DagsterInstance.ephemeral() as instance:
+            first, result = _tick(settings, instance, None)
+            for request in result.dynamic_partitions_requests or []:
+                instance.add_dynamic_partitions(sensors.PARTITIONS_NAME, list(request.partition_keys))
+            gets["n"] = 0
+            second, _ = _tick(settings, instance, result.cursor)
+        print(f"| {label} | {first:.2f} | {len(result.run_requests or [])} | {second:.3f} | {gets['n']} |")
 
 
 if __name__ == "__main__":

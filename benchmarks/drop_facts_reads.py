@@ -14,32 +14,19 @@ latency is tens of milliseconds per request, is larger than here.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import fsspec
 import orjson
 
+from kvonce_pipeline.devtools.local_s3 import local_s3_server
+
 
 def main(count: int) -> None:
-    venv = Path(sys.executable).parent
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(venv / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(150):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+    with local_s3_server() as endpoint:
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
+        fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
         from kvonce_pipeline.domains.kvonce import store
         from kvonce_pipeline.engine import storage
 
@@ -59,9 +46,6 @@ def main(count: int) -> None:
         assert len(read) == count and all(one_by_one)
         print(f"{count} partitions ({len(facts)} B of key facts each): one GET after another {sequential:.2f} s, "
               f"concurrent (store.read_facts) {concurrent:.2f} s")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -4,50 +4,26 @@ module that asks for it and stopped after it (fixtures registered by the top-lev
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 import pytest
 
-from .conftest import VENV_BIN
+from kvonce_pipeline.devtools.local_s3 import local_s3_server
 
 BUCKET = "kvonce-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
     """A real moto S3 server on 127.0.0.1 and the environment a user would set to reach it."""
-    port = free_port()
-    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("the moto S3 server did not start") from None
-                time.sleep(0.2)
+    with local_s3_server() as endpoint:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+               "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}
         s3 = s3_client(env)
         s3.mkdir(BUCKET)
         yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def s3_client(env: dict[str, str]):  # noqa: ANN202 - s3fs.S3FileSystem

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from kvonce_pipeline.domains.kvonce import artifacts
 from kvonce_pipeline.devtools.generate import GenerateOptions, generate
+from kvonce_pipeline.devtools.local_s3 import free_port
 from kvonce_pipeline.engine.storage import StagedInput, is_remote, local_path
 
 from ..conftest import VENV_BIN
-from ..s3_server import BUCKET, free_port, s3_client
+from ..s3_server import BUCKET, s3_client
 
 SAMPLE = artifacts.BUNDLED_SAMPLE
 def _kvonce(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
