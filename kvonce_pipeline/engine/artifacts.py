@@ -41,12 +41,12 @@ def drop_location() -> Path | str:
 
 def drop_dir() -> Path:
     """The drop folder as a local (or shared POSIX) folder: ``KVONCE_DROP_DIR`` or ``drops/``, for what
-    writes into it (the collector, the mock service). A URL is a :class:`ConfigError` here: those
-    writers need a folder (see :func:`drop_location` for the readers)."""
+    writes files into it. The collector and the mock service handle a URL before they ask (they upload
+    to it); here a URL is a :class:`ConfigError` (see :func:`drop_location` for the readers)."""
     location = drop_location()
     if isinstance(location, str):
         from .errors import ConfigError
 
-        raise ConfigError(f"KVONCE_DROP_DIR is {location}: writing payloads needs a local folder (the sensor "
-                          "and the drop runs read a URL, the collector and the mock service write files)")
+        raise ConfigError(f"KVONCE_DROP_DIR is {location}: a URL, where a local folder is needed (the "
+                          "collector uploads to a URL from its --spool-dir, kvonce mock uploads its payload)")
     return location

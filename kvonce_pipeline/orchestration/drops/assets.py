@@ -360,7 +360,7 @@ def kvonce_store(context: dg.AssetExecutionContext, kvonce: KvonceSettings, conf
     for scope in scopes or [drops.DEFAULT_SCOPE]:
         folder = store.store_dir(trace, scope)
         # the version of the scope's report this fold replaces (a reports URL: its publish is conditional on it)
-        version = _storage_step(storage.version_of, folder + "/" + store.STORE_REPORT) \
+        version = _storage_step(storage.version_of, storage.join(folder, store.STORE_REPORT)) \
             if isinstance(folder, str) else None
         payloads, _ = prior_facts(context.instance, kvonce, scope, registered=registered)
         report = store.fold(payloads, max_retries=kvonce.max_retries, strict=kvonce.strict).report()
@@ -407,7 +407,7 @@ def _publish_scope(context: dg.AssetExecutionContext, folder: str, report: dict[
                    version: str | None) -> str:
     """The scope's store files published to ``folder`` (a URL), the report last and only over the version
     this run read before it folded (a conditional write on S3): a store run that lost a race to another
-    run of the same scope fails naming the object, rather than replacing a fold it never saw.
+    store run fails naming the object, rather than replacing a fold it never saw.
 
     The queue's ``kvonce/store-fold`` limit (deploy/dagster.yaml: one store run at a time) is what
     keeps two folds apart; this condition is the check that it did, and the guard where no such
