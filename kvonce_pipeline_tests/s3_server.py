@@ -43,6 +43,17 @@ def s3(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]
     yield store
 
 
+def objects_under(s3: Any, root: str) -> dict[str, dict[str, Any]]:
+    """Every object under ``root`` (``bucket/prefix``), fresh from the server, by full path.
+
+    Not ``s3.find(root)`` alone: when its listing comes back empty and an object appears before its
+    fallback ``info`` call, s3fs returns ``root`` itself as a "directory", which is not an object."""
+    s3.invalidate_cache()
+    root = root.rstrip("/")
+    return {name: info for name, info in s3.find(root, detail=True).items()
+            if name.startswith(root + "/") and info.get("type") != "directory"}
+
+
 @pytest.fixture
 def s3_prefix(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh prefix in the bucket for one test (``bucket/<module>-<test>``), removed afterwards."""

@@ -23,6 +23,7 @@ from kvonce_pipeline.collector.uploader import Uploader
 from kvonce_pipeline.orchestration.drops.sensors import kvonce_drop_sensor
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
+from ..s3_server import objects_under
 from .test_collector import KV_SPANS, PAYLOAD_NAME, payload_files, post, sdk_spans
 
 PROTO = {"Content-Type": "application/x-protobuf"}
@@ -56,8 +57,7 @@ def receivers() -> Iterator[list[Receiver]]:
 
 
 def objects(s3: Any, prefix: str) -> dict[str, bytes]:  # noqa: F811
-    s3.invalidate_cache()
-    return {path.rsplit("/", 1)[1]: s3.cat_file(path) for path in s3.find(prefix)}
+    return {path.rsplit("/", 1)[1]: s3.cat_file(path) for path in objects_under(s3, prefix)}
 
 
 def test_each_finished_file_becomes_one_object_and_the_sensor_takes_it(s3, prefix, tmp_path,  # noqa: F811

@@ -16,6 +16,7 @@ from kvonce_pipeline.engine import drops
 from kvonce_pipeline.orchestration.drops.assets import TAG_ARRIVED
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
+from ...s3_server import objects_under
 from .test_sensor import VALID, apply, drop_requests, key_for, line, materialize, put, tick
 
 SCOPED = line(5, "success", "gamma", value="1") + line(6, "retry", "delta")
@@ -42,8 +43,7 @@ def put_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def etags(s3: Any, prefix: str) -> dict[str, str]:  # noqa: F811
-    s3.invalidate_cache()
-    return {info["name"]: info["ETag"] for info in s3.find(prefix, detail=True).values()}
+    return {name: info["ETag"] for name, info in objects_under(s3, prefix).items()}
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from kvonce_pipeline.orchestration.drops import assets as drop_assets_module
 from kvonce_pipeline.orchestration.drops.definitions import defs as drop_defs
 from kvonce_pipeline.orchestration.resources import KvonceSettings
 
-from ...s3_server import BUCKET
+from ...s3_server import BUCKET, objects_under
 from .test_domains import drop_runs, key_for, launch, mixed, put, tick
 from .test_sensor import line
 
@@ -68,9 +68,8 @@ def _local_files(root: Path) -> dict[str, bytes]:
 
 
 def _remote_files(s3: Any, url: str) -> dict[str, bytes]:
-    s3.invalidate_cache()
     root = url.removeprefix("s3://")
-    return {path[len(root) + 1:]: s3.cat_file(path) for path in sorted(s3.find(root))}
+    return {path[len(root) + 1:]: s3.cat_file(path) for path in sorted(objects_under(s3, root))}
 
 
 def _without_run_fields(name: str, data: bytes) -> Any:
@@ -313,6 +312,5 @@ def test_with_the_drop_folder_and_the_reports_in_the_bucket_no_local_folder_is_n
     [finding] = orjson.loads(remote[f"{store.STORE_DIR}/{store.STORE_REPORT}"])["findings"]
     assert (finding["first"]["partition"], finding["second"]["partition"]) == (first, second)
     assert [p for p in tmp_path.rglob("*")] == [], "no local folder was written"
-    s3.invalidate_cache()
-    assert {path: s3.info(path)["ETag"] for path in s3.find(drops_url.removeprefix("s3://"))} == etags, \
+    assert {path: info["ETag"] for path, info in objects_under(s3, drops_url.removeprefix("s3://")).items()} == etags, \
         "the dropped objects are only read"
