@@ -74,10 +74,12 @@ its step fails), for the domains the collected payload carries.
 
 
 import inspect
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,33 +188,41 @@ def unusable_failure(error: InputError) -> dg.Failure:
                                 "message": error.message}, allow_retries=False)
 
 
-def _what_to_read(record: dict[str, Any], collected: Path) -> Path:
+@contextmanager
+def _what_to_read(record: dict[str, Any], collected: Path, settings: KvonceSettings) -> Iterator[Path]:
     """The collected copy, except for an NDJSON event log that is still the file that was collected:
     the log itself is read then, so findings name its lines and every event reads exactly as the
     CLI reads it (the copy is a rendering as spans, which cannot say everything a line can: an event
-    without a type, a string field that looks like JSON)."""
+    without a type, a string field that looks like JSON).
+
+    A log at a URL (a drop folder in a bucket, or ``KVONCE_OTLP_PAYLOAD``) is not on this machine:
+    it is downloaded into a private copy for the read (the payload URL's copy is the run's own),
+    removed on leaving. Its sha256 decides, as for a local file: a log replaced since it was
+    collected, or gone, leaves the collected copy to be read."""
     source = record.get("source_path")
     if record.get("source_format") != "ndjson" or not isinstance(source, str) or not source:
-        return collected
-    try:
-        if sha256_file(source) == record.get("source_sha256"):
-            return Path(source)
-    except OSError:
-        pass
-    return collected
+        yield collected
+        return
+    with ExitStack() as staged:
+        try:
+            if not storage.is_remote(source):
+                local = Path(source)
+            elif source == settings.payload:
+                local = settings.resolve_payload()
+            else:
+                local = Path(os.fspath(staged.enter_context(storage.staged_input(source, settings.limits()))))
+            same = sha256_file(local) == record.get("source_sha256")
+        except (OSError, KvonceError):
+            same = False
+        yield local if same else collected
 
 
-def _local_record(record: dict[str, Any], settings: KvonceSettings) -> dict[str, Any]:
-    """``record`` with a payload URL's ``source_path`` replaced by this run's private copy of it, so that
-    :func:`_what_to_read` can read an NDJSON log itself, as for a local file (errors name the URL again:
-    :meth:`KvonceSettings.input_error`)."""
-    source = record.get("source_path")
-    if not isinstance(source, str) or source != settings.payload or not storage.is_remote(source):
-        return record
-    try:
-        return {**record, "source_path": str(settings.resolve_payload())}
-    except InputError:
-        return record  # gone since it was collected: the collected copy is read
+def _named_as_source(error: InputError, read: Path, source: str) -> InputError:
+    """``error`` naming ``source`` (the log's URL) rather than the private copy ``read`` of it."""
+    local = str(read)
+    if local == source or local not in f"{error.source} {error.message}":
+        return error
+    return InputError(error.source.replace(local, source), error.message.replace(local, source), where=error.where)
 
 
 def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
@@ -713,11 +723,11 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         # runs anyway, so that a broken payload fails with what is wrong with it)
         yield from absent(f"no span carries {definition.prefix}type")
         return
-    try:
-        read = read_domain_events(_what_to_read(_local_record(record, settings), collected), [domain],
-                                  limits=settings.limits())
-    except InputError as error:
-        raise unusable(error) from None
+    with _what_to_read(record, collected, settings) as what:
+        try:
+            read = read_domain_events(what, [domain], limits=settings.limits())
+        except InputError as error:
+            raise unusable(error if what == collected else _named_as_source(error, what, source)) from None
     events = read.events[domain.name]
     if not events:
         yield from absent(f"no span carries {definition.prefix}type")

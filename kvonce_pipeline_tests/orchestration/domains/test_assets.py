@@ -348,3 +348,24 @@ def test_dagster_job_execute_of_the_toy_job_exits_with_the_verdict(toy: Domain, 
                                  capture_output=True, text=True, timeout=120)
         assert verdict.returncode == 1, verdict.stderr
         assert verdict.stdout.startswith(f"1 Toy violation in {payload}:")
+
+
+def test_an_ndjson_log_in_a_bucket_is_read_itself_while_its_sha256_is_the_collected_one(s3, s3_prefix: str,
+                                                                                       tmp_path: Path) -> None:
+    """The log is downloaded for the read and removed afterwards; replaced or gone, the collected copy is read."""
+    log = b'{"timestamp":"2025-10-04T06:00:00Z","type":"success","key":"k","value":1}\n'
+    url = f"s3://{s3_prefix}/stock.inventory.ndjson"
+    s3.pipe(url, log)
+    collected = tmp_path / "collected.json"
+    collected.write_bytes(b"{}")
+    record = {"source_format": "ndjson", "source_path": url, "source_sha256": hashlib.sha256(log).hexdigest()}
+    settings = KvonceSettings()
+    with domain_assets._what_to_read(record, collected, settings) as read:
+        assert read != collected and read.read_bytes() == log
+    assert not read.exists(), "the private download is removed after the read"
+    s3.pipe(url, log + log)  # replaced since it was collected
+    with domain_assets._what_to_read(record, collected, settings) as read:
+        assert read == collected
+    s3.rm(url)
+    with domain_assets._what_to_read(record, collected, settings) as read:
+        assert read == collected
