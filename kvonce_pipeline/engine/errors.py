@@ -31,6 +31,13 @@ class InputError(KvonceError):
     def to_json(self) -> dict[str, str | None]:
         return {"source": self.source, "where": self.where, "message": self.message}
 
+    def naming(self, local: str, name: str) -> InputError:
+        """This error naming ``name`` (a URL) wherever it names ``local``, a private copy of it that the
+        user never saw; itself when it does not name ``local``."""
+        if local == name or local not in f"{self.source} {self.message}":
+            return self
+        return InputError(self.source.replace(local, name), self.message.replace(local, name), where=self.where)
+
 
 class NoEventsError(InputError):
     """An input that holds no event of the domain being read: readable, just not that domain's. When

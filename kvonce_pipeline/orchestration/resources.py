@@ -136,11 +136,7 @@ class KvonceSettings(dg.ConfigurableResource):
     def input_error(self, error: InputError) -> InputError:
         """``error`` naming the payload URL rather than its private copy (the user never saw that path)."""
         staged = self._staged_input
-        if staged is None or os.fspath(staged) not in f"{error.source} {error.message}":
-            return error
-        local = os.fspath(staged)
-        return InputError(error.source.replace(local, staged.url), error.message.replace(local, staged.url),
-                          where=error.where)
+        return error if staged is None else error.naming(os.fspath(staged), staged.url)
 
     def _stack(self) -> ExitStack:
         """The staged copies' clean-up, run when this run's copy of the resource is collected (right

@@ -217,14 +217,6 @@ def _what_to_read(record: dict[str, Any], collected: Path, settings: KvonceSetti
         yield local if same else collected
 
 
-def _named_as_source(error: InputError, read: Path, source: str) -> InputError:
-    """``error`` naming ``source`` (the log's URL) rather than the private copy ``read`` of it."""
-    local = str(read)
-    if local == source or local not in f"{error.source} {error.message}":
-        return error
-    return InputError(error.source.replace(local, source), error.message.replace(local, source), where=error.where)
-
-
 def collect_as_otlp(source: Path, destination: Path, settings: KvonceSettings,
                     ndjson_domain: str) -> collect.Collected:
     """``collect_payload``; an NDJSON log of a generic domain is rendered through that domain's mapping
@@ -727,7 +719,7 @@ def _step(context: dg.AssetExecutionContext, config: DomainCheckConfig, settings
         try:
             read = read_domain_events(what, [domain], limits=settings.limits())
         except InputError as error:
-            raise unusable(error if what == collected else _named_as_source(error, what, source)) from None
+            raise unusable(error if what == collected else error.naming(str(what), source)) from None
     events = read.events[domain.name]
     if not events:
         yield from absent(f"no span carries {definition.prefix}type")
